@@ -1,0 +1,24 @@
+//! Every actor of the bus, one per file.
+//!
+//! ```text
+//! Bus (handle; owns the two roots and the one shutdown path)
+//! ├── SessionManager ──► Session ×N     one per client connection (in-process or gRPC);
+//! │                                       owns its subscriptions and per-session limits
+//! └── TopicSupervisor ──► Topic ×M      one per concrete topic; started on first publish,
+//!                                         restarted after a panic, reaped when idle;
+//!                                         the supervisor owns the subscription index
+//! ```
+//!
+//! Hot path: a [`crate::SessionHandle`] publishes straight to the topic actor (through
+//! the directory and the topic's admission); the topic pushes shared delivery batches
+//! into each subscriber's bounded buffer; the consumer pops them. Control traffic
+//! (subscribe, unsubscribe, close, observe) goes through the session and supervisor
+//! actors.
+//!
+//! Every actor answers `Observe` with a serializable snapshot, and every supervisor's
+//! `handle_supervisor_evt` cleans every map that references a dead child.
+
+pub(crate) mod session;
+pub(crate) mod session_manager;
+pub(crate) mod topic;
+pub(crate) mod topic_supervisor;

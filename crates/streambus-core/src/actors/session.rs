@@ -1,0 +1,237 @@
+//! The `Session` actor: one per client connection, in-process or gRPC.
+//!
+//! A session owns its subscriptions (their ids, filters, groups and buffers) and enforces
+//! the per-session limits. Subscribe and unsubscribe go through it; publishes do not (a
+//! [`crate::SessionHandle`] routes them straight to the topics, counting them in the
+//! session's shared counters).
+//!
+//! # Invariants
+//!
+//! - Every subscription in `subscriptions` is in the supervisor's index, and vice versa,
+//!   except for the instant between a slow-consumer disconnect and the `Forget` that
+//!   follows it.
+//! - A session that panics is removed by the session manager, which has the topic
+//!   supervisor drop all its subscriptions (closing their buffers with `session_failed`);
+//!   no other session is touched.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use streambus_types::config::{LimitsConfig, SubscriptionDefaults};
+use streambus_types::{CloseReason, SubscriptionOptions, TopicFilter};
+
+use crate::actors::topic_supervisor::TopicSupervisorMessage;
+use crate::admission::Inflight;
+use crate::error::BusError;
+use crate::queue::SubscriberQueue;
+use crate::subscription::{Subscriber, SubscriptionId, SubscriptionSnapshot};
+
+/// Identifies a session, unique within a bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a session is asked to do.
+pub(crate) enum SessionMessage {
+    /// Open a subscription (from the session's handle).
+    Subscribe {
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+        reply: RpcReplyPort<Result<Arc<Subscriber>, BusError>>,
+    },
+    /// Close a subscription (from its handle, or its `Drop` with no reply).
+    Unsubscribe { id: SubscriptionId, reply: Option<RpcReplyPort<Result<(), BusError>>> },
+    /// The bus ended a subscription on its own (slow consumer): forget it.
+    Forget(SubscriptionId),
+    /// Close every subscription with `reason` and stop (graceful close or shutdown).
+    Close { reason: CloseReason, reply: RpcReplyPort<()> },
+    /// Report state.
+    Observe(RpcReplyPort<SessionSnapshot>),
+    /// Fault injection for supervision tests.
+    #[cfg(feature = "testsuite")]
+    Crash,
+}
+
+/// Counters shared between a session actor and its handles.
+#[derive(Debug)]
+pub(crate) struct SessionShared {
+    pub(crate) id: SessionId,
+    pub(crate) name: String,
+    /// Set when the session closes or fails; publishes are refused from then on.
+    pub(crate) closed: AtomicBool,
+    /// Publish batches handed to topics and not yet fanned out.
+    pub(crate) inflight: Arc<Inflight>,
+    pub(crate) published_messages: AtomicU64,
+    pub(crate) published_bytes: AtomicU64,
+}
+
+/// A point-in-time view of one session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSnapshot {
+    /// The id.
+    pub id: SessionId,
+    /// The client's name.
+    pub name: String,
+    /// Messages published.
+    pub published_messages: u64,
+    /// Payload and header bytes published.
+    pub published_bytes: u64,
+    /// Publish batches admitted to topics and not yet fanned out.
+    pub inflight_batches: usize,
+    /// The subscriptions.
+    pub subscriptions: Vec<SubscriptionSnapshot>,
+}
+
+/// Arguments of a session actor.
+pub(crate) struct SessionArgs {
+    pub(crate) shared: Arc<SessionShared>,
+    pub(crate) topics: ActorRef<TopicSupervisorMessage>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) defaults: SubscriptionDefaults,
+    pub(crate) next_subscription: Arc<AtomicU64>,
+}
+
+/// State of a session actor.
+pub(crate) struct SessionState {
+    args: SessionArgs,
+    subscriptions: HashMap<SubscriptionId, Arc<Subscriber>>,
+    span: tracing::Span,
+}
+
+/// The session actor.
+pub(crate) struct SessionActor;
+
+impl SessionState {
+    async fn subscribe(
+        &mut self,
+        myself: &ActorRef<SessionMessage>,
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+    ) -> Result<Arc<Subscriber>, BusError> {
+        let max = self.args.limits.max_subscriptions_per_session;
+        if self.subscriptions.len() >= max {
+            return Err(BusError::TooManySubscriptions { max });
+        }
+        let d = &self.args.defaults;
+        let buffer_messages = options.buffer_messages.unwrap_or(d.buffer_messages);
+        let buffer_bytes = options.buffer_bytes.unwrap_or(d.buffer_bytes);
+        if buffer_messages == 0 || buffer_bytes == 0 {
+            return Err(BusError::InvalidOption("buffer sizes must be greater than zero".into()));
+        }
+        let group = match options.queue_group {
+            Some(g) if g.is_empty() || g.len() > 256 || g.chars().any(|c| !c.is_ascii_graphic()) => {
+                return Err(BusError::InvalidOption(format!(
+                    "queue group {g:?} must be 1 to 256 visible ASCII characters"
+                )));
+            }
+            g => g.map(Arc::<str>::from),
+        };
+        let id = SubscriptionId(self.args.next_subscription.fetch_add(1, Ordering::Relaxed));
+        let subscriber = Arc::new(Subscriber {
+            id,
+            session: self.args.shared.id,
+            filter,
+            group,
+            queue: SubscriberQueue::new(options.overflow.unwrap_or(d.overflow), buffer_messages, buffer_bytes),
+            session_ref: myself.clone(),
+        });
+        let sub = subscriber.clone();
+        self.args
+            .topics
+            .call(|reply| TopicSupervisorMessage::Subscribe { subscriber: sub, reply }, None)
+            .await
+            .map_err(|_| BusError::Closed)?;
+        tracing::debug!(parent: &self.span, subscription = id.0, filter = %subscriber.filter, "subscribed");
+        self.subscriptions.insert(id, subscriber.clone());
+        Ok(subscriber)
+    }
+
+    async fn unsubscribe(&mut self, ids: Vec<SubscriptionId>, reason: CloseReason) {
+        for id in &ids {
+            self.subscriptions.remove(id);
+        }
+        let _ = self
+            .args
+            .topics
+            .call(|reply| TopicSupervisorMessage::Unsubscribe { ids, reason, reply: Some(reply) }, None)
+            .await;
+    }
+
+    fn snapshot(&self) -> SessionSnapshot {
+        let shared = &self.args.shared;
+        let mut subscriptions: Vec<_> = self.subscriptions.values().map(|s| s.snapshot()).collect();
+        subscriptions.sort_by_key(|s| s.id);
+        SessionSnapshot {
+            id: shared.id,
+            name: shared.name.clone(),
+            published_messages: shared.published_messages.load(Ordering::Relaxed),
+            published_bytes: shared.published_bytes.load(Ordering::Relaxed),
+            inflight_batches: shared.inflight.count(),
+            subscriptions,
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMessage;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<SessionMessage>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+        let span = tracing::info_span!("session", id = args.shared.id.0, name = %args.shared.name);
+        tracing::info!(parent: &span, "session opened");
+        Ok(SessionState { args, subscriptions: HashMap::new(), span })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMessage>,
+        message: SessionMessage,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMessage::Subscribe { filter, options, reply } => {
+                let _ = reply.send(state.subscribe(&myself, filter, options).await);
+            }
+            SessionMessage::Unsubscribe { id, reply } => {
+                let known = state.subscriptions.contains_key(&id);
+                if known {
+                    state.unsubscribe(vec![id], CloseReason::Unsubscribed).await;
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(if known { Ok(()) } else { Err(BusError::UnknownSubscription(id.0)) });
+                }
+            }
+            SessionMessage::Forget(id) => {
+                state.subscriptions.remove(&id);
+            }
+            SessionMessage::Close { reason, reply } => {
+                state.args.shared.closed.store(true, Ordering::Release);
+                let ids = state.subscriptions.keys().copied().collect();
+                state.unsubscribe(ids, reason).await;
+                let _ = reply.send(());
+                myself.stop(Some("closed".into()));
+            }
+            SessionMessage::Observe(reply) => {
+                let _ = reply.send(state.snapshot());
+            }
+            #[cfg(feature = "testsuite")]
+            SessionMessage::Crash => panic!("injected session crash"),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<SessionMessage>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        state.args.shared.closed.store(true, Ordering::Release);
+        tracing::info!(parent: &state.span, "session closed");
+        Ok(())
+    }
+}

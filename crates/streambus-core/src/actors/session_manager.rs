@@ -1,0 +1,188 @@
+//! The `SessionManager` actor: opens sessions, enforces `limits.max_sessions`, and
+//! cleans up after every session that ends, cleanly or by a panic.
+//!
+//! # Invariants
+//!
+//! - `sessions` holds exactly the live session actors it spawned.
+//! - When a session ends for any reason its subscriptions are removed from the index
+//!   and every topic (a failure closes their buffers with `session_failed`), so a dead
+//!   session never keeps receiving or blocking anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+use streambus_types::CloseReason;
+use streambus_types::config::{LimitsConfig, SubscriptionDefaults};
+
+use crate::actors::session::{SessionActor, SessionArgs, SessionId, SessionMessage, SessionShared};
+use crate::actors::topic_supervisor::TopicSupervisorMessage;
+use crate::admission::Inflight;
+use crate::error::BusError;
+
+/// What the session manager is asked to do.
+pub(crate) enum SessionManagerMessage {
+    /// Open a session for a client called `name`.
+    Open {
+        name: String,
+        reply: RpcReplyPort<Result<(ActorRef<SessionMessage>, Arc<SessionShared>), BusError>>,
+    },
+    /// The live session actors and the manager's own counters.
+    Observe(RpcReplyPort<(Vec<ActorRef<SessionMessage>>, SessionManagerSnapshot)>),
+    /// Close every session with `reason` (shutdown).
+    CloseAll { reason: CloseReason, reply: RpcReplyPort<()> },
+}
+
+/// Counters of the session manager.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionManagerSnapshot {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Sessions opened, in total.
+    pub sessions_opened: u64,
+    /// Sessions that ended by a failure, in total.
+    pub sessions_failed: u64,
+}
+
+/// Arguments of the session manager.
+pub(crate) struct SessionManagerArgs {
+    pub(crate) topics: ActorRef<TopicSupervisorMessage>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) defaults: SubscriptionDefaults,
+}
+
+struct SessionEntry {
+    actor: ActorRef<SessionMessage>,
+    shared: Arc<SessionShared>,
+}
+
+/// State of the session manager.
+pub(crate) struct SessionManagerState {
+    args: SessionManagerArgs,
+    sessions: HashMap<ActorId, SessionEntry>,
+    next_session: u64,
+    next_subscription: Arc<AtomicU64>,
+    counters: SessionManagerSnapshot,
+}
+
+/// The session manager actor.
+pub(crate) struct SessionManager;
+
+impl SessionManagerState {
+    /// Forgets a session that ended and drops its subscriptions.
+    fn ended(&mut self, id: ActorId, reason: CloseReason) -> Option<SessionId> {
+        let entry = self.sessions.remove(&id)?;
+        entry.shared.closed.store(true, Ordering::Release);
+        let _ = self.args.topics.cast(TopicSupervisorMessage::UnsubscribeSession {
+            session: entry.shared.id,
+            reason,
+            reply: None,
+        });
+        Some(entry.shared.id)
+    }
+}
+
+impl Actor for SessionManager {
+    type Msg = SessionManagerMessage;
+    type State = SessionManagerState;
+    type Arguments = SessionManagerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionManagerMessage>,
+        args: SessionManagerArgs,
+    ) -> Result<SessionManagerState, ActorProcessingErr> {
+        Ok(SessionManagerState {
+            args,
+            sessions: HashMap::new(),
+            next_session: 1,
+            next_subscription: Arc::new(AtomicU64::new(1)),
+            counters: SessionManagerSnapshot::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionManagerMessage>,
+        message: SessionManagerMessage,
+        state: &mut SessionManagerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionManagerMessage::Open { name, reply } => {
+                let max = state.args.limits.max_sessions;
+                if state.sessions.len() >= max {
+                    let _ = reply.send(Err(BusError::TooManySessions { max }));
+                    return Ok(());
+                }
+                let shared = Arc::new(SessionShared {
+                    id: SessionId(state.next_session),
+                    name,
+                    closed: AtomicBool::new(false),
+                    inflight: Inflight::new(),
+                    published_messages: AtomicU64::new(0),
+                    published_bytes: AtomicU64::new(0),
+                });
+                state.next_session += 1;
+                let args = SessionArgs {
+                    shared: shared.clone(),
+                    topics: state.args.topics.clone(),
+                    limits: state.args.limits.clone(),
+                    defaults: state.args.defaults.clone(),
+                    next_subscription: state.next_subscription.clone(),
+                };
+                let result = match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
+                    Ok((actor, _join)) => {
+                        state.counters.sessions_opened += 1;
+                        state.sessions.insert(actor.get_id(), SessionEntry { actor: actor.clone(), shared: shared.clone() });
+                        Ok((actor, shared))
+                    }
+                    Err(e) => Err(BusError::Internal(format!("starting session: {e}"))),
+                };
+                let _ = reply.send(result);
+            }
+            SessionManagerMessage::Observe(reply) => {
+                let actors = state.sessions.values().map(|e| e.actor.clone()).collect();
+                let mut counters = state.counters.clone();
+                counters.sessions = state.sessions.len();
+                let _ = reply.send((actors, counters));
+            }
+            SessionManagerMessage::CloseAll { reason, reply } => {
+                let actors: Vec<_> = state.sessions.values().map(|e| e.actor.clone()).collect();
+                for actor in actors {
+                    let _ = actor.call(|r| SessionMessage::Close { reason, reply: r }, Some(Duration::from_secs(5))).await;
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SessionManagerMessage>,
+        event: SupervisionEvent,
+        state: &mut SessionManagerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(id) = state.ended(cell.get_id(), CloseReason::SessionFailed) {
+                    state.counters.sessions_failed += 1;
+                    tracing::warn!(session = id.0, error = %err, "session failed; its subscriptions were removed");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.ended(cell.get_id(), CloseReason::SessionClosed);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<SessionManagerMessage>, _state: &mut SessionManagerState) -> Result<(), ActorProcessingErr> {
+        myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        Ok(())
+    }
+}

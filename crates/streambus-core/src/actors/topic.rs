@@ -1,0 +1,428 @@
+//! The `Topic` actor: one per concrete topic; stamps, retains and fans out.
+//!
+//! A topic receives publish batches (each carrying its admission permit), assigns each
+//! message the next sequence number and the publish time, turns the batch into one shared
+//! `Arc<[Delivery]>`, and pushes it to every plain subscriber's buffer and to one member
+//! per queue group.
+//!
+//! A `block` subscriber whose buffer is full stalls the topic without stalling the actor:
+//! the unpushed remainder is parked, later publish batches wait in a backlog (bounded by
+//! the admission, since each still holds its permit), and the subscriber's buffer sends
+//! `Resume` when it has room. Meanwhile the actor keeps answering `Observe` and
+//! subscription changes, and publishers feel the backpressure through the admission.
+//!
+//! # Invariants
+//!
+//! - Sequence numbers are assigned in mailbox order, so per-publisher order is kept.
+//! - While anything is parked, no new batch is fanned out (the backlog is FIFO).
+//! - A batch's permit is completed only when every subscriber has it (or is gone), so
+//!   the admission counts exactly what is not yet in subscriber buffers.
+//! - Messages lost to a crash of this actor (their permits dropped unhandled) are
+//!   reported to every subscriber as a gap by the next incarnation, with fresh sequence
+//!   numbers reserved for them.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use streambus_types::{CloseReason, Delivery, Gap, Message, Topic};
+
+use crate::actors::topic_supervisor::TopicSupervisorMessage;
+use crate::admission::{InflightGuard, Permit};
+use crate::directory::{Directory, TopicShared};
+use crate::queue::Push;
+use crate::subscription::{Subscriber, SubscriptionId};
+
+/// A batch of messages for one topic, with the admission it holds.
+#[derive(Debug)]
+pub(crate) struct PublishBatch {
+    pub(crate) messages: Vec<Message>,
+    /// Returned when every subscriber has the batch.
+    pub(crate) permit: Permit,
+    /// The publishing session's and the bus's in-flight counts; dropped with the permit.
+    pub(crate) _guards: [InflightGuard; 2],
+}
+
+/// What a topic actor is asked to do.
+#[derive(Debug)]
+pub(crate) enum TopicMessage {
+    /// Stamp and fan out a batch (from a publisher, through the directory).
+    Publish(PublishBatch),
+    /// A new matching subscription (from the supervisor).
+    AddSubscriber(Arc<Subscriber>),
+    /// A subscription went away (from the supervisor).
+    RemoveSubscriber(SubscriptionId),
+    /// A blocked subscriber's buffer has room again (from its space waker).
+    Resume,
+    /// Report state.
+    Observe(RpcReplyPort<TopicSnapshot>),
+    /// Fault injection for supervision tests.
+    #[cfg(feature = "testsuite")]
+    Crash,
+}
+
+/// A point-in-time view of one topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicSnapshot {
+    /// The topic.
+    pub topic: Topic,
+    /// Plain subscribers.
+    pub subscribers: usize,
+    /// Queue groups and their member counts.
+    pub queue_groups: Vec<(String, usize)>,
+    /// Messages fanned out since the topic (name) was first started.
+    pub published: u64,
+    /// The next sequence number.
+    pub next_sequence: u64,
+    /// Messages admitted and not yet in every subscriber's buffer.
+    pub mailbox_messages: usize,
+    /// Bytes admitted and not yet in every subscriber's buffer.
+    pub mailbox_bytes: usize,
+    /// Admission capacity in messages.
+    pub mailbox_capacity_messages: usize,
+    /// Admission capacity in bytes.
+    pub mailbox_capacity_bytes: usize,
+    /// Batches waiting behind a stalled `block` subscriber.
+    pub backlog_batches: usize,
+    /// `block` subscribers the topic is waiting for.
+    pub stalled_subscribers: usize,
+    /// Whether a retained message is held.
+    pub retained: bool,
+    /// Restarts after a failure.
+    pub restarts: u32,
+    /// Messages lost in crashes (reported to subscribers as gaps).
+    pub lost_in_crashes: u64,
+}
+
+/// Arguments of a topic actor.
+pub(crate) struct TopicArgs {
+    pub(crate) shared: Arc<TopicShared>,
+    pub(crate) subscribers: Vec<Arc<Subscriber>>,
+    pub(crate) directory: Arc<Directory>,
+}
+
+#[derive(Debug)]
+struct Group {
+    name: Arc<str>,
+    members: Vec<Arc<Subscriber>>,
+    next: usize,
+}
+
+/// A part of a batch a `block` subscriber has not taken yet.
+struct Parked {
+    subscriber: Arc<Subscriber>,
+    batch: Arc<[Delivery]>,
+    range: Range<usize>,
+}
+
+/// State of a topic actor.
+pub(crate) struct TopicState {
+    shared: Arc<TopicShared>,
+    directory: Arc<Directory>,
+    plain: Vec<Arc<Subscriber>>,
+    groups: Vec<Group>,
+    parked: Vec<Parked>,
+    /// The permit of the batch whose fan-out is parked.
+    parked_batch: Option<PublishBatch>,
+    backlog: VecDeque<PublishBatch>,
+    /// Subscribers whose buffer closed during a fan-out; removed right after it.
+    ended: Vec<SubscriptionId>,
+    published: u64,
+    span: tracing::Span,
+}
+
+/// The topic actor.
+pub(crate) struct TopicActor;
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+impl TopicState {
+    fn add(&mut self, sub: Arc<Subscriber>, myself: &ActorRef<TopicMessage>) {
+        if sub.queue.is_closed() || self.contains(sub.id) {
+            return;
+        }
+        match &sub.group {
+            None => {
+                let retained = self.shared.retained.lock().clone();
+                if let Some(retained) = retained {
+                    let batch: Arc<[Delivery]> = Arc::from(vec![retained]);
+                    self.push(&sub, &batch, 0..1, myself);
+                }
+                self.plain.push(sub);
+            }
+            Some(name) => match self.groups.iter_mut().find(|g| &g.name == name) {
+                Some(g) => g.members.push(sub),
+                None => self.groups.push(Group { name: name.clone(), members: vec![sub], next: 0 }),
+            },
+        }
+    }
+
+    fn contains(&self, id: SubscriptionId) -> bool {
+        self.plain.iter().any(|s| s.id == id) || self.groups.iter().any(|g| g.members.iter().any(|s| s.id == id))
+    }
+
+    fn remove(&mut self, id: SubscriptionId) {
+        self.plain.retain(|s| s.id != id);
+        for g in &mut self.groups {
+            g.members.retain(|s| s.id != id);
+        }
+        self.groups.retain(|g| !g.members.is_empty());
+        self.parked.retain(|p| p.subscriber.id != id);
+    }
+
+    /// Pushes to one subscriber and records what its policy made of it.
+    fn push(&mut self, sub: &Arc<Subscriber>, batch: &Arc<[Delivery]>, range: Range<usize>, myself: &ActorRef<TopicMessage>) {
+        let start = range.start;
+        let end = range.end;
+        let outcome = sub.queue.push(batch, range, || {
+            let me = myself.clone();
+            Box::new(move || {
+                // The topic may be gone by now; then there is nothing to resume.
+                let _ = me.cast(TopicMessage::Resume);
+            })
+        });
+        match outcome {
+            Push::Done => {}
+            Push::Blocked { accepted } => self.parked.push(Parked {
+                subscriber: sub.clone(),
+                batch: batch.clone(),
+                range: start + accepted..end,
+            }),
+            Push::Disconnected => {
+                tracing::warn!(parent: &self.span, subscription = sub.id.0, "slow consumer disconnected");
+                self.subscriber_ended(sub, CloseReason::SlowConsumer);
+            }
+            Push::Closed => self.subscriber_ended(sub, CloseReason::Unsubscribed),
+        }
+    }
+
+    fn subscriber_ended(&mut self, sub: &Arc<Subscriber>, reason: CloseReason) {
+        self.ended.push(sub.id);
+        let _ = self.directory.supervisor.cast(TopicSupervisorMessage::Unsubscribe {
+            ids: vec![sub.id],
+            reason,
+            reply: None,
+        });
+    }
+
+    /// Stamps a batch and fans it out; parks it if a `block` subscriber is full.
+    fn fan_out(&mut self, mut publish: PublishBatch, myself: &ActorRef<TopicMessage>) {
+        let timestamp_ns = now_ns();
+        let messages = std::mem::take(&mut publish.messages);
+        let n = messages.len() as u64;
+        let first = self.shared.next_sequence.fetch_add(n, Ordering::AcqRel);
+        let deliveries: Vec<Delivery> = messages
+            .into_iter()
+            .zip(first..)
+            .map(|(m, sequence)| {
+                if m.retain {
+                    let mut retained = self.shared.retained.lock();
+                    *retained = (!m.payload.is_empty()).then(|| Delivery {
+                        topic: m.topic.clone(),
+                        sequence,
+                        timestamp_ns,
+                        payload: m.payload.clone(),
+                        headers: m.headers.clone(),
+                        retained: true,
+                    });
+                }
+                Delivery { topic: m.topic, sequence, timestamp_ns, payload: m.payload, headers: m.headers, retained: false }
+            })
+            .collect();
+        self.published += n;
+        self.shared.last_active_ms.store(self.directory.now_ms(), Ordering::Relaxed);
+        let batch: Arc<[Delivery]> = deliveries.into();
+        let len = batch.len();
+
+        let plain = std::mem::take(&mut self.plain);
+        for sub in &plain {
+            self.push(sub, &batch, 0..len, myself);
+        }
+        // `push` may not add subscribers, only report ended ones to the supervisor.
+        self.plain = plain;
+
+        let mut groups = std::mem::take(&mut self.groups);
+        for group in &mut groups {
+            self.fan_out_group(group, &batch, myself);
+        }
+        self.groups = groups;
+
+        for id in std::mem::take(&mut self.ended) {
+            self.remove(id);
+        }
+        if self.parked.is_empty() {
+            publish.permit.complete();
+        } else {
+            self.parked_batch = Some(publish);
+        }
+    }
+
+    /// Each message goes to one live member, round robin.
+    fn fan_out_group(&mut self, group: &mut Group, batch: &Arc<[Delivery]>, myself: &ActorRef<TopicMessage>) {
+        group.members.retain(|m| !m.queue.is_closed());
+        let members = group.members.len();
+        if members == 0 {
+            return;
+        }
+        if members == 1 {
+            let member = group.members[0].clone();
+            self.push(&member, batch, 0..batch.len(), myself);
+            return;
+        }
+        let mut shares: Vec<Vec<Delivery>> = vec![Vec::new(); members];
+        for (i, d) in batch.iter().enumerate() {
+            shares[(group.next + i) % members].push(d.clone());
+        }
+        group.next = (group.next + batch.len()) % members;
+        for (member, share) in group.members.clone().iter().zip(shares) {
+            if !share.is_empty() {
+                let share: Arc<[Delivery]> = share.into();
+                let len = share.len();
+                self.push(member, &share, 0..len, myself);
+            }
+        }
+    }
+
+    /// Retries parked remainders; once none is left, completes the parked batch and
+    /// works through the backlog until the next stall.
+    fn resume(&mut self, myself: &ActorRef<TopicMessage>) {
+        for parked in std::mem::take(&mut self.parked) {
+            self.push(&parked.subscriber, &parked.batch, parked.range, myself);
+        }
+        for id in std::mem::take(&mut self.ended) {
+            self.remove(id);
+        }
+        while self.parked.is_empty() {
+            if let Some(done) = self.parked_batch.take() {
+                done.permit.complete();
+            }
+            match self.backlog.pop_front() {
+                Some(next) => self.fan_out(next, myself),
+                None => break,
+            }
+        }
+    }
+
+    /// Reports messages lost in a previous incarnation's crash to every subscriber.
+    fn report_crash_loss(&mut self) {
+        let lost = self.shared.take_unreported_loss();
+        if lost == 0 {
+            return;
+        }
+        let first = self.shared.next_sequence.fetch_add(lost, Ordering::AcqRel);
+        let gap = Gap {
+            topic: self.shared.name.clone(),
+            dropped: lost,
+            first_sequence: first,
+            last_sequence: first + lost - 1,
+        };
+        tracing::error!(parent: &self.span, lost, "messages lost in a topic crash, reported to subscribers as a gap");
+        for sub in self.plain.iter().chain(self.groups.iter().flat_map(|g| g.members.iter())) {
+            sub.queue.push_gap(gap.clone());
+        }
+    }
+
+    fn snapshot(&self) -> TopicSnapshot {
+        let (mailbox_messages, mailbox_bytes) = self.shared.admission.outstanding();
+        TopicSnapshot {
+            topic: self.shared.name.clone(),
+            subscribers: self.plain.len(),
+            queue_groups: self.groups.iter().map(|g| (g.name.to_string(), g.members.len())).collect(),
+            published: self.published,
+            next_sequence: self.shared.next_sequence.load(Ordering::Acquire),
+            mailbox_messages,
+            mailbox_bytes,
+            mailbox_capacity_messages: self.shared.admission.capacity_messages(),
+            mailbox_capacity_bytes: self.shared.admission.capacity_bytes(),
+            backlog_batches: self.backlog.len(),
+            stalled_subscribers: self.parked.len(),
+            retained: self.shared.retained.lock().is_some(),
+            restarts: self.shared.restarts.load(Ordering::Relaxed),
+            lost_in_crashes: self.shared.admission.lost(),
+        }
+    }
+}
+
+impl Actor for TopicActor {
+    type Msg = TopicMessage;
+    type State = TopicState;
+    type Arguments = TopicArgs;
+
+    async fn pre_start(&self, myself: ActorRef<TopicMessage>, args: TopicArgs) -> Result<TopicState, ActorProcessingErr> {
+        let span = tracing::info_span!("topic", topic = %args.shared.name);
+        let mut state = TopicState {
+            shared: args.shared,
+            directory: args.directory,
+            plain: Vec::new(),
+            groups: Vec::new(),
+            parked: Vec::new(),
+            parked_batch: None,
+            backlog: VecDeque::new(),
+            ended: Vec::new(),
+            published: 0,
+            span,
+        };
+        for sub in args.subscribers {
+            state.add(sub, &myself);
+        }
+        state.report_crash_loss();
+        tracing::debug!(parent: &state.span, subscribers = state.plain.len(), "topic started");
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TopicMessage>,
+        message: TopicMessage,
+        state: &mut TopicState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TopicMessage::Publish(batch) => {
+                if state.parked.is_empty() {
+                    state.fan_out(batch, &myself);
+                } else {
+                    state.backlog.push_back(batch);
+                }
+            }
+            TopicMessage::AddSubscriber(sub) => state.add(sub, &myself),
+            TopicMessage::RemoveSubscriber(id) => {
+                state.remove(id);
+                state.resume(&myself);
+            }
+            TopicMessage::Resume => state.resume(&myself),
+            TopicMessage::Observe(reply) => {
+                let _ = reply.send(state.snapshot());
+            }
+            #[cfg(feature = "testsuite")]
+            TopicMessage::Crash => panic!("injected topic crash"),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<TopicMessage>, state: &mut TopicState) -> Result<(), ActorProcessingErr> {
+        let stranded: usize = state.parked.iter().map(|p| p.range.len()).sum::<usize>()
+            + state.backlog.iter().map(|b| b.messages.len()).sum::<usize>();
+        if stranded > 0 {
+            for p in &state.parked {
+                p.subscriber.queue.count_lost(p.range.len());
+            }
+            tracing::error!(parent: &state.span, stranded, "topic stopped with undelivered messages");
+        }
+        // Everything parked or backlogged is given up on here: complete the permits so
+        // the loss is not counted twice as a crash loss.
+        if let Some(b) = state.parked_batch.take() {
+            b.permit.complete();
+        }
+        for b in state.backlog.drain(..) {
+            b.permit.complete();
+        }
+        tracing::debug!(parent: &state.span, "topic stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! The `TopicSupervisor` actor: starts, restarts and reaps topic actors, and owns the
+//! subscription index.
+//!
+//! Every change to which topics exist and who subscribes to what goes through this one
+//! actor, so topic creation and subscription can never race: a topic started after a
+//! subscription resolves it from the index; a subscription added after a topic started
+//! is sent to it. Publishers only read the directory this actor writes.
+//!
+//! # Invariants
+//!
+//! - The directory holds at most one entry per topic name, and that entry's actor is the
+//!   newest incarnation; `by_actor` maps every live topic actor to its name.
+//! - A failed topic actor is restarted at once with the same shared state (sequence,
+//!   retained value, admission) and its subscriber set rebuilt from the index.
+//! - A topic is reaped only when nothing matches it in the index, it holds no retained
+//!   value, it has been idle for `topics.idle_timeout_ms`, and its admission could be
+//!   closed with no live permit; so reaping never loses an admitted message.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+use streambus_types::config::{LimitsConfig, TopicsConfig};
+use streambus_types::{CloseReason, Topic};
+
+use crate::actors::session::{SessionId, SessionMessage};
+use crate::actors::topic::{TopicActor, TopicArgs, TopicMessage};
+use crate::admission::Admission;
+use crate::directory::{Directory, TopicRef, TopicShared};
+use crate::error::BusError;
+use crate::index::SubscriptionIndex;
+use crate::subscription::{Subscriber, SubscriptionId};
+
+/// What the topic supervisor is asked to do.
+pub(crate) enum TopicSupervisorMessage {
+    /// Return the live actor for `topic`, starting it if needed. `stale` names an actor
+    /// the caller found dead or closing, to be replaced if it is still the current one.
+    Ensure {
+        topic: Topic,
+        stale: Option<ActorId>,
+        reply: RpcReplyPort<Result<TopicRef, BusError>>,
+    },
+    /// Add a subscription to the index and to every live matching topic.
+    Subscribe { subscriber: Arc<Subscriber>, reply: RpcReplyPort<()> },
+    /// Remove subscriptions from the index and every topic, closing their buffers.
+    Unsubscribe {
+        ids: Vec<SubscriptionId>,
+        reason: CloseReason,
+        reply: Option<RpcReplyPort<()>>,
+    },
+    /// Remove every subscription of a session (it failed or closed).
+    UnsubscribeSession { session: SessionId, reason: CloseReason, reply: Option<RpcReplyPort<()>> },
+    /// Close every subscription buffer (shutdown); what is buffered stays readable.
+    CloseAll { reason: CloseReason, reply: RpcReplyPort<()> },
+    /// Reap idle topics (timer).
+    Sweep,
+    /// The live topic actors and the supervisor's own counters.
+    Observe(RpcReplyPort<(Vec<ActorRef<TopicMessage>>, TopicSupervisorSnapshot)>),
+}
+
+/// Counters of the topic supervisor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TopicSupervisorSnapshot {
+    /// Live topic actors.
+    pub topics: usize,
+    /// Subscriptions in the index.
+    pub subscriptions: usize,
+    /// Topic actors restarted after a failure, in total.
+    pub topic_restarts: u64,
+    /// Topics stopped for idleness, in total.
+    pub topics_reaped: u64,
+}
+
+/// Arguments of the topic supervisor.
+pub(crate) struct TopicSupervisorArgs {
+    pub(crate) topics: TopicsConfig,
+    pub(crate) limits: LimitsConfig,
+    /// Filled in by `pre_start`, which is where the directory is created (it needs this
+    /// actor's own reference).
+    pub(crate) directory: tokio::sync::oneshot::Sender<Arc<Directory>>,
+}
+
+/// State of the topic supervisor.
+pub(crate) struct TopicSupervisorState {
+    directory: Arc<Directory>,
+    index: SubscriptionIndex<SubscriptionId, Arc<Subscriber>>,
+    by_session: HashMap<SessionId, HashSet<SubscriptionId>>,
+    by_actor: HashMap<ActorId, Topic>,
+    topics: TopicsConfig,
+    limits: LimitsConfig,
+    counters: TopicSupervisorSnapshot,
+}
+
+/// The topic supervisor actor.
+pub(crate) struct TopicSupervisor;
+
+impl TopicSupervisorState {
+    async fn spawn(&mut self, myself: &ActorRef<TopicSupervisorMessage>, shared: Arc<TopicShared>) -> Result<TopicRef, BusError> {
+        let mut matches = Vec::new();
+        self.index.matches(&shared.name, &mut matches);
+        let args = TopicArgs {
+            shared: shared.clone(),
+            subscribers: matches.into_iter().map(|(_, s)| s).collect(),
+            directory: self.directory.clone(),
+        };
+        let (actor, _join) = Actor::spawn_linked(None, TopicActor, args, myself.get_cell())
+            .await
+            .map_err(|e| BusError::Internal(format!("starting topic {}: {e}", shared.name)))?;
+        self.by_actor.insert(actor.get_id(), shared.name.clone());
+        let topic_ref = TopicRef { shared, actor };
+        self.directory.topics.insert(topic_ref.shared.name.clone(), topic_ref.clone());
+        Ok(topic_ref)
+    }
+
+    async fn ensure(
+        &mut self,
+        myself: &ActorRef<TopicSupervisorMessage>,
+        topic: Topic,
+        stale: Option<ActorId>,
+    ) -> Result<TopicRef, BusError> {
+        let shared = match self.directory.topics.get(&topic).map(|r| r.clone()) {
+            Some(r) => {
+                let running =
+                    matches!(r.actor.get_status(), ractor::ActorStatus::Starting | ractor::ActorStatus::Running);
+                if running && Some(r.actor.get_id()) != stale {
+                    return Ok(r);
+                }
+                // Dead, or refusing messages: start its successor now. If its failure
+                // event is still queued, the handler will see it was already replaced.
+                if r.shared.admission.is_closed() { self.fresh_shared(&topic, &r.shared) } else { r.shared.clone() }
+            }
+            None => {
+                if self.directory.topics.len() >= self.limits.max_topics {
+                    return Err(BusError::TooManyTopics { max: self.limits.max_topics });
+                }
+                TopicShared::new(
+                    topic.clone(),
+                    Admission::new(self.topics.mailbox_messages, self.topics.mailbox_bytes),
+                    self.directory.now_ms(),
+                )
+            }
+        };
+        self.spawn(myself, shared).await
+    }
+
+    /// A new shared state for a topic whose admission was closed, carrying over what
+    /// must survive (sequence, retained value, crash accounting).
+    fn fresh_shared(&self, topic: &Topic, old: &TopicShared) -> Arc<TopicShared> {
+        let shared = TopicShared::new(
+            topic.clone(),
+            Admission::new(self.topics.mailbox_messages, self.topics.mailbox_bytes),
+            self.directory.now_ms(),
+        );
+        shared.next_sequence.store(old.next_sequence.load(Ordering::Acquire), Ordering::Release);
+        *shared.retained.lock() = old.retained.lock().clone();
+        shared.restarts.store(old.restarts.load(Ordering::Relaxed), Ordering::Relaxed);
+        shared
+    }
+
+    fn subscribe(&mut self, sub: Arc<Subscriber>) {
+        self.by_session.entry(sub.session).or_default().insert(sub.id);
+        self.index.insert(sub.id, sub.filter.clone(), sub.clone());
+        let notify = |r: &TopicRef| {
+            let _ = r.actor.cast(TopicMessage::AddSubscriber(sub.clone()));
+        };
+        match sub.filter.as_topic() {
+            Some(topic) => {
+                if let Some(r) = self.directory.topics.get(&topic) {
+                    notify(&r);
+                }
+            }
+            None => {
+                for r in self.directory.topics.iter() {
+                    if sub.filter.matches(r.key()) {
+                        notify(&r);
+                    }
+                }
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, id: SubscriptionId, reason: CloseReason) {
+        let Some((filter, sub)) = self.index.remove(id) else { return };
+        for r in self.directory.topics.iter() {
+            if filter.matches(r.key()) {
+                let _ = r.actor.cast(TopicMessage::RemoveSubscriber(id));
+            }
+        }
+        if let Some(ids) = self.by_session.get_mut(&sub.session) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_session.remove(&sub.session);
+            }
+        }
+        sub.queue.close(reason);
+        if reason == CloseReason::SlowConsumer {
+            let _ = sub.session_ref.cast(SessionMessage::Forget(id));
+        }
+    }
+}
+
+impl Actor for TopicSupervisor {
+    type Msg = TopicSupervisorMessage;
+    type State = TopicSupervisorState;
+    type Arguments = TopicSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TopicSupervisorMessage>,
+        args: TopicSupervisorArgs,
+    ) -> Result<TopicSupervisorState, ActorProcessingErr> {
+        let directory = Arc::new(Directory::new(myself.clone()));
+        let _ = args.directory.send(directory.clone());
+        let sweep = Duration::from_millis((args.topics.idle_timeout_ms / 4).clamp(10, 10_000));
+        myself.send_interval(sweep, || TopicSupervisorMessage::Sweep);
+        Ok(TopicSupervisorState {
+            directory,
+            index: SubscriptionIndex::default(),
+            by_session: HashMap::new(),
+            by_actor: HashMap::new(),
+            topics: args.topics,
+            limits: args.limits,
+            counters: TopicSupervisorSnapshot::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TopicSupervisorMessage>,
+        message: TopicSupervisorMessage,
+        state: &mut TopicSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TopicSupervisorMessage::Ensure { topic, stale, reply } => {
+                let _ = reply.send(state.ensure(&myself, topic, stale).await);
+            }
+            TopicSupervisorMessage::Subscribe { subscriber, reply } => {
+                state.subscribe(subscriber);
+                let _ = reply.send(());
+            }
+            TopicSupervisorMessage::Unsubscribe { ids, reason, reply } => {
+                for id in ids {
+                    state.unsubscribe(id, reason);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            TopicSupervisorMessage::UnsubscribeSession { session, reason, reply } => {
+                let ids = state.by_session.remove(&session).unwrap_or_default();
+                for id in ids {
+                    state.unsubscribe(id, reason);
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            TopicSupervisorMessage::CloseAll { reason, reply } => {
+                let ids: Vec<_> = state.by_session.values().flatten().copied().collect();
+                for id in ids {
+                    state.unsubscribe(id, reason);
+                }
+                let _ = reply.send(());
+            }
+            TopicSupervisorMessage::Sweep => {
+                let now = state.directory.now_ms();
+                let idle: Vec<TopicRef> = state
+                    .directory
+                    .topics
+                    .iter()
+                    .filter(|r| now.saturating_sub(r.shared.last_active_ms.load(Ordering::Relaxed)) >= state.topics.idle_timeout_ms)
+                    .map(|r| r.clone())
+                    .collect();
+                for r in idle {
+                    if state.index.has_match(&r.shared.name)
+                        || r.shared.retained.lock().is_some()
+                        || !r.shared.admission.close_if_idle()
+                    {
+                        continue;
+                    }
+                    state.directory.topics.remove(&r.shared.name);
+                    state.by_actor.remove(&r.actor.get_id());
+                    r.actor.stop(Some("idle".into()));
+                    state.counters.topics_reaped += 1;
+                }
+            }
+            TopicSupervisorMessage::Observe(reply) => {
+                let actors = state.directory.topics.iter().map(|r| r.actor.clone()).collect();
+                let mut counters = state.counters.clone();
+                counters.topics = state.directory.topics.len();
+                counters.subscriptions = state.index.len();
+                let _ = reply.send((actors, counters));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<TopicSupervisorMessage>,
+        event: SupervisionEvent,
+        state: &mut TopicSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(topic) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+                let Some(current) = state.directory.topics.get(&topic).map(|r| r.clone()) else { return Ok(()) };
+                current.shared.restarts.fetch_add(1, Ordering::Relaxed);
+                state.counters.topic_restarts += 1;
+                tracing::warn!(%topic, error = %err, "topic actor failed; restarting");
+                if current.actor.get_id() != cell.get_id() {
+                    // A publisher already had it replaced.
+                    return Ok(());
+                }
+                if let Err(e) = state.spawn(&myself, current.shared.clone()).await {
+                    state.directory.topics.remove(&topic);
+                    tracing::error!(%topic, error = %e, "topic restart failed; it will start again on the next publish");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.by_actor.remove(&cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<TopicSupervisorMessage>, state: &mut TopicSupervisorState) -> Result<(), ActorProcessingErr> {
+        myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        state.directory.topics.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! The one error type of the core, with the [`ErrorCode`] each variant maps to.
+
+use ractor::MessagingErr;
+use ractor::rpc::CallResult;
+use streambus_types::{ConfigError, ErrorCode, Message, TopicError};
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// A topic or filter string is invalid.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(#[from] TopicError),
+    /// A message is larger than `limits.max_message_bytes`.
+    #[error("message of {size} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// Size of the refused message (payload plus headers).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A publish batch has more than `limits.max_batch_messages` messages.
+    #[error("batch of {len} messages exceeds the limit of {max}")]
+    BatchTooLarge {
+        /// Messages in the refused batch.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `try_publish`: the topic's mailbox is full. The messages that were not admitted
+    /// are handed back, in order; any before them were admitted.
+    #[error("topic mailbox is full ({} messages not admitted)", .0.len())]
+    Full(Vec<Message>),
+    /// The session already holds `limits.max_subscriptions_per_session` subscriptions.
+    #[error("too many subscriptions: the limit is {max} per session")]
+    TooManySubscriptions {
+        /// The limit.
+        max: usize,
+    },
+    /// `limits.max_sessions` sessions are open.
+    #[error("too many sessions: the limit is {max}")]
+    TooManySessions {
+        /// The limit.
+        max: usize,
+    },
+    /// `limits.max_topics` topics are alive.
+    #[error("too many topics: the limit is {max}")]
+    TooManyTopics {
+        /// The limit.
+        max: usize,
+    },
+    /// A subscription option is unusable (e.g. a zero buffer or an empty group name).
+    #[error("invalid subscription option: {0}")]
+    InvalidOption(String),
+    /// No subscription with this id in this session.
+    #[error("no subscription with id {0}")]
+    UnknownSubscription(u64),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The session or the bus is closed.
+    #[error("closed")]
+    Closed,
+    /// An unexpected failure inside the bus.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BusError {
+    /// The error's category, which fixes its gRPC and HTTP status.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BusError::InvalidTopic(_)
+            | BusError::MessageTooLarge { .. }
+            | BusError::BatchTooLarge { .. }
+            | BusError::InvalidOption(_)
+            | BusError::Config(_) => ErrorCode::InvalidArgument,
+            BusError::Full(_)
+            | BusError::TooManySubscriptions { .. }
+            | BusError::TooManySessions { .. }
+            | BusError::TooManyTopics { .. } => ErrorCode::ResourceExhausted,
+            BusError::UnknownSubscription(_) => ErrorCode::NotFound,
+            BusError::Closed => ErrorCode::Unavailable,
+            BusError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The answer to an actor call, or [`BusError::Closed`] when the actor is gone or did
+/// not answer in time (the only ways a call fails between live actors of one bus).
+pub(crate) fn answered<T, M>(result: Result<CallResult<T>, MessagingErr<M>>) -> Result<T, BusError> {
+    match result {
+        Ok(CallResult::Success(t)) => Ok(t),
+        _ => Err(BusError::Closed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backpressure and limits are RESOURCE_EXHAUSTED, bad input INVALID_ARGUMENT.
+    #[test]
+    fn codes() {
+        assert_eq!(BusError::Full(vec![]).code().grpc_code(), 8);
+        assert_eq!(BusError::TooManySessions { max: 1 }.code().http_status(), 429);
+        assert_eq!(BusError::InvalidTopic(TopicError::Empty).code(), ErrorCode::InvalidArgument);
+        assert_eq!(BusError::Closed.code(), ErrorCode::Unavailable);
+    }
+}

@@ -1,0 +1,38 @@
+//! The streambus actor core: sessions, topics, routing, bounded backpressure and
+//! supervision, embeddable in any tokio program.
+//!
+//! Start a [`Bus`], then publish and subscribe directly or through sessions
+//! ([`Bus::connect`]). The gRPC server of the `streambus` crate serves each network
+//! stream with the same session actor, so an in-process client and a network client
+//! behave identically.
+//!
+//! Modules:
+//! - [`bus`]: the [`Bus`] and [`SessionHandle`] API, snapshots, shutdown.
+//! - [`subscription`]: [`Subscription`], a stream of events, and its batch API.
+//! - `actors`: the actor tree (session manager, sessions, topic supervisor, topics).
+//! - `directory`: how a publisher finds a topic actor; `admission`: topic mailbox
+//!   bounds; `queue`: subscriber buffers and overflow policies; `index`: the
+//!   subscription index (exact map and wildcard trie).
+//! - [`error`]: [`BusError`].
+
+mod actors;
+mod admission;
+pub mod bus;
+mod directory;
+pub mod error;
+mod index;
+mod queue;
+pub mod subscription;
+
+pub use actors::session::{SessionId, SessionSnapshot};
+pub use actors::session_manager::SessionManagerSnapshot;
+pub use actors::topic::TopicSnapshot;
+pub use actors::topic_supervisor::TopicSupervisorSnapshot;
+pub use bus::{Bus, BusSnapshot, ConnectOptions, SessionHandle};
+pub use error::BusError;
+pub use queue::{DeliveryRun, QueueSnapshot};
+pub use streambus_types::{
+    BusConfig, CloseReason, Delivery, ErrorCode, Event, Gap, Headers, Message, OverflowPolicy, SubscriptionOptions,
+    Topic, TopicFilter,
+};
+pub use subscription::{BatchEvent, Subscription, SubscriptionId, SubscriptionSnapshot};

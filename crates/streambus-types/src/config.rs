@@ -1,0 +1,190 @@
+//! Configuration of the bus core.
+//!
+//! Plain serde structs: unknown fields are refused, every field has a default (all
+//! defaults live in the `Default` impls below), units are in the field names. Parsing and
+//! checking are separate: deserialize, then call [`BusConfig::validate`], which names the
+//! offending field in its error.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::OverflowPolicy;
+
+/// Configuration of the in-process bus.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Hard limits on what clients may do.
+    pub limits: LimitsConfig,
+    /// Per-topic mailbox bounds and idle reaping.
+    pub topics: TopicsConfig,
+    /// Defaults for subscriptions that do not set their own buffer and policy.
+    pub subscriptions: SubscriptionDefaults,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Hard limits. Each refusal is a typed error that names the limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message accepted, payload plus headers, in bytes.
+    pub max_message_bytes: usize,
+    /// Most messages in one publish batch.
+    pub max_batch_messages: usize,
+    /// Most live subscriptions one session may hold.
+    pub max_subscriptions_per_session: usize,
+    /// Most sessions open at once.
+    pub max_sessions: usize,
+    /// Most topics alive at once (each has an actor and a mailbox).
+    pub max_topics: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 1024 * 1024,
+            max_batch_messages: 4096,
+            max_subscriptions_per_session: 1024,
+            max_sessions: 100_000,
+            max_topics: 100_000,
+        }
+    }
+}
+
+/// Bounds of each topic actor's mailbox (its admission) and its idle reaping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Most messages admitted to one topic and not yet fanned out.
+    pub mailbox_messages: usize,
+    /// Most bytes admitted to one topic and not yet fanned out.
+    pub mailbox_bytes: usize,
+    /// A topic with no subscriber, no retained message and no traffic for this long is
+    /// stopped; it is started again on the next publish.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            mailbox_messages: 16_384,
+            mailbox_bytes: 32 * 1024 * 1024,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Subscription defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionDefaults {
+    /// Buffer capacity in messages.
+    pub buffer_messages: usize,
+    /// Buffer capacity in bytes (payload plus headers).
+    pub buffer_bytes: usize,
+    /// Overflow policy (see [`OverflowPolicy`] for why `drop_oldest` is the default).
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for SubscriptionDefaults {
+    fn default() -> Self {
+        SubscriptionDefaults {
+            buffer_messages: 8192,
+            buffer_bytes: 16 * 1024 * 1024,
+            overflow: OverflowPolicy::default(),
+        }
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long shutdown waits for admitted messages to reach subscriber buffers before
+    /// it drops the rest (counted and logged).
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_timeout_ms: 5_000 }
+    }
+}
+
+/// A configuration value that cannot work, with the dotted path of the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field}: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field, e.g. `topics.mailbox_bytes`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError { field, reason: "must be greater than zero".into() });
+    }
+    Ok(())
+}
+
+impl BusConfig {
+    /// Checks that the values can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        positive("limits.max_message_bytes", l.max_message_bytes as u64)?;
+        positive("limits.max_batch_messages", l.max_batch_messages as u64)?;
+        positive("limits.max_subscriptions_per_session", l.max_subscriptions_per_session as u64)?;
+        positive("limits.max_sessions", l.max_sessions as u64)?;
+        positive("limits.max_topics", l.max_topics as u64)?;
+        let t = &self.topics;
+        positive("topics.mailbox_messages", t.mailbox_messages as u64)?;
+        positive("topics.idle_timeout_ms", t.idle_timeout_ms)?;
+        if t.mailbox_bytes < l.max_message_bytes {
+            return Err(ConfigError {
+                field: "topics.mailbox_bytes",
+                reason: format!(
+                    "{} is smaller than limits.max_message_bytes ({}): a largest message \
+                     could never be admitted",
+                    t.mailbox_bytes, l.max_message_bytes
+                ),
+            });
+        }
+        let s = &self.subscriptions;
+        positive("subscriptions.buffer_messages", s.buffer_messages as u64)?;
+        positive("subscriptions.buffer_bytes", s.buffer_bytes as u64)?;
+        positive("shutdown.drain_timeout_ms", self.shutdown.drain_timeout_ms)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults are valid, and a partial TOML file fills the rest from them.
+    #[test]
+    fn defaults_and_partial_toml() {
+        BusConfig::default().validate().unwrap();
+        let cfg: BusConfig = toml::from_str(
+            "[topics]\nmailbox_messages = 10\n[subscriptions]\noverflow = \"block\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.topics.mailbox_messages, 10);
+        assert_eq!(cfg.topics.mailbox_bytes, TopicsConfig::default().mailbox_bytes);
+        assert_eq!(cfg.subscriptions.overflow, OverflowPolicy::Block);
+        cfg.validate().unwrap();
+    }
+
+    /// Unknown fields are refused at parse time, bad values at validation with the field.
+    #[test]
+    fn errors_name_the_field() {
+        assert!(toml::from_str::<BusConfig>("[topics]\nmailbox_msgs = 1\n").is_err());
+        let mut cfg = BusConfig::default();
+        cfg.topics.mailbox_messages = 0;
+        assert_eq!(cfg.validate().unwrap_err().field, "topics.mailbox_messages");
+        let mut cfg = BusConfig::default();
+        cfg.topics.mailbox_bytes = 10;
+        assert_eq!(cfg.validate().unwrap_err().field, "topics.mailbox_bytes");
+    }
+}

@@ -1,0 +1,2 @@
+//! streambus
+pub use streambus_core as core;
