@@ -173,7 +173,15 @@ impl TopicState {
             g.members.retain(|s| s.id != id);
         }
         self.groups.retain(|g| !g.members.is_empty());
-        self.parked.retain(|p| p.subscriber.id != id);
+        self.parked.retain(|p| {
+            if p.subscriber.id != id {
+                return true;
+            }
+            // Counted so a subscription closed under a stalled topic (shutdown past its
+            // drain timeout) shows what it never received.
+            p.subscriber.queue.count_lost(p.range.len());
+            false
+        });
     }
 
     /// Pushes to one subscriber and records what its policy made of it.

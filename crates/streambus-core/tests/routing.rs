@@ -1,0 +1,192 @@
+//! Routing through the public API: fan-out, wildcards, queue groups, retained
+//! messages, per-publisher order, and typed errors for bad input.
+
+#[path = "common/harness.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use harness::*;
+use streambus_core::{BusError, ConnectOptions, Event, SubscriptionOptions};
+use streambus_types::TopicError;
+
+fn opts() -> SubscriptionOptions {
+    SubscriptionOptions::default()
+}
+
+/// A message reaches every matching subscriber (exact, `*`, `>`) and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_and_wildcard_fan_out() {
+    let bus = bus().await;
+    let mut exact = bus.subscribe("sensors.d1.temp", opts()).await.unwrap();
+    let mut star = bus.subscribe("sensors.*.temp", opts()).await.unwrap();
+    let mut tail = bus.subscribe("sensors.>", opts()).await.unwrap();
+    let mut other = bus.subscribe("sensors.*.humidity", opts()).await.unwrap();
+
+    let publisher = bus.connect(ConnectOptions::named("pub")).await.unwrap();
+    publisher.publish("sensors.d1.temp", "a").await.unwrap();
+    publisher.publish("sensors.d2.temp", "b").await.unwrap();
+    publisher.publish("sensors.d1.humidity", "c").await.unwrap();
+
+    assert_eq!(payloads(&mut exact, 1).await, ["a"]);
+    assert_eq!(payloads(&mut star, 2).await, ["a", "b"]);
+    assert_eq!(payloads(&mut tail, 3).await, ["a", "b", "c"]);
+    assert_eq!(payloads(&mut other, 1).await, ["c"]);
+    let snap = bus.snapshot().await.unwrap();
+    for sub in snap.sessions.iter().flat_map(|s| &s.subscriptions) {
+        assert_eq!(sub.buffer.queued_messages, 0, "{} got more than it should", sub.filter);
+    }
+    bus.shutdown().await;
+}
+
+/// Each message goes to exactly one member of a queue group, spread across members,
+/// while a plain subscriber still gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_group_delivers_each_message_once() {
+    let bus = bus().await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(bus.subscribe("jobs.*", opts().queue_group("workers")).await.unwrap());
+    }
+    let mut plain = bus.subscribe("jobs.*", opts()).await.unwrap();
+    let publisher = bus.connect(ConnectOptions::default()).await.unwrap();
+    for i in 0..300 {
+        publisher.publish(if i % 2 == 0 { "jobs.a" } else { "jobs.b" }, i.to_string()).await.unwrap();
+    }
+    assert_eq!(payloads(&mut plain, 300).await.len(), 300);
+    wait_snapshot(&bus, "all fanned out", |s| s.inflight_batches == 0).await;
+
+    let mut seen = Vec::new();
+    for member in &mut members {
+        let queued = member.buffer().queued_messages;
+        assert!(queued > 0, "round robin gives every member a share");
+        seen.extend(payloads(member, queued).await);
+    }
+    let unique: BTreeSet<_> = seen.iter().collect();
+    assert_eq!(seen.len(), 300, "no message delivered twice");
+    assert_eq!(unique.len(), 300, "no message lost");
+    bus.shutdown().await;
+}
+
+/// A new subscriber first gets the topic's last retained message, flagged as such;
+/// an empty retained publish clears it; queue-group members get no retained replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_message_goes_first_to_new_subscribers() {
+    let bus = bus().await;
+    bus.publish_message(msg("cfg.rate", "1").retained()).await.unwrap();
+    bus.publish_message(msg("cfg.rate", "2").retained()).await.unwrap();
+    bus.publish("cfg.rate", "not retained").await.unwrap();
+
+    for filter in ["cfg.rate", "cfg.*"] {
+        let mut sub = bus.subscribe(filter, opts()).await.unwrap();
+        match next(&mut sub).await {
+            Some(Event::Delivery(d)) => {
+                assert_eq!(&d.payload[..], b"2");
+                assert!(d.retained);
+                assert_eq!(d.sequence, 2);
+            }
+            other => panic!("expected the retained value, got {other:?}"),
+        }
+        bus.publish("cfg.rate", "live").await.unwrap();
+        assert_eq!(payloads(&mut sub, 1).await, ["live"]);
+    }
+
+    let mut member = bus.subscribe("cfg.rate", opts().queue_group("g")).await.unwrap();
+    bus.publish_message(msg("cfg.rate", "").retained()).await.unwrap();
+    assert_eq!(payloads(&mut member, 1).await, [""], "the clearing publish itself is delivered");
+    let mut late = bus.subscribe("cfg.rate", opts()).await.unwrap();
+    bus.publish("cfg.rate", "after clear").await.unwrap();
+    assert_eq!(payloads(&mut late, 1).await, ["after clear"], "no retained value after clearing");
+    bus.shutdown().await;
+}
+
+/// Concurrent publishers to one topic: each publisher's messages arrive in its order,
+/// and sequence numbers are dense and increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_is_kept_per_publisher() {
+    let bus = bus().await;
+    let mut sub = bus.subscribe("orders", opts().buffer(10_000, 1 << 24)).await.unwrap();
+    let mut tasks = Vec::new();
+    for p in 0..4 {
+        let session = bus.connect(ConnectOptions::named(format!("p{p}"))).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..500 {
+                let batch = (0..4).map(|j| msg("orders", format!("{p}:{}", i * 4 + j))).collect();
+                session.publish_batch(batch).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut last: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut expected_seq = 1;
+    for _ in 0..8000 {
+        let Some(Event::Delivery(d)) = next(&mut sub).await else { panic!("expected a delivery") };
+        assert_eq!(d.sequence, expected_seq);
+        expected_seq += 1;
+        let text = String::from_utf8(d.payload.to_vec()).unwrap();
+        let (p, i) = text.split_once(':').unwrap();
+        let (p, i): (u32, i64) = (p.parse().unwrap(), i.parse().unwrap());
+        let prev = last.insert(p, i).unwrap_or(-1);
+        assert_eq!(i, prev + 1, "publisher {p} out of order");
+    }
+    bus.shutdown().await;
+}
+
+/// `$` system topics are only matched by filters that name them explicitly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_topics_need_explicit_filters() {
+    let bus = bus().await;
+    let mut all = bus.subscribe(">", opts()).await.unwrap();
+    let mut dlq = bus.subscribe("$dlq.>", opts()).await.unwrap();
+    bus.publish("$dlq.pg", "dead").await.unwrap();
+    bus.publish("app", "live").await.unwrap();
+    assert_eq!(payloads(&mut dlq, 1).await, ["dead"]);
+    assert_eq!(payloads(&mut all, 1).await, ["live"]);
+    bus.shutdown().await;
+}
+
+/// Every class of bad input gets its typed error and changes nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors() {
+    let bus = bus_with(|c| {
+        c.limits.max_message_bytes = 100;
+        c.limits.max_batch_messages = 3;
+        c.limits.max_subscriptions_per_session = 2;
+        c.limits.max_sessions = 3;
+    })
+    .await;
+    let s = bus.connect(ConnectOptions::default()).await.unwrap();
+    assert!(matches!(s.publish("a.*", "x").await, Err(BusError::InvalidTopic(TopicError::WildcardInTopic))));
+    assert!(matches!(s.publish("a..b", "x").await, Err(BusError::InvalidTopic(TopicError::EmptyToken { .. }))));
+    assert!(matches!(s.publish("", "x").await, Err(BusError::InvalidTopic(TopicError::Empty))));
+    assert!(matches!(
+        s.subscribe("a.>.b", opts()).await,
+        Err(BusError::InvalidTopic(TopicError::TailNotLast))
+    ));
+    assert!(matches!(
+        s.publish("a", vec![b'x'; 101]).await,
+        Err(BusError::MessageTooLarge { size: 101, max: 100 })
+    ));
+    let batch = (0..4).map(|i| msg("a", i.to_string())).collect();
+    assert!(matches!(s.publish_batch(batch).await, Err(BusError::BatchTooLarge { len: 4, max: 3 })));
+    assert!(matches!(
+        s.subscribe("x", opts().queue_group("")).await,
+        Err(BusError::InvalidOption(_))
+    ));
+    assert!(matches!(s.subscribe("x", opts().buffer(0, 10)).await, Err(BusError::InvalidOption(_))));
+
+    let mut ok = s.subscribe("a", opts()).await.unwrap();
+    let _second = s.subscribe("b", opts()).await.unwrap();
+    assert!(matches!(s.subscribe("c", opts()).await, Err(BusError::TooManySubscriptions { max: 2 })));
+
+    let _s2 = bus.connect(ConnectOptions::default()).await.unwrap();
+    let _s3 = bus.connect(ConnectOptions::default()).await.unwrap();
+    assert!(matches!(bus.connect(ConnectOptions::default()).await, Err(BusError::TooManySessions { max: 3 })));
+
+    // The session still works after all of that.
+    s.publish("a", "fine").await.unwrap();
+    assert_eq!(payloads(&mut ok, 1).await, ["fine"]);
+    bus.shutdown().await;
+}
