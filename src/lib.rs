@@ -1,2 +1,26 @@
-//! streambus
-pub use streambus_core as core;
+//! streambus: an actor-model message bus on gRPC bidirectional streams.
+//!
+//! This root crate re-exports the embeddable core ([`streambus_core`]) and the domain
+//! vocabulary ([`streambus_types`]); the gRPC server, client SDK and CLI are built on
+//! them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), streambus::BusError> {
+//! use futures::StreamExt;
+//! use streambus::{Bus, BusConfig, SubscriptionOptions};
+//!
+//! let bus = Bus::start(BusConfig::default()).await?;
+//! let mut readings = bus.subscribe("sensors.>", SubscriptionOptions::default()).await?;
+//! bus.publish("sensors.dev1.temperature", "21.5").await?;
+//! println!("{:?}", readings.next().await);
+//! bus.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub use streambus_core::*;
+pub use {streambus_core as core, streambus_types as types};
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

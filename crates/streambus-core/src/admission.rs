@@ -62,7 +62,11 @@ impl Admission {
     /// A gate of `messages` and `bytes` capacity.
     pub(crate) fn new(messages: usize, bytes: usize) -> Arc<Self> {
         Arc::new(Admission {
-            state: Mutex::new(Available { messages, bytes, closed: false }),
+            state: Mutex::new(Available {
+                messages,
+                bytes,
+                closed: false,
+            }),
             capacity_messages: messages,
             capacity_bytes: bytes,
             released: Notify::new(),
@@ -97,7 +101,12 @@ impl Admission {
         }
         st.messages -= messages;
         st.bytes -= bytes;
-        Ok(Some(Permit { admission: self.clone(), messages, bytes, sent: false }))
+        Ok(Some(Permit {
+            admission: self.clone(),
+            messages,
+            bytes,
+            sent: false,
+        }))
     }
 
     /// Takes capacity now, or returns `Ok(None)` when there is not enough of it.
@@ -105,11 +114,19 @@ impl Admission {
     /// Requests larger than the capacity are clamped to it (callers split batches so
     /// that this only happens for a single oversize message, which the publish size
     /// limit already forbids).
-    pub(crate) fn try_acquire(self: &Arc<Self>, messages: usize, bytes: usize) -> Result<Option<Permit>, AdmissionClosed> {
+    pub(crate) fn try_acquire(
+        self: &Arc<Self>,
+        messages: usize,
+        bytes: usize,
+    ) -> Result<Option<Permit>, AdmissionClosed> {
         let (messages, bytes) = self.clamp(messages, bytes);
         if self.waiters.load(Ordering::Acquire) != 0 {
             // Somebody queued first; do not overtake them.
-            return if self.state.lock().closed { Err(AdmissionClosed) } else { Ok(None) };
+            return if self.state.lock().closed {
+                Err(AdmissionClosed)
+            } else {
+                Ok(None)
+            };
         }
         self.take(messages, bytes)
     }

@@ -37,9 +37,13 @@ use serde::Serialize;
 use streambus_types::{BusConfig, CloseReason, Message, SubscriptionOptions, Topic, TopicFilter};
 
 use crate::actors::session::{SessionId, SessionMessage, SessionShared, SessionSnapshot};
-use crate::actors::session_manager::{SessionManager, SessionManagerArgs, SessionManagerMessage, SessionManagerSnapshot};
+use crate::actors::session_manager::{
+    OpenedSession, SessionManager, SessionManagerArgs, SessionManagerMessage, SessionManagerSnapshot,
+};
 use crate::actors::topic::{TopicMessage, TopicSnapshot};
-use crate::actors::topic_supervisor::{TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot};
+use crate::actors::topic_supervisor::{
+    TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot,
+};
 use crate::admission::Inflight;
 use crate::directory::{Admit, Directory};
 use crate::error::{BusError, answered};
@@ -101,7 +105,7 @@ struct BusInner {
     inflight: Arc<Inflight>,
     closing: AtomicBool,
     /// The session behind `Bus::publish` and `Bus::subscribe`, opened on first use.
-    default_session: tokio::sync::OnceCell<(ActorRef<SessionMessage>, Arc<SessionShared>)>,
+    default_session: tokio::sync::OnceCell<OpenedSession>,
 }
 
 /// A running bus. Clones share it.
@@ -112,7 +116,9 @@ pub struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bus").field("closing", &self.inner.closing.load(Ordering::Relaxed)).finish()
+        f.debug_struct("Bus")
+            .field("closing", &self.inner.closing.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -121,11 +127,17 @@ impl Bus {
     pub async fn start(config: BusConfig) -> Result<Bus, BusError> {
         config.validate()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let args = TopicSupervisorArgs { topics: config.topics.clone(), limits: config.limits.clone(), directory: tx };
+        let args = TopicSupervisorArgs {
+            topics: config.topics.clone(),
+            limits: config.limits.clone(),
+            directory: tx,
+        };
         let (topics, _) = Actor::spawn(None, TopicSupervisor, args)
             .await
             .map_err(|e| BusError::Internal(format!("starting the topic supervisor: {e}")))?;
-        let directory = rx.await.map_err(|_| BusError::Internal("topic supervisor gave no directory".into()))?;
+        let directory = rx
+            .await
+            .map_err(|_| BusError::Internal("topic supervisor gave no directory".into()))?;
         let args = SessionManagerArgs {
             topics: topics.clone(),
             limits: config.limits.clone(),
@@ -153,22 +165,39 @@ impl Bus {
         &self.inner.config
     }
 
-    async fn open(&self, name: String) -> Result<(ActorRef<SessionMessage>, Arc<SessionShared>), BusError> {
+    async fn open(&self, name: String) -> Result<OpenedSession, BusError> {
         if self.inner.closing.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
-        answered(self.inner.sessions.call(|reply| SessionManagerMessage::Open { name, reply }, None).await)?
+        answered(
+            self.inner
+                .sessions
+                .call(|reply| SessionManagerMessage::Open { name, reply }, None)
+                .await,
+        )?
     }
 
     /// Opens a session.
     pub async fn connect(&self, options: ConnectOptions) -> Result<SessionHandle, BusError> {
         let (actor, shared) = self.open(options.name).await?;
-        Ok(SessionHandle { bus: self.inner.clone(), actor, shared })
+        Ok(SessionHandle {
+            bus: self.inner.clone(),
+            actor,
+            shared,
+        })
     }
 
     async fn default_session(&self) -> Result<SessionHandle, BusError> {
-        let (actor, shared) = self.inner.default_session.get_or_try_init(|| self.open("default".into())).await?;
-        Ok(SessionHandle { bus: self.inner.clone(), actor: actor.clone(), shared: shared.clone() })
+        let (actor, shared) = self
+            .inner
+            .default_session
+            .get_or_try_init(|| self.open("default".into()))
+            .await?;
+        Ok(SessionHandle {
+            bus: self.inner.clone(),
+            actor: actor.clone(),
+            shared: shared.clone(),
+        })
     }
 
     /// Publishes `payload` to `topic` through the default session.
@@ -188,12 +217,28 @@ impl Bus {
 
     /// A snapshot of every actor's state.
     pub async fn snapshot(&self) -> Result<BusSnapshot, BusError> {
-        let (session_actors, session_manager) =
-            answered(self.inner.sessions.call(SessionManagerMessage::Observe, Some(OBSERVE_TIMEOUT)).await)?;
-        let (topic_actors, topic_supervisor) =
-            answered(self.inner.topics.call(TopicSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT)).await)?;
-        let sessions = join_all(session_actors.iter().map(|a| a.call(SessionMessage::Observe, Some(OBSERVE_TIMEOUT))));
-        let topics = join_all(topic_actors.iter().map(|a| a.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT))));
+        let (session_actors, session_manager) = answered(
+            self.inner
+                .sessions
+                .call(SessionManagerMessage::Observe, Some(OBSERVE_TIMEOUT))
+                .await,
+        )?;
+        let (topic_actors, topic_supervisor) = answered(
+            self.inner
+                .topics
+                .call(TopicSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT))
+                .await,
+        )?;
+        let sessions = join_all(
+            session_actors
+                .iter()
+                .map(|a| a.call(SessionMessage::Observe, Some(OBSERVE_TIMEOUT))),
+        );
+        let topics = join_all(
+            topic_actors
+                .iter()
+                .map(|a| a.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT))),
+        );
         let (sessions, topics) = futures::join!(sessions, topics);
         // An actor that stopped between the two steps simply is not in the snapshot.
         let mut sessions: Vec<SessionSnapshot> = sessions.into_iter().filter_map(|r| answered(r).ok()).collect();
@@ -222,10 +267,26 @@ impl Bus {
             );
         }
         let reason = CloseReason::Shutdown;
-        let _ = self.inner.sessions.call(|reply| SessionManagerMessage::CloseAll { reason, reply }, None).await;
-        let _ = self.inner.topics.call(|reply| TopicSupervisorMessage::CloseAll { reason, reply }, None).await;
-        let _ = self.inner.sessions.stop_and_wait(Some("shutdown".into()), Some(timeout)).await;
-        let _ = self.inner.topics.stop_and_wait(Some("shutdown".into()), Some(timeout)).await;
+        let _ = self
+            .inner
+            .sessions
+            .call(|reply| SessionManagerMessage::CloseAll { reason, reply }, None)
+            .await;
+        let _ = self
+            .inner
+            .topics
+            .call(|reply| TopicSupervisorMessage::CloseAll { reason, reply }, None)
+            .await;
+        let _ = self
+            .inner
+            .sessions
+            .stop_and_wait(Some("shutdown".into()), Some(timeout))
+            .await;
+        let _ = self
+            .inner
+            .topics
+            .stop_and_wait(Some("shutdown".into()), Some(timeout))
+            .await;
         tracing::info!("bus stopped");
     }
 
@@ -233,7 +294,13 @@ impl Bus {
     #[cfg(feature = "testsuite")]
     pub fn inject_topic_panic(&self, topic: &str) -> Result<(), BusError> {
         let topic = Topic::new(topic)?;
-        let r = self.inner.directory.topics.get(&topic).map(|r| r.actor.clone()).ok_or(BusError::Closed)?;
+        let r = self
+            .inner
+            .directory
+            .topics
+            .get(&topic)
+            .map(|r| r.actor.clone())
+            .ok_or(BusError::Closed)?;
         r.cast(TopicMessage::Crash).map_err(|_| BusError::Closed)
     }
 }
@@ -252,7 +319,10 @@ pub struct SessionHandle {
 
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionHandle").field("id", &self.shared.id).field("name", &self.shared.name).finish()
+        f.debug_struct("SessionHandle")
+            .field("id", &self.shared.id)
+            .field("name", &self.shared.name)
+            .finish()
     }
 }
 
@@ -275,10 +345,16 @@ impl SessionHandle {
         }
         let limits = &self.bus.config.limits;
         if messages.len() > limits.max_batch_messages {
-            return Err(BusError::BatchTooLarge { len: messages.len(), max: limits.max_batch_messages });
+            return Err(BusError::BatchTooLarge {
+                len: messages.len(),
+                max: limits.max_batch_messages,
+            });
         }
         if let Some(m) = messages.iter().find(|m| m.byte_len() > limits.max_message_bytes) {
-            return Err(BusError::MessageTooLarge { size: m.byte_len(), max: limits.max_message_bytes });
+            return Err(BusError::MessageTooLarge {
+                size: m.byte_len(),
+                max: limits.max_message_bytes,
+            });
         }
         Ok(())
     }
@@ -299,12 +375,16 @@ impl SessionHandle {
             let (count, bytes) = (group.len(), group.iter().map(Message::byte_len).sum::<usize>());
             match self.bus.directory.send(&topic, group, admit, guards).await {
                 Ok(()) => {
-                    self.shared.published_messages.fetch_add(count as u64, Ordering::Relaxed);
+                    self.shared
+                        .published_messages
+                        .fetch_add(count as u64, Ordering::Relaxed);
                     self.shared.published_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 }
                 Err(BusError::Full(mut rest)) => {
                     let admitted = count - rest.len();
-                    self.shared.published_messages.fetch_add(admitted as u64, Ordering::Relaxed);
+                    self.shared
+                        .published_messages
+                        .fetch_add(admitted as u64, Ordering::Relaxed);
                     rest.extend(groups.flat_map(|(_, g)| g));
                     return Err(BusError::Full(rest));
                 }
@@ -349,7 +429,11 @@ impl SessionHandle {
         if !self.is_open() {
             return Err(BusError::Closed);
         }
-        let sub = answered(self.actor.call(|reply| SessionMessage::Subscribe { filter, options, reply }, None).await)??;
+        let sub = answered(
+            self.actor
+                .call(|reply| SessionMessage::Subscribe { filter, options, reply }, None)
+                .await,
+        )??;
         Ok(Subscription::new(&sub, self.actor.clone()))
     }
 
@@ -362,10 +446,16 @@ impl SessionHandle {
         }
         let timeout = Duration::from_millis(self.bus.config.shutdown.drain_timeout_ms);
         if !self.shared.inflight.wait_idle(timeout).await {
-            tracing::warn!(session = self.shared.id.0, "session close timed out waiting for its publishes");
+            tracing::warn!(
+                session = self.shared.id.0,
+                "session close timed out waiting for its publishes"
+            );
         }
         let reason = CloseReason::SessionClosed;
-        let _ = self.actor.call(|reply| SessionMessage::Close { reason, reply }, None).await;
+        let _ = self
+            .actor
+            .call(|reply| SessionMessage::Close { reason, reply }, None)
+            .await;
         Ok(())
     }
 

@@ -82,7 +82,11 @@ pub(crate) struct Directory {
 
 impl Directory {
     pub(crate) fn new(supervisor: ActorRef<TopicSupervisorMessage>) -> Self {
-        Directory { topics: DashMap::new(), supervisor, epoch: Instant::now() }
+        Directory {
+            topics: DashMap::new(),
+            supervisor,
+            epoch: Instant::now(),
+        }
     }
 
     /// Milliseconds since the directory was made (a monotonic clock for idleness).
@@ -98,7 +102,11 @@ impl Directory {
             return Ok(r.clone());
         }
         let topic = topic.clone();
-        answered(self.supervisor.call(|reply| TopicSupervisorMessage::Ensure { topic, stale, reply }, None).await)?
+        answered(
+            self.supervisor
+                .call(|reply| TopicSupervisorMessage::Ensure { topic, stale, reply }, None)
+                .await,
+        )?
     }
 
     /// Hands `messages` (all for `topic`, within the batch limit) to the topic actor.
@@ -137,7 +145,9 @@ impl Directory {
                 Err(AdmissionClosed) => {
                     reroutes += 1;
                     if reroutes > MAX_REROUTES {
-                        return Err(BusError::Internal(format!("topic {topic} kept closing under the publisher")));
+                        return Err(BusError::Internal(format!(
+                            "topic {topic} kept closing under the publisher"
+                        )));
                     }
                     stale = Some(target.actor.get_id());
                     continue;
@@ -145,7 +155,11 @@ impl Directory {
             };
             let rest = messages.split_off(n);
             permit.mark_sent();
-            let batch = PublishBatch { messages, permit, _guards: guards() };
+            let batch = PublishBatch {
+                messages,
+                permit,
+                _guards: guards(),
+            };
             match target.actor.cast(TopicMessage::Publish(batch)) {
                 Ok(()) => messages = rest,
                 Err(MessagingErr::SendErr(TopicMessage::Publish(mut batch))) => {
@@ -154,7 +168,9 @@ impl Directory {
                     messages.extend(rest);
                     reroutes += 1;
                     if reroutes > MAX_REROUTES {
-                        return Err(BusError::Internal(format!("topic {topic} actor is not accepting messages")));
+                        return Err(BusError::Internal(format!(
+                            "topic {topic} actor is not accepting messages"
+                        )));
                     }
                     stale = Some(target.actor.get_id());
                 }

@@ -103,7 +103,10 @@ mod tests {
     fn codes() {
         assert_eq!(BusError::Full(vec![]).code().grpc_code(), 8);
         assert_eq!(BusError::TooManySessions { max: 1 }.code().http_status(), 429);
-        assert_eq!(BusError::InvalidTopic(TopicError::Empty).code(), ErrorCode::InvalidArgument);
+        assert_eq!(
+            BusError::InvalidTopic(TopicError::Empty).code(),
+            ErrorCode::InvalidArgument
+        );
         assert_eq!(BusError::Closed.code(), ErrorCode::Unavailable);
     }
 }

@@ -40,7 +40,12 @@ struct Node<K, T> {
 
 impl<K, T> Default for Node<K, T> {
     fn default() -> Self {
-        Node { literal: HashMap::new(), any_one: None, here: Vec::new(), tail: Vec::new() }
+        Node {
+            literal: HashMap::new(),
+            any_one: None,
+            here: Vec::new(),
+            tail: Vec::new(),
+        }
     }
 }
 
@@ -52,7 +57,11 @@ impl<K, T> Node<K, T> {
 
 impl<K: Copy + Eq + Hash, T: Clone> Default for SubscriptionIndex<K, T> {
     fn default() -> Self {
-        SubscriptionIndex { exact: HashMap::new(), trie: Node::default(), entries: HashMap::new() }
+        SubscriptionIndex {
+            exact: HashMap::new(),
+            trie: Node::default(),
+            entries: HashMap::new(),
+        }
     }
 }
 
@@ -203,7 +212,12 @@ mod tests {
     }
 
     fn token() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("$s".to_owned()), Just("c".to_owned())]
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("$s".to_owned()),
+            Just("c".to_owned())
+        ]
     }
 
     fn filter_token() -> impl Strategy<Value = String> {

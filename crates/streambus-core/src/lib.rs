@@ -13,7 +13,7 @@
 //! - `directory`: how a publisher finds a topic actor; `admission`: topic mailbox
 //!   bounds; `queue`: subscriber buffers and overflow policies; `index`: the
 //!   subscription index (exact map and wildcard trie).
-//! - [`error`]: [`BusError`].
+//! - [`error`]: the one error type, [`BusError`].
 
 mod actors;
 mod admission;

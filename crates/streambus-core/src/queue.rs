@@ -78,7 +78,11 @@ impl DeliveryRun {
     }
 
     pub(crate) fn pop_front(&mut self) -> Option<Delivery> {
-        let d = self.batch.get(self.range.start).filter(|_| !self.range.is_empty())?.clone();
+        let d = self
+            .batch
+            .get(self.range.start)
+            .filter(|_| !self.range.is_empty())?
+            .clone();
         self.range.start += 1;
         Some(d)
     }
@@ -93,7 +97,11 @@ impl std::ops::Deref for DeliveryRun {
 
 #[derive(Debug)]
 enum Entry {
-    Run { batch: Arc<[Delivery]>, range: Range<usize>, bytes: usize },
+    Run {
+        batch: Arc<[Delivery]>,
+        range: Range<usize>,
+        bytes: usize,
+    },
     Gap(Gap),
 }
 
@@ -150,7 +158,9 @@ pub(crate) struct SubscriberQueue {
 
 impl std::fmt::Debug for SubscriberQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubscriberQueue").field("snapshot", &self.snapshot()).finish()
+        f.debug_struct("SubscriberQueue")
+            .field("snapshot", &self.snapshot())
+            .finish()
     }
 }
 
@@ -213,7 +223,11 @@ impl State {
         self.messages += range.len();
         self.bytes += bytes;
         self.peak_messages = self.peak_messages.max(self.messages);
-        self.entries.push_back(Entry::Run { batch: batch.clone(), range, bytes });
+        self.entries.push_back(Entry::Run {
+            batch: batch.clone(),
+            range,
+            bytes,
+        });
     }
 
     /// Records lost deliveries in the run of gap entries starting at `at` (front) or
@@ -256,7 +270,9 @@ impl State {
             let Some(pos) = self.entries.iter().position(|e| matches!(e, Entry::Run { .. })) else {
                 break;
             };
-            let Entry::Run { batch, range, bytes } = &mut self.entries[pos] else { unreachable!() };
+            let Entry::Run { batch, range, bytes } = &mut self.entries[pos] else {
+                unreachable!()
+            };
             let batch = batch.clone();
             let start = range.start;
             let mut end = start;
@@ -425,7 +441,10 @@ impl SubscriberQueue {
             return false;
         }
         st.closed = Some(reason);
-        let wake = Wake { consumer: st.consumer.take(), space: std::mem::take(&mut st.space_wakers) };
+        let wake = Wake {
+            consumer: st.consumer.take(),
+            space: std::mem::take(&mut st.space_wakers),
+        };
         drop(st);
         wake.fire();
         true
@@ -439,7 +458,10 @@ impl SubscriberQueue {
         st.entries.clear();
         st.messages = 0;
         st.bytes = 0;
-        let wake = Wake { consumer: None, space: std::mem::take(&mut st.space_wakers) };
+        let wake = Wake {
+            consumer: None,
+            space: std::mem::take(&mut st.space_wakers),
+        };
         drop(st);
         wake.fire();
     }
@@ -528,17 +550,18 @@ mod tests {
         q.push(b, 0..b.len(), || Box::new(|| {}))
     }
 
-    /// Everything poppable now: deliveries as sequence numbers, gaps as (topic, n, first, last).
-    fn drain(q: &SubscriberQueue) -> (Vec<u64>, Vec<(String, u64, u64, u64)>, Option<CloseReason>) {
+    /// A gap as (topic, dropped, first, last), easy to compare.
+    type GapTuple = (String, u64, u64, u64);
+
+    /// Everything poppable now: deliveries as sequence numbers, gaps as tuples.
+    fn drain(q: &SubscriberQueue) -> (Vec<u64>, Vec<GapTuple>, Option<CloseReason>) {
         let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
         let (mut seqs, mut gaps, mut closed) = (vec![], vec![], None);
         while let Poll::Ready(Some(p)) = q.poll_pop(&mut cx) {
             match p {
                 Popped::Deliveries(run) => seqs.extend(run.iter().map(|d| d.sequence)),
-                Popped::Gap(g) => {
-                    gaps.push((g.topic.to_string(), g.dropped, g.first_sequence, g.last_sequence))
-                }
+                Popped::Gap(g) => gaps.push((g.topic.to_string(), g.dropped, g.first_sequence, g.last_sequence)),
                 Popped::Closed(r) => closed = Some(r),
             }
         }
@@ -603,9 +626,11 @@ mod tests {
         let woken = Arc::new(AtomicUsize::new(0));
         let w = woken.clone();
         let b = batch("a", 1..7, 1);
-        let out = q.push(&b, 0..6, move || Box::new(move || {
-            w.fetch_add(1, Ordering::SeqCst);
-        }));
+        let out = q.push(&b, 0..6, move || {
+            Box::new(move || {
+                w.fetch_add(1, Ordering::SeqCst);
+            })
+        });
         assert_eq!(out, Push::Blocked { accepted: 4 });
         assert!(q.snapshot().blocking);
         let (seqs, gaps, _) = drain(&q);

@@ -154,7 +154,10 @@ impl Subscription {
         self.done = true;
         self.queue.detach();
         let id = self.id;
-        let result = self.session.call(|reply| SessionMessage::Unsubscribe { id, reply: Some(reply) }, None).await;
+        let result = self
+            .session
+            .call(|reply| SessionMessage::Unsubscribe { id, reply: Some(reply) }, None)
+            .await;
         // A session that is gone took its subscriptions with it.
         answered(result).unwrap_or(Ok(()))
     }
@@ -191,7 +194,10 @@ impl Drop for Subscription {
         if !self.queue.is_detached() {
             self.queue.detach();
             // The session may be gone already, and its subscriptions with it.
-            let _ = self.session.cast(SessionMessage::Unsubscribe { id: self.id, reply: None });
+            let _ = self.session.cast(SessionMessage::Unsubscribe {
+                id: self.id,
+                reply: None,
+            });
         }
     }
 }

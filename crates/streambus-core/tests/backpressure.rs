@@ -37,7 +37,10 @@ async fn publish_n(bus: &streambus_core::Bus, range: std::ops::RangeInclusive<u3
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_reports_exact_gap() {
     let bus = bus().await;
-    let mut sub = bus.subscribe("t", policy(OverflowPolicy::DropOldest, 10)).await.unwrap();
+    let mut sub = bus
+        .subscribe("t", policy(OverflowPolicy::DropOldest, 10))
+        .await
+        .unwrap();
     publish_n(&bus, 1..=25).await;
     assert_eq!(sub.buffer().dropped, 15);
     assert_eq!(next(&mut sub).await, Some(gap(1, 15)));
@@ -50,7 +53,10 @@ async fn drop_oldest_reports_exact_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_newest_reports_exact_gap() {
     let bus = bus().await;
-    let mut sub = bus.subscribe("t", policy(OverflowPolicy::DropNewest, 10)).await.unwrap();
+    let mut sub = bus
+        .subscribe("t", policy(OverflowPolicy::DropNewest, 10))
+        .await
+        .unwrap();
     publish_n(&bus, 1..=25).await;
     assert_eq!(sub.buffer().dropped, 15);
     let got = payloads(&mut sub, 10).await;
@@ -67,8 +73,14 @@ async fn drop_newest_reports_exact_gap() {
 async fn disconnect_ends_slow_consumer() {
     let bus = bus().await;
     let session = bus.connect(ConnectOptions::named("slow")).await.unwrap();
-    let mut slow = session.subscribe("t", policy(OverflowPolicy::Disconnect, 10)).await.unwrap();
-    let mut fine = bus.subscribe("t", policy(OverflowPolicy::DropOldest, 100)).await.unwrap();
+    let mut slow = session
+        .subscribe("t", policy(OverflowPolicy::Disconnect, 10))
+        .await
+        .unwrap();
+    let mut fine = bus
+        .subscribe("t", policy(OverflowPolicy::DropOldest, 100))
+        .await
+        .unwrap();
     publish_n(&bus, 1..=11).await;
     let events = drain(&mut slow).await;
     assert_eq!(events.len(), 11);
@@ -107,10 +119,15 @@ async fn block_holds_publisher_until_consumer_reads() {
     // 2 in the subscriber buffer, 1 parked at the topic, 3 in its backlog: the mailbox
     // (4 messages) is full and the 7th publish waits for admission.
     let snap = wait_snapshot(&bus, "topic stalled with a full mailbox", |s| {
-        s.topic("t").is_some_and(|t| t.stalled_subscribers == 1 && t.mailbox_messages == 4)
+        s.topic("t")
+            .is_some_and(|t| t.stalled_subscribers == 1 && t.mailbox_messages == 4)
     })
     .await;
-    assert_eq!(done.load(Ordering::SeqCst), 6, "the publisher is held at the 7th message");
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        6,
+        "the publisher is held at the 7th message"
+    );
     let t = snap.topic("t").unwrap();
     assert_eq!(t.backlog_batches, 3);
     assert_eq!(sub.buffer().queued_messages, 2);
@@ -135,9 +152,15 @@ async fn try_publish_hands_back_on_full() {
     s.try_publish(msg("t", "1")).await.unwrap(); // into the subscriber buffer
     wait_snapshot(&bus, "1 buffered", |s| s.inflight_batches == 0).await;
     s.try_publish(msg("t", "2")).await.unwrap(); // parked: holds 1 permit
-    wait_snapshot(&bus, "2 parked", |s| s.topic("t").is_some_and(|t| t.stalled_subscribers == 1)).await;
+    wait_snapshot(&bus, "2 parked", |s| {
+        s.topic("t").is_some_and(|t| t.stalled_subscribers == 1)
+    })
+    .await;
     s.try_publish(msg("t", "3")).await.unwrap(); // backlog: holds the 2nd permit
-    wait_snapshot(&bus, "3 in the backlog", |s| s.topic("t").is_some_and(|t| t.backlog_batches == 1)).await;
+    wait_snapshot(&bus, "3 in the backlog", |s| {
+        s.topic("t").is_some_and(|t| t.backlog_batches == 1)
+    })
+    .await;
     match s.try_publish(msg("t", "4")).await {
         Err(BusError::Full(back)) => {
             assert_eq!(back.len(), 1);
@@ -167,7 +190,12 @@ async fn stalled_subscriber_keeps_every_queue_bounded() {
         .await
         .unwrap();
     let blocked = bus
-        .subscribe("load.b", SubscriptionOptions::default().overflow(OverflowPolicy::Block).buffer(100, 10_000))
+        .subscribe(
+            "load.b",
+            SubscriptionOptions::default()
+                .overflow(OverflowPolicy::Block)
+                .buffer(100, 10_000),
+        )
         .await
         .unwrap();
     let publisher = bus.connect(ConnectOptions::named("fast")).await.unwrap();
@@ -188,7 +216,8 @@ async fn stalled_subscriber_keeps_every_queue_bounded() {
         }
     });
     let snap = wait_snapshot(&bus, "drop-policy topic done and block topic stalled", |s| {
-        s.topic("load.a").is_some_and(|t| t.published == 10_000 && t.mailbox_messages == 0)
+        s.topic("load.a")
+            .is_some_and(|t| t.published == 10_000 && t.mailbox_messages == 0)
             && s.topic("load.b").is_some_and(|t| t.stalled_subscribers == 1)
     })
     .await;
@@ -201,7 +230,10 @@ async fn stalled_subscriber_keeps_every_queue_bounded() {
         assert!(sub.buffer.queued_bytes <= sub.buffer.capacity_bytes, "{sub:?}");
     }
     let stalled_snap = stalled.buffer();
-    assert_eq!(stalled_snap.queued_messages, 50, "200-byte messages: 10 000 bytes hold 50");
+    assert_eq!(
+        stalled_snap.queued_messages, 50,
+        "200-byte messages: 10 000 bytes hold 50"
+    );
     assert!(stalled_snap.dropped >= 10_000 - 50);
     assert_eq!(blocked.buffer().dropped, 0, "block never drops");
     assert!(!blocked_publisher.is_finished(), "the block topic holds its publisher");

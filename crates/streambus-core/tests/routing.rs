@@ -51,7 +51,10 @@ async fn queue_group_delivers_each_message_once() {
     let mut plain = bus.subscribe("jobs.*", opts()).await.unwrap();
     let publisher = bus.connect(ConnectOptions::default()).await.unwrap();
     for i in 0..300 {
-        publisher.publish(if i % 2 == 0 { "jobs.a" } else { "jobs.b" }, i.to_string()).await.unwrap();
+        publisher
+            .publish(if i % 2 == 0 { "jobs.a" } else { "jobs.b" }, i.to_string())
+            .await
+            .unwrap();
     }
     assert_eq!(payloads(&mut plain, 300).await.len(), 300);
     wait_snapshot(&bus, "all fanned out", |s| s.inflight_batches == 0).await;
@@ -93,10 +96,18 @@ async fn retained_message_goes_first_to_new_subscribers() {
 
     let mut member = bus.subscribe("cfg.rate", opts().queue_group("g")).await.unwrap();
     bus.publish_message(msg("cfg.rate", "").retained()).await.unwrap();
-    assert_eq!(payloads(&mut member, 1).await, [""], "the clearing publish itself is delivered");
+    assert_eq!(
+        payloads(&mut member, 1).await,
+        [""],
+        "the clearing publish itself is delivered"
+    );
     let mut late = bus.subscribe("cfg.rate", opts()).await.unwrap();
     bus.publish("cfg.rate", "after clear").await.unwrap();
-    assert_eq!(payloads(&mut late, 1).await, ["after clear"], "no retained value after clearing");
+    assert_eq!(
+        payloads(&mut late, 1).await,
+        ["after clear"],
+        "no retained value after clearing"
+    );
     bus.shutdown().await;
 }
 
@@ -120,11 +131,11 @@ async fn order_is_kept_per_publisher() {
         t.await.unwrap();
     }
     let mut last: BTreeMap<u32, i64> = BTreeMap::new();
-    let mut expected_seq = 1;
-    for _ in 0..8000 {
-        let Some(Event::Delivery(d)) = next(&mut sub).await else { panic!("expected a delivery") };
+    for expected_seq in 1..=8000 {
+        let Some(Event::Delivery(d)) = next(&mut sub).await else {
+            panic!("expected a delivery")
+        };
         assert_eq!(d.sequence, expected_seq);
-        expected_seq += 1;
         let text = String::from_utf8(d.payload.to_vec()).unwrap();
         let (p, i) = text.split_once(':').unwrap();
         let (p, i): (u32, i64) = (p.parse().unwrap(), i.parse().unwrap());
@@ -158,9 +169,18 @@ async fn bad_input_gets_typed_errors() {
     })
     .await;
     let s = bus.connect(ConnectOptions::default()).await.unwrap();
-    assert!(matches!(s.publish("a.*", "x").await, Err(BusError::InvalidTopic(TopicError::WildcardInTopic))));
-    assert!(matches!(s.publish("a..b", "x").await, Err(BusError::InvalidTopic(TopicError::EmptyToken { .. }))));
-    assert!(matches!(s.publish("", "x").await, Err(BusError::InvalidTopic(TopicError::Empty))));
+    assert!(matches!(
+        s.publish("a.*", "x").await,
+        Err(BusError::InvalidTopic(TopicError::WildcardInTopic))
+    ));
+    assert!(matches!(
+        s.publish("a..b", "x").await,
+        Err(BusError::InvalidTopic(TopicError::EmptyToken { .. }))
+    ));
+    assert!(matches!(
+        s.publish("", "x").await,
+        Err(BusError::InvalidTopic(TopicError::Empty))
+    ));
     assert!(matches!(
         s.subscribe("a.>.b", opts()).await,
         Err(BusError::InvalidTopic(TopicError::TailNotLast))
@@ -170,20 +190,32 @@ async fn bad_input_gets_typed_errors() {
         Err(BusError::MessageTooLarge { size: 101, max: 100 })
     ));
     let batch = (0..4).map(|i| msg("a", i.to_string())).collect();
-    assert!(matches!(s.publish_batch(batch).await, Err(BusError::BatchTooLarge { len: 4, max: 3 })));
+    assert!(matches!(
+        s.publish_batch(batch).await,
+        Err(BusError::BatchTooLarge { len: 4, max: 3 })
+    ));
     assert!(matches!(
         s.subscribe("x", opts().queue_group("")).await,
         Err(BusError::InvalidOption(_))
     ));
-    assert!(matches!(s.subscribe("x", opts().buffer(0, 10)).await, Err(BusError::InvalidOption(_))));
+    assert!(matches!(
+        s.subscribe("x", opts().buffer(0, 10)).await,
+        Err(BusError::InvalidOption(_))
+    ));
 
     let mut ok = s.subscribe("a", opts()).await.unwrap();
     let _second = s.subscribe("b", opts()).await.unwrap();
-    assert!(matches!(s.subscribe("c", opts()).await, Err(BusError::TooManySubscriptions { max: 2 })));
+    assert!(matches!(
+        s.subscribe("c", opts()).await,
+        Err(BusError::TooManySubscriptions { max: 2 })
+    ));
 
     let _s2 = bus.connect(ConnectOptions::default()).await.unwrap();
     let _s3 = bus.connect(ConnectOptions::default()).await.unwrap();
-    assert!(matches!(bus.connect(ConnectOptions::default()).await, Err(BusError::TooManySessions { max: 3 })));
+    assert!(matches!(
+        bus.connect(ConnectOptions::default()).await,
+        Err(BusError::TooManySessions { max: 3 })
+    ));
 
     // The session still works after all of that.
     s.publish("a", "fine").await.unwrap();

@@ -28,14 +28,20 @@ async fn session_panic_is_isolated() {
     })
     .await;
     assert!(snap.sessions.iter().all(|s| s.name != "doomed"));
-    assert_eq!(drain(&mut doomed_sub).await, [Event::Closed(CloseReason::SessionFailed)]);
+    assert_eq!(
+        drain(&mut doomed_sub).await,
+        [Event::Closed(CloseReason::SessionFailed)]
+    );
     assert!(matches!(doomed.publish("a.b", "x").await, Err(BusError::Closed)));
     assert!(matches!(doomed.subscribe("a", opts()).await, Err(BusError::Closed)));
 
     publisher.publish("a.b", "still here").await.unwrap();
     assert_eq!(payloads(&mut survivor_sub, 1).await, ["still here"]);
     let snap = bus.snapshot().await.unwrap();
-    assert_eq!(snap.topic_supervisor.subscriptions, 1, "the failed session's subscription left the index");
+    assert_eq!(
+        snap.topic_supervisor.subscriptions, 1,
+        "the failed session's subscription left the index"
+    );
     bus.shutdown().await;
 }
 
@@ -54,9 +60,16 @@ async fn topic_panic_restarts_and_delivery_continues() {
     assert_eq!(payloads(&mut wild, 5).await.len(), 5);
 
     bus.inject_topic_panic("t.x").unwrap();
-    let snap = wait_snapshot(&bus, "topic restarted", |s| s.topic("t.x").is_some_and(|t| t.restarts == 1)).await;
+    let snap = wait_snapshot(&bus, "topic restarted", |s| {
+        s.topic("t.x").is_some_and(|t| t.restarts == 1)
+    })
+    .await;
     assert_eq!(snap.topic_supervisor.topic_restarts, 1);
-    assert_eq!(snap.topic("t.x").unwrap().subscribers, 2, "subscribers rebuilt from the index");
+    assert_eq!(
+        snap.topic("t.x").unwrap().subscribers,
+        2,
+        "subscribers rebuilt from the index"
+    );
 
     for i in 6..=10 {
         publisher.publish("t.x", i.to_string()).await.unwrap();
@@ -86,7 +99,11 @@ async fn graceful_close_delivers_everything_queued() {
     }
     writer.close().await.unwrap();
     assert!(matches!(writer.publish("g", "late").await, Err(BusError::Closed)));
-    assert_eq!(sub.buffer().queued_messages, 1000, "all of the writer's messages are buffered after its close");
+    assert_eq!(
+        sub.buffer().queued_messages,
+        1000,
+        "all of the writer's messages are buffered after its close"
+    );
 
     reader.close().await.unwrap();
     let events = drain(&mut sub).await;
@@ -111,7 +128,10 @@ async fn shutdown_drains() {
     assert_eq!(events.len(), 501);
     assert_eq!(events.last(), Some(&Event::Closed(CloseReason::Shutdown)));
     assert!(matches!(publisher.publish("s.1", "late").await, Err(BusError::Closed)));
-    assert!(matches!(bus.connect(ConnectOptions::default()).await, Err(BusError::Closed)));
+    assert!(matches!(
+        bus.connect(ConnectOptions::default()).await,
+        Err(BusError::Closed)
+    ));
 }
 
 /// Shutdown with a `block` subscriber that never reads is bounded by the drain
@@ -120,14 +140,22 @@ async fn shutdown_drains() {
 async fn shutdown_with_stalled_block_subscriber_is_bounded() {
     let bus = bus_with(|c| c.shutdown.drain_timeout_ms = 200).await;
     let stalled = bus
-        .subscribe("b", opts().overflow(streambus_core::OverflowPolicy::Block).buffer(1, 1 << 20))
+        .subscribe(
+            "b",
+            opts()
+                .overflow(streambus_core::OverflowPolicy::Block)
+                .buffer(1, 1 << 20),
+        )
         .await
         .unwrap();
     let publisher = bus.connect(ConnectOptions::named("publisher")).await.unwrap();
     for i in 0..3 {
         publisher.publish("b", i.to_string()).await.unwrap();
     }
-    wait_snapshot(&bus, "stalled", |s| s.topic("b").is_some_and(|t| t.stalled_subscribers == 1)).await;
+    wait_snapshot(&bus, "stalled", |s| {
+        s.topic("b").is_some_and(|t| t.stalled_subscribers == 1)
+    })
+    .await;
     bus.shutdown().await;
     let buffer = stalled.buffer();
     assert_eq!(buffer.queued_messages, 1);
@@ -168,6 +196,9 @@ async fn unsubscribe_removes_everywhere() {
     assert!(snap.sessions.iter().all(|s| s.subscriptions.is_empty()));
     let dropped = session.subscribe("u.*", opts()).await.unwrap();
     drop(dropped);
-    wait_snapshot(&bus, "dropped subscription removed", |s| s.topic_supervisor.subscriptions == 0).await;
+    wait_snapshot(&bus, "dropped subscription removed", |s| {
+        s.topic_supervisor.subscriptions == 0
+    })
+    .await;
     bus.shutdown().await;
 }

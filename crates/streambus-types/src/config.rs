@@ -107,7 +107,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { drain_timeout_ms: 5_000 }
+        ShutdownConfig {
+            drain_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -123,7 +125,10 @@ pub struct ConfigError {
 
 fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
-        return Err(ConfigError { field, reason: "must be greater than zero".into() });
+        return Err(ConfigError {
+            field,
+            reason: "must be greater than zero".into(),
+        });
     }
     Ok(())
 }
@@ -134,7 +139,10 @@ impl BusConfig {
         let l = &self.limits;
         positive("limits.max_message_bytes", l.max_message_bytes as u64)?;
         positive("limits.max_batch_messages", l.max_batch_messages as u64)?;
-        positive("limits.max_subscriptions_per_session", l.max_subscriptions_per_session as u64)?;
+        positive(
+            "limits.max_subscriptions_per_session",
+            l.max_subscriptions_per_session as u64,
+        )?;
         positive("limits.max_sessions", l.max_sessions as u64)?;
         positive("limits.max_topics", l.max_topics as u64)?;
         let t = &self.topics;
@@ -166,14 +174,20 @@ mod tests {
     #[test]
     fn defaults_and_partial_toml() {
         BusConfig::default().validate().unwrap();
-        let cfg: BusConfig = toml::from_str(
-            "[topics]\nmailbox_messages = 10\n[subscriptions]\noverflow = \"block\"\n",
-        )
-        .unwrap();
+        let cfg: BusConfig =
+            toml::from_str("[topics]\nmailbox_messages = 10\n[subscriptions]\noverflow = \"block\"\n").unwrap();
         assert_eq!(cfg.topics.mailbox_messages, 10);
         assert_eq!(cfg.topics.mailbox_bytes, TopicsConfig::default().mailbox_bytes);
         assert_eq!(cfg.subscriptions.overflow, OverflowPolicy::Block);
         cfg.validate().unwrap();
+    }
+
+    /// The shipped sample file parses, validates, and states exactly the defaults.
+    #[test]
+    fn sample_file_is_the_defaults() {
+        let sample: BusConfig = toml::from_str(include_str!("../../../streambus.example.toml")).unwrap();
+        sample.validate().unwrap();
+        assert_eq!(sample, BusConfig::default());
     }
 
     /// Unknown fields are refused at parse time, bad values at validation with the field.

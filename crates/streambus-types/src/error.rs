@@ -83,8 +83,10 @@ mod tests {
     /// The gRPC and HTTP mappings are exactly these; a change here breaks clients.
     #[test]
     fn mapping_table_is_pinned() {
-        let table: Vec<_> =
-            ErrorCode::ALL.iter().map(|c| (c.as_str(), c.grpc_code(), c.http_status())).collect();
+        let table: Vec<_> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.grpc_code(), c.http_status()))
+            .collect();
         assert_eq!(
             table,
             vec![

@@ -52,7 +52,11 @@ impl Headers {
 
 impl From<Vec<(String, String)>> for Headers {
     fn from(pairs: Vec<(String, String)>) -> Self {
-        if pairs.is_empty() { Headers(None) } else { Headers(Some(pairs.into())) }
+        if pairs.is_empty() {
+            Headers(None)
+        } else {
+            Headers(Some(pairs.into()))
+        }
     }
 }
 
@@ -73,7 +77,12 @@ pub struct Message {
 impl Message {
     /// A message with no headers, not retained.
     pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
-        Message { topic, payload: payload.into(), headers: Headers::new(), retain: false }
+        Message {
+            topic,
+            payload: payload.into(),
+            headers: Headers::new(),
+            retain: false,
+        }
     }
 
     /// Sets the headers.

@@ -79,7 +79,10 @@ fn check_common(s: &str) -> Result<usize, TopicError> {
         return Err(TopicError::Empty);
     }
     if s.len() > MAX_TOPIC_BYTES {
-        return Err(TopicError::TooLong { len: s.len(), max: MAX_TOPIC_BYTES });
+        return Err(TopicError::TooLong {
+            len: s.len(),
+            max: MAX_TOPIC_BYTES,
+        });
     }
     if let Some(character) = s.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(TopicError::InvalidCharacter { character });
@@ -91,11 +94,16 @@ fn check_common(s: &str) -> Result<usize, TopicError> {
             return Err(TopicError::EmptyToken { position });
         }
         if token.len() > 1 && token.contains(['*', '>']) {
-            return Err(TopicError::PartialWildcard { token: token.to_owned() });
+            return Err(TopicError::PartialWildcard {
+                token: token.to_owned(),
+            });
         }
     }
     if depth > MAX_TOPIC_DEPTH {
-        return Err(TopicError::TooDeep { depth, max: MAX_TOPIC_DEPTH });
+        return Err(TopicError::TooDeep {
+            depth,
+            max: MAX_TOPIC_DEPTH,
+        });
     }
     Ok(depth)
 }
@@ -291,12 +299,18 @@ mod tests {
         let long = "a".repeat(MAX_TOPIC_BYTES + 1);
         assert_eq!(
             Topic::new(&long),
-            Err(TopicError::TooLong { len: MAX_TOPIC_BYTES + 1, max: MAX_TOPIC_BYTES })
+            Err(TopicError::TooLong {
+                len: MAX_TOPIC_BYTES + 1,
+                max: MAX_TOPIC_BYTES
+            })
         );
         let deep = vec!["a"; MAX_TOPIC_DEPTH + 1].join(".");
         assert_eq!(
             Topic::new(&deep),
-            Err(TopicError::TooDeep { depth: MAX_TOPIC_DEPTH + 1, max: MAX_TOPIC_DEPTH })
+            Err(TopicError::TooDeep {
+                depth: MAX_TOPIC_DEPTH + 1,
+                max: MAX_TOPIC_DEPTH
+            })
         );
     }
 
@@ -342,7 +356,12 @@ mod tests {
     }
 
     fn token() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("$s".to_owned()), "[a-c]{1,3}"]
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("$s".to_owned()),
+            "[a-c]{1,3}"
+        ]
     }
 
     proptest! {

@@ -48,11 +48,17 @@ pub(crate) enum SessionMessage {
         reply: RpcReplyPort<Result<Arc<Subscriber>, BusError>>,
     },
     /// Close a subscription (from its handle, or its `Drop` with no reply).
-    Unsubscribe { id: SubscriptionId, reply: Option<RpcReplyPort<Result<(), BusError>>> },
+    Unsubscribe {
+        id: SubscriptionId,
+        reply: Option<RpcReplyPort<Result<(), BusError>>>,
+    },
     /// The bus ended a subscription on its own (slow consumer): forget it.
     Forget(SubscriptionId),
     /// Close every subscription with `reason` and stop (graceful close or shutdown).
-    Close { reason: CloseReason, reply: RpcReplyPort<()> },
+    Close {
+        reason: CloseReason,
+        reply: RpcReplyPort<()>,
+    },
     /// Report state.
     Observe(RpcReplyPort<SessionSnapshot>),
     /// Fault injection for supervision tests.
@@ -116,6 +122,9 @@ impl SessionState {
         filter: TopicFilter,
         options: SubscriptionOptions,
     ) -> Result<Arc<Subscriber>, BusError> {
+        if self.args.shared.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
         let max = self.args.limits.max_subscriptions_per_session;
         if self.subscriptions.len() >= max {
             return Err(BusError::TooManySubscriptions { max });
@@ -146,7 +155,10 @@ impl SessionState {
         let sub = subscriber.clone();
         self.args
             .topics
-            .call(|reply| TopicSupervisorMessage::Subscribe { subscriber: sub, reply }, None)
+            .call(
+                |reply| TopicSupervisorMessage::Subscribe { subscriber: sub, reply },
+                None,
+            )
             .await
             .map_err(|_| BusError::Closed)?;
         tracing::debug!(parent: &self.span, subscription = id.0, filter = %subscriber.filter, "subscribed");
@@ -161,7 +173,14 @@ impl SessionState {
         let _ = self
             .args
             .topics
-            .call(|reply| TopicSupervisorMessage::Unsubscribe { ids, reason, reply: Some(reply) }, None)
+            .call(
+                |reply| TopicSupervisorMessage::Unsubscribe {
+                    ids,
+                    reason,
+                    reply: Some(reply),
+                },
+                None,
+            )
             .await;
     }
 
@@ -185,10 +204,18 @@ impl Actor for SessionActor {
     type State = SessionState;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<SessionMessage>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMessage>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
         let span = tracing::info_span!("session", id = args.shared.id.0, name = %args.shared.name);
         tracing::info!(parent: &span, "session opened");
-        Ok(SessionState { args, subscriptions: HashMap::new(), span })
+        Ok(SessionState {
+            args,
+            subscriptions: HashMap::new(),
+            span,
+        })
     }
 
     async fn handle(
@@ -207,7 +234,11 @@ impl Actor for SessionActor {
                     state.unsubscribe(vec![id], CloseReason::Unsubscribed).await;
                 }
                 if let Some(reply) = reply {
-                    let _ = reply.send(if known { Ok(()) } else { Err(BusError::UnknownSubscription(id.0)) });
+                    let _ = reply.send(if known {
+                        Ok(())
+                    } else {
+                        Err(BusError::UnknownSubscription(id.0))
+                    });
                 }
             }
             SessionMessage::Forget(id) => {
@@ -218,7 +249,9 @@ impl Actor for SessionActor {
                 let ids = state.subscriptions.keys().copied().collect();
                 state.unsubscribe(ids, reason).await;
                 let _ = reply.send(());
-                myself.stop(Some("closed".into()));
+                // Drain, not stop: requests already queued are answered (subscribes
+                // with `Closed`, observes normally) rather than silently dropped.
+                myself.drain()?;
             }
             SessionMessage::Observe(reply) => {
                 let _ = reply.send(state.snapshot());
@@ -229,7 +262,11 @@ impl Actor for SessionActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<SessionMessage>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMessage>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         state.args.shared.closed.store(true, Ordering::Release);
         tracing::info!(parent: &state.span, "session closed");
         Ok(())

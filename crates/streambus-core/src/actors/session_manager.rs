@@ -28,13 +28,19 @@ pub(crate) enum SessionManagerMessage {
     /// Open a session for a client called `name`.
     Open {
         name: String,
-        reply: RpcReplyPort<Result<(ActorRef<SessionMessage>, Arc<SessionShared>), BusError>>,
+        reply: RpcReplyPort<Result<OpenedSession, BusError>>,
     },
     /// The live session actors and the manager's own counters.
     Observe(RpcReplyPort<(Vec<ActorRef<SessionMessage>>, SessionManagerSnapshot)>),
     /// Close every session with `reason` (shutdown).
-    CloseAll { reason: CloseReason, reply: RpcReplyPort<()> },
+    CloseAll {
+        reason: CloseReason,
+        reply: RpcReplyPort<()>,
+    },
 }
+
+/// A session just opened: its actor and the counters shared with its handles.
+pub(crate) type OpenedSession = (ActorRef<SessionMessage>, Arc<SessionShared>);
 
 /// Counters of the session manager.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -136,7 +142,13 @@ impl Actor for SessionManager {
                 let result = match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
                     Ok((actor, _join)) => {
                         state.counters.sessions_opened += 1;
-                        state.sessions.insert(actor.get_id(), SessionEntry { actor: actor.clone(), shared: shared.clone() });
+                        state.sessions.insert(
+                            actor.get_id(),
+                            SessionEntry {
+                                actor: actor.clone(),
+                                shared: shared.clone(),
+                            },
+                        );
                         Ok((actor, shared))
                     }
                     Err(e) => Err(BusError::Internal(format!("starting session: {e}"))),
@@ -152,7 +164,12 @@ impl Actor for SessionManager {
             SessionManagerMessage::CloseAll { reason, reply } => {
                 let actors: Vec<_> = state.sessions.values().map(|e| e.actor.clone()).collect();
                 for actor in actors {
-                    let _ = actor.call(|r| SessionMessage::Close { reason, reply: r }, Some(Duration::from_secs(5))).await;
+                    let _ = actor
+                        .call(
+                            |r| SessionMessage::Close { reason, reply: r },
+                            Some(Duration::from_secs(5)),
+                        )
+                        .await;
                 }
                 let _ = reply.send(());
             }
@@ -181,8 +198,14 @@ impl Actor for SessionManager {
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<SessionManagerMessage>, _state: &mut SessionManagerState) -> Result<(), ActorProcessingErr> {
-        myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SessionManagerMessage>,
+        _state: &mut SessionManagerState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
         Ok(())
     }
 }

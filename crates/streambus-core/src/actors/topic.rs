@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -138,8 +138,15 @@ pub(crate) struct TopicState {
 /// The topic actor.
 pub(crate) struct TopicActor;
 
+/// Where each new group's round robin starts, so that topics carrying a message or two
+/// each (one per device, say) do not all pick the group's first member.
+static GROUP_SEED: AtomicUsize = AtomicUsize::new(0);
+
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 impl TopicState {
@@ -158,7 +165,11 @@ impl TopicState {
             }
             Some(name) => match self.groups.iter_mut().find(|g| &g.name == name) {
                 Some(g) => g.members.push(sub),
-                None => self.groups.push(Group { name: name.clone(), members: vec![sub], next: 0 }),
+                None => self.groups.push(Group {
+                    name: name.clone(),
+                    members: vec![sub],
+                    next: GROUP_SEED.fetch_add(1, Ordering::Relaxed),
+                }),
             },
         }
     }
@@ -185,7 +196,13 @@ impl TopicState {
     }
 
     /// Pushes to one subscriber and records what its policy made of it.
-    fn push(&mut self, sub: &Arc<Subscriber>, batch: &Arc<[Delivery]>, range: Range<usize>, myself: &ActorRef<TopicMessage>) {
+    fn push(
+        &mut self,
+        sub: &Arc<Subscriber>,
+        batch: &Arc<[Delivery]>,
+        range: Range<usize>,
+        myself: &ActorRef<TopicMessage>,
+    ) {
         let start = range.start;
         let end = range.end;
         let outcome = sub.queue.push(batch, range, || {
@@ -240,11 +257,20 @@ impl TopicState {
                         retained: true,
                     });
                 }
-                Delivery { topic: m.topic, sequence, timestamp_ns, payload: m.payload, headers: m.headers, retained: false }
+                Delivery {
+                    topic: m.topic,
+                    sequence,
+                    timestamp_ns,
+                    payload: m.payload,
+                    headers: m.headers,
+                    retained: false,
+                }
             })
             .collect();
         self.published += n;
-        self.shared.last_active_ms.store(self.directory.now_ms(), Ordering::Relaxed);
+        self.shared
+            .last_active_ms
+            .store(self.directory.now_ms(), Ordering::Relaxed);
         let batch: Arc<[Delivery]> = deliveries.into();
         let len = batch.len();
 
@@ -331,7 +357,11 @@ impl TopicState {
             last_sequence: first + lost - 1,
         };
         tracing::error!(parent: &self.span, lost, "messages lost in a topic crash, reported to subscribers as a gap");
-        for sub in self.plain.iter().chain(self.groups.iter().flat_map(|g| g.members.iter())) {
+        for sub in self
+            .plain
+            .iter()
+            .chain(self.groups.iter().flat_map(|g| g.members.iter()))
+        {
             sub.queue.push_gap(gap.clone());
         }
     }
@@ -341,7 +371,11 @@ impl TopicState {
         TopicSnapshot {
             topic: self.shared.name.clone(),
             subscribers: self.plain.len(),
-            queue_groups: self.groups.iter().map(|g| (g.name.to_string(), g.members.len())).collect(),
+            queue_groups: self
+                .groups
+                .iter()
+                .map(|g| (g.name.to_string(), g.members.len()))
+                .collect(),
             published: self.published,
             next_sequence: self.shared.next_sequence.load(Ordering::Acquire),
             mailbox_messages,
@@ -362,7 +396,11 @@ impl Actor for TopicActor {
     type State = TopicState;
     type Arguments = TopicArgs;
 
-    async fn pre_start(&self, myself: ActorRef<TopicMessage>, args: TopicArgs) -> Result<TopicState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TopicMessage>,
+        args: TopicArgs,
+    ) -> Result<TopicState, ActorProcessingErr> {
         let span = tracing::info_span!("topic", topic = %args.shared.name);
         let mut state = TopicState {
             shared: args.shared,
@@ -413,7 +451,11 @@ impl Actor for TopicActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<TopicMessage>, state: &mut TopicState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TopicMessage>,
+        state: &mut TopicState,
+    ) -> Result<(), ActorProcessingErr> {
         let stranded: usize = state.parked.iter().map(|p| p.range.len()).sum::<usize>()
             + state.backlog.iter().map(|b| b.messages.len()).sum::<usize>();
         if stranded > 0 {

@@ -44,7 +44,10 @@ pub(crate) enum TopicSupervisorMessage {
         reply: RpcReplyPort<Result<TopicRef, BusError>>,
     },
     /// Add a subscription to the index and to every live matching topic.
-    Subscribe { subscriber: Arc<Subscriber>, reply: RpcReplyPort<()> },
+    Subscribe {
+        subscriber: Arc<Subscriber>,
+        reply: RpcReplyPort<()>,
+    },
     /// Remove subscriptions from the index and every topic, closing their buffers.
     Unsubscribe {
         ids: Vec<SubscriptionId>,
@@ -52,9 +55,16 @@ pub(crate) enum TopicSupervisorMessage {
         reply: Option<RpcReplyPort<()>>,
     },
     /// Remove every subscription of a session (it failed or closed).
-    UnsubscribeSession { session: SessionId, reason: CloseReason, reply: Option<RpcReplyPort<()>> },
+    UnsubscribeSession {
+        session: SessionId,
+        reason: CloseReason,
+        reply: Option<RpcReplyPort<()>>,
+    },
     /// Close every subscription buffer (shutdown); what is buffered stays readable.
-    CloseAll { reason: CloseReason, reply: RpcReplyPort<()> },
+    CloseAll {
+        reason: CloseReason,
+        reply: RpcReplyPort<()>,
+    },
     /// Reap idle topics (timer).
     Sweep,
     /// The live topic actors and the supervisor's own counters.
@@ -98,7 +108,11 @@ pub(crate) struct TopicSupervisorState {
 pub(crate) struct TopicSupervisor;
 
 impl TopicSupervisorState {
-    async fn spawn(&mut self, myself: &ActorRef<TopicSupervisorMessage>, shared: Arc<TopicShared>) -> Result<TopicRef, BusError> {
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<TopicSupervisorMessage>,
+        shared: Arc<TopicShared>,
+    ) -> Result<TopicRef, BusError> {
         let mut matches = Vec::new();
         self.index.matches(&shared.name, &mut matches);
         let args = TopicArgs {
@@ -111,7 +125,9 @@ impl TopicSupervisorState {
             .map_err(|e| BusError::Internal(format!("starting topic {}: {e}", shared.name)))?;
         self.by_actor.insert(actor.get_id(), shared.name.clone());
         let topic_ref = TopicRef { shared, actor };
-        self.directory.topics.insert(topic_ref.shared.name.clone(), topic_ref.clone());
+        self.directory
+            .topics
+            .insert(topic_ref.shared.name.clone(), topic_ref.clone());
         Ok(topic_ref)
     }
 
@@ -123,18 +139,26 @@ impl TopicSupervisorState {
     ) -> Result<TopicRef, BusError> {
         let shared = match self.directory.topics.get(&topic).map(|r| r.clone()) {
             Some(r) => {
-                let running =
-                    matches!(r.actor.get_status(), ractor::ActorStatus::Starting | ractor::ActorStatus::Running);
+                let running = matches!(
+                    r.actor.get_status(),
+                    ractor::ActorStatus::Starting | ractor::ActorStatus::Running
+                );
                 if running && Some(r.actor.get_id()) != stale {
                     return Ok(r);
                 }
                 // Dead, or refusing messages: start its successor now. If its failure
                 // event is still queued, the handler will see it was already replaced.
-                if r.shared.admission.is_closed() { self.fresh_shared(&topic, &r.shared) } else { r.shared.clone() }
+                if r.shared.admission.is_closed() {
+                    self.fresh_shared(&topic, &r.shared)
+                } else {
+                    r.shared.clone()
+                }
             }
             None => {
                 if self.directory.topics.len() >= self.limits.max_topics {
-                    return Err(BusError::TooManyTopics { max: self.limits.max_topics });
+                    return Err(BusError::TooManyTopics {
+                        max: self.limits.max_topics,
+                    });
                 }
                 TopicShared::new(
                     topic.clone(),
@@ -154,9 +178,13 @@ impl TopicSupervisorState {
             Admission::new(self.topics.mailbox_messages, self.topics.mailbox_bytes),
             self.directory.now_ms(),
         );
-        shared.next_sequence.store(old.next_sequence.load(Ordering::Acquire), Ordering::Release);
+        shared
+            .next_sequence
+            .store(old.next_sequence.load(Ordering::Acquire), Ordering::Release);
         *shared.retained.lock() = old.retained.lock().clone();
-        shared.restarts.store(old.restarts.load(Ordering::Relaxed), Ordering::Relaxed);
+        shared
+            .restarts
+            .store(old.restarts.load(Ordering::Relaxed), Ordering::Relaxed);
         shared
     }
 
@@ -183,7 +211,9 @@ impl TopicSupervisorState {
     }
 
     fn unsubscribe(&mut self, id: SubscriptionId, reason: CloseReason) {
-        let Some((filter, sub)) = self.index.remove(id) else { return };
+        let Some((filter, sub)) = self.index.remove(id) else {
+            return;
+        };
         for r in self.directory.topics.iter() {
             if filter.matches(r.key()) {
                 let _ = r.actor.cast(TopicMessage::RemoveSubscriber(id));
@@ -271,7 +301,10 @@ impl Actor for TopicSupervisor {
                     .directory
                     .topics
                     .iter()
-                    .filter(|r| now.saturating_sub(r.shared.last_active_ms.load(Ordering::Relaxed)) >= state.topics.idle_timeout_ms)
+                    .filter(|r| {
+                        now.saturating_sub(r.shared.last_active_ms.load(Ordering::Relaxed))
+                            >= state.topics.idle_timeout_ms
+                    })
                     .map(|r| r.clone())
                     .collect();
                 for r in idle {
@@ -283,7 +316,9 @@ impl Actor for TopicSupervisor {
                     }
                     state.directory.topics.remove(&r.shared.name);
                     state.by_actor.remove(&r.actor.get_id());
-                    r.actor.stop(Some("idle".into()));
+                    // Its admission is closed with no permit out, so no publish can be in
+                    // its mailbox; draining answers whatever else is.
+                    let _ = r.actor.drain();
                     state.counters.topics_reaped += 1;
                 }
             }
@@ -306,8 +341,12 @@ impl Actor for TopicSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
-                let Some(topic) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
-                let Some(current) = state.directory.topics.get(&topic).map(|r| r.clone()) else { return Ok(()) };
+                let Some(topic) = state.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let Some(current) = state.directory.topics.get(&topic).map(|r| r.clone()) else {
+                    return Ok(());
+                };
                 current.shared.restarts.fetch_add(1, Ordering::Relaxed);
                 state.counters.topic_restarts += 1;
                 tracing::warn!(%topic, error = %err, "topic actor failed; restarting");
@@ -328,8 +367,14 @@ impl Actor for TopicSupervisor {
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<TopicSupervisorMessage>, state: &mut TopicSupervisorState) -> Result<(), ActorProcessingErr> {
-        myself.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+    async fn post_stop(
+        &self,
+        myself: ActorRef<TopicSupervisorMessage>,
+        state: &mut TopicSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
         state.directory.topics.clear();
         Ok(())
     }

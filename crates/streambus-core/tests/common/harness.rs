@@ -56,7 +56,9 @@ pub async fn wait_snapshot(bus: &Bus, what: &str, pred: impl Fn(&BusSnapshot) ->
 
 /// The next event, or a panic after [`PATIENCE`].
 pub async fn next(sub: &mut Subscription) -> Option<Event> {
-    tokio::time::timeout(PATIENCE, sub.next()).await.expect("an event in time")
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("an event in time")
 }
 
 /// The next `n` events, which must all be deliveries; returns their payloads.
