@@ -104,8 +104,9 @@ struct BusInner {
     /// Publish batches in flight bus-wide; shutdown waits for it to reach zero.
     inflight: Arc<Inflight>,
     closing: AtomicBool,
-    /// The session behind `Bus::publish` and `Bus::subscribe`, opened on first use.
-    default_session: tokio::sync::OnceCell<OpenedSession>,
+    /// The session behind `Bus::publish` and `Bus::subscribe`: opened on first use, and
+    /// opened again if it ever failed, so the shorthands never stay broken.
+    default_session: tokio::sync::Mutex<Option<OpenedSession>>,
 }
 
 /// A running bus. Clones share it.
@@ -155,7 +156,7 @@ impl Bus {
                 topics,
                 inflight: Inflight::new(),
                 closing: AtomicBool::new(false),
-                default_session: tokio::sync::OnceCell::new(),
+                default_session: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -187,16 +188,25 @@ impl Bus {
         })
     }
 
-    async fn default_session(&self) -> Result<SessionHandle, BusError> {
-        let (actor, shared) = self
-            .inner
-            .default_session
-            .get_or_try_init(|| self.open("default".into()))
-            .await?;
+    /// The session behind [`Bus::publish`] and [`Bus::subscribe`].
+    pub async fn default_session(&self) -> Result<SessionHandle, BusError> {
+        let mut slot = self.inner.default_session.lock().await;
+        if let Some((actor, shared)) = slot.as_ref() {
+            let handle = SessionHandle {
+                bus: self.inner.clone(),
+                actor: actor.clone(),
+                shared: shared.clone(),
+            };
+            if handle.is_open() {
+                return Ok(handle);
+            }
+        }
+        let (actor, shared) = self.open("default".into()).await?;
+        *slot = Some((actor.clone(), shared.clone()));
         Ok(SessionHandle {
             bus: self.inner.clone(),
-            actor: actor.clone(),
-            shared: shared.clone(),
+            actor,
+            shared,
         })
     }
 

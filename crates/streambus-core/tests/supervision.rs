@@ -202,3 +202,22 @@ async fn unsubscribe_removes_everywhere() {
     .await;
     bus.shutdown().await;
 }
+
+/// The default session behind `Bus::publish` / `Bus::subscribe` is replaced after a
+/// failure, so the shorthands keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_session_recovers_from_failure() {
+    let bus = bus().await;
+    let mut sub = bus.subscribe("d", opts()).await.unwrap();
+    bus.default_session().await.unwrap().inject_panic();
+    wait_snapshot(&bus, "default session failed", |s| {
+        s.session_manager.sessions_failed == 1
+    })
+    .await;
+    assert_eq!(drain(&mut sub).await, [Event::Closed(CloseReason::SessionFailed)]);
+
+    let mut sub = bus.subscribe("d", opts()).await.unwrap();
+    bus.publish("d", "again").await.unwrap();
+    assert_eq!(payloads(&mut sub, 1).await, ["again"]);
+    bus.shutdown().await;
+}

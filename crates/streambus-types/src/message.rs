@@ -109,6 +109,8 @@ pub struct Delivery {
     /// The concrete topic it was published to.
     pub topic: Topic,
     /// Per-topic sequence number, from 1, without holes except those reported by a gap.
+    /// A topic reaped for idleness (only possible while nothing subscribes to it) starts
+    /// again from 1.
     pub sequence: u64,
     /// Publish time, nanoseconds since the Unix epoch.
     pub timestamp_ns: u64,
