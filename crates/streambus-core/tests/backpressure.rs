@@ -117,10 +117,12 @@ async fn block_holds_publisher_until_consumer_reads() {
         }
     });
     // 2 in the subscriber buffer, 1 parked at the topic, 3 in its backlog: the mailbox
-    // (4 messages) is full and the 7th publish waits for admission.
+    // (4 messages) is full and the 7th publish waits for admission, which only a read
+    // can free.
     let snap = wait_snapshot(&bus, "topic stalled with a full mailbox", |s| {
-        s.topic("t")
-            .is_some_and(|t| t.stalled_subscribers == 1 && t.mailbox_messages == 4)
+        done.load(Ordering::SeqCst) == 6
+            && s.topic("t")
+                .is_some_and(|t| t.stalled_subscribers == 1 && t.mailbox_messages == 4)
     })
     .await;
     assert_eq!(
