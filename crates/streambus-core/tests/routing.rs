@@ -28,9 +28,14 @@ async fn exact_and_wildcard_fan_out() {
     publisher.publish("sensors.d2.temp", "b").await.unwrap();
     publisher.publish("sensors.d1.humidity", "c").await.unwrap();
 
+    // Order is kept per topic only: different topics are different actors.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
     assert_eq!(payloads(&mut exact, 1).await, ["a"]);
-    assert_eq!(payloads(&mut star, 2).await, ["a", "b"]);
-    assert_eq!(payloads(&mut tail, 3).await, ["a", "b", "c"]);
+    assert_eq!(sorted(payloads(&mut star, 2).await), ["a", "b"]);
+    assert_eq!(sorted(payloads(&mut tail, 3).await), ["a", "b", "c"]);
     assert_eq!(payloads(&mut other, 1).await, ["c"]);
     let snap = bus.snapshot().await.unwrap();
     for sub in snap.sessions.iter().flat_map(|s| &s.subscriptions) {

@@ -169,8 +169,13 @@ async fn idle_topics_are_reaped_and_restarted() {
     let bus = bus_with(|c| c.topics.idle_timeout_ms = 40).await;
     let publisher = bus.connect(ConnectOptions::named("publisher")).await.unwrap();
     publisher.publish("idle.t", "1").await.unwrap();
-    let snap = wait_snapshot(&bus, "reaped", |s| s.topic("idle.t").is_none()).await;
-    assert_eq!(snap.topic_supervisor.topics_reaped, 1);
+    // (Under heavy load a topic can even be reaped between its start and the first
+    // publish's admission; the publish is then re-routed to a fresh actor. Hence `>=`.)
+    let snap = wait_snapshot(&bus, "reaped", |s| {
+        s.topic("idle.t").is_none() && s.topic_supervisor.topics_reaped >= 1
+    })
+    .await;
+    let reaped = snap.topic_supervisor.topics_reaped;
 
     let mut sub = bus.subscribe("idle.t", opts()).await.unwrap();
     publisher.publish("idle.t", "2").await.unwrap();
@@ -178,7 +183,10 @@ async fn idle_topics_are_reaped_and_restarted() {
     // A topic with a subscriber is never reaped, however idle: by the time a later,
     // unsubscribed topic has been reaped, `idle.t` has been idle longer and is still there.
     publisher.publish("idle.other", "x").await.unwrap();
-    let snap = wait_snapshot(&bus, "other reaped", |s| s.topic_supervisor.topics_reaped == 2).await;
+    let snap = wait_snapshot(&bus, "other reaped", |s| {
+        s.topic_supervisor.topics_reaped > reaped && s.topic("idle.other").is_none()
+    })
+    .await;
     assert!(snap.topic("idle.t").is_some());
     bus.shutdown().await;
 }
