@@ -166,11 +166,6 @@ impl Admission {
         false
     }
 
-    /// Whether the gate was closed.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.state.lock().closed
-    }
-
     /// (messages, bytes) held by live permits: admitted and not yet fanned out.
     pub(crate) fn outstanding(&self) -> (usize, usize) {
         let st = self.state.lock();

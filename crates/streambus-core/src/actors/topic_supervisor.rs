@@ -146,13 +146,11 @@ impl TopicSupervisorState {
                 if running && Some(r.actor.get_id()) != stale {
                     return Ok(r);
                 }
-                // Dead, or refusing messages: start its successor now. If its failure
-                // event is still queued, the handler will see it was already replaced.
-                if r.shared.admission.is_closed() {
-                    self.fresh_shared(&topic, &r.shared)
-                } else {
-                    r.shared.clone()
-                }
+                // Dead, or refusing messages: start its successor now, with the same
+                // shared state (the directory only ever holds open admissions: a reap
+                // closes and removes in one step). If its failure event is still
+                // queued, the handler will see it was already replaced.
+                r.shared
             }
             None => {
                 if self.directory.topics.len() >= self.limits.max_topics {
@@ -168,24 +166,6 @@ impl TopicSupervisorState {
             }
         };
         self.spawn(myself, shared).await
-    }
-
-    /// A new shared state for a topic whose admission was closed, carrying over what
-    /// must survive (sequence, retained value, crash accounting).
-    fn fresh_shared(&self, topic: &Topic, old: &TopicShared) -> Arc<TopicShared> {
-        let shared = TopicShared::new(
-            topic.clone(),
-            Admission::new(self.topics.mailbox_messages, self.topics.mailbox_bytes),
-            self.directory.now_ms(),
-        );
-        shared
-            .next_sequence
-            .store(old.next_sequence.load(Ordering::Acquire), Ordering::Release);
-        *shared.retained.lock() = old.retained.lock().clone();
-        shared
-            .restarts
-            .store(old.restarts.load(Ordering::Relaxed), Ordering::Relaxed);
-        shared
     }
 
     fn subscribe(&mut self, sub: Arc<Subscriber>) {
