@@ -17,6 +17,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod proto;
+pub mod server;
+
 pub use streambus_core::*;
 pub use {streambus_core as core, streambus_types as types};
 

@@ -5,6 +5,8 @@
 //! checking are separate: deserialize, then call [`BusConfig::validate`], which names the
 //! offending field in its error.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::policy::OverflowPolicy;
@@ -21,6 +23,8 @@ pub struct BusConfig {
     pub subscriptions: SubscriptionDefaults,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// The gRPC listener (used by `streambus serve`; the in-process bus ignores it).
+    pub grpc: GrpcConfig,
 }
 
 /// Hard limits. Each refusal is a typed error that names the limit.
@@ -113,6 +117,37 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// The gRPC listener and its per-stream transport settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Address the gRPC server listens on.
+    pub addr: SocketAddr,
+    /// HTTP/2 PING interval; a peer that does not answer within
+    /// `keepalive_timeout_ms` is considered dead and its session is closed.
+    pub keepalive_interval_ms: u64,
+    /// How long an HTTP/2 PING may go unanswered.
+    pub keepalive_timeout_ms: u64,
+    /// A `Connect` stream that sends no frame for this long is ended (clients send
+    /// `ping` frames to stay alive while only listening). 0 disables the timeout.
+    pub idle_timeout_ms: u64,
+    /// Capacity of each stream's outbound queue, in frames. When it is full the
+    /// stream's subscriptions stop being read and their overflow policies apply.
+    pub outbound_frames: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            keepalive_interval_ms: 20_000,
+            keepalive_timeout_ms: 20_000,
+            idle_timeout_ms: 300_000,
+            outbound_frames: 256,
+        }
+    }
+}
+
 /// A configuration value that cannot work, with the dotted path of the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]
@@ -162,6 +197,10 @@ impl BusConfig {
         positive("subscriptions.buffer_messages", s.buffer_messages as u64)?;
         positive("subscriptions.buffer_bytes", s.buffer_bytes as u64)?;
         positive("shutdown.drain_timeout_ms", self.shutdown.drain_timeout_ms)?;
+        let g = &self.grpc;
+        positive("grpc.keepalive_interval_ms", g.keepalive_interval_ms)?;
+        positive("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms)?;
+        positive("grpc.outbound_frames", g.outbound_frames as u64)?;
         Ok(())
     }
 }

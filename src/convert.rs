@@ -1,0 +1,306 @@
+//! Wire ⇄ domain conversion: the one place where generated protobuf types meet the
+//! bus's own types.
+//!
+//! Inbound (client → server) conversions validate: a frame that names an invalid topic or
+//! an unknown enum value becomes a typed [`BusError`], never a panic. Outbound
+//! conversions cannot fail. The [`ErrorCode`] → gRPC status mapping lives in
+//! [`grpc_code`] and is pinned by a test below together with the wire enum.
+
+use streambus_core::{BusError, DeliveryRun, SubscriptionId};
+use streambus_types::{
+    CloseReason, Delivery, ErrorCode, Gap, Headers, Message, OverflowPolicy, SubscriptionOptions, Topic, TopicFilter,
+};
+use tonic::{Code, Status};
+
+use crate::proto::streambus::v1 as pb;
+
+/// The gRPC status code of an [`ErrorCode`] (the table itself lives in
+/// [`ErrorCode::grpc_code`]; this turns its number into tonic's type).
+pub fn grpc_code(code: ErrorCode) -> Code {
+    Code::from_i32(code.grpc_code())
+}
+
+/// The wire enum of an [`ErrorCode`]; its numbers are the gRPC codes.
+pub fn wire_code(code: ErrorCode) -> pb::ErrorCode {
+    pb::ErrorCode::try_from(code.grpc_code()).unwrap_or(pb::ErrorCode::Internal)
+}
+
+/// The [`ErrorCode`] of a wire code, if it is one the protocol defines.
+pub fn domain_code(code: pb::ErrorCode) -> Option<ErrorCode> {
+    ErrorCode::ALL.into_iter().find(|c| c.grpc_code() == code as i32)
+}
+
+/// A gRPC status for an error that ends a call.
+pub fn status(error: &BusError) -> Status {
+    Status::new(grpc_code(error.code()), error.to_string())
+}
+
+/// Wraps one server frame variant.
+pub fn frame(frame: pb::server_frame::Frame) -> pb::ServerFrame {
+    pb::ServerFrame { frame: Some(frame) }
+}
+
+// ------------------------------------------------------------------ inbound
+
+fn headers_from_wire(headers: Vec<pb::Header>) -> Headers {
+    Headers::from(headers.into_iter().map(|h| (h.key, h.value)).collect::<Vec<_>>())
+}
+
+fn headers_to_wire(headers: &Headers) -> Vec<pb::Header> {
+    headers
+        .as_slice()
+        .iter()
+        .map(|(key, value)| pb::Header {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+impl TryFrom<pb::PublishMessage> for Message {
+    type Error = BusError;
+
+    fn try_from(m: pb::PublishMessage) -> Result<Self, BusError> {
+        let mut message = Message::new(Topic::new(&m.topic)?, m.payload).with_headers(headers_from_wire(m.headers));
+        message.retain = m.retain;
+        Ok(message)
+    }
+}
+
+/// The messages of a publish batch; any invalid one refuses the whole batch.
+pub fn messages(batch: Vec<pb::PublishMessage>) -> Result<Vec<Message>, BusError> {
+    batch.into_iter().map(Message::try_from).collect()
+}
+
+/// The overflow policy a subscribe frame asks for; `None` means the server default.
+pub fn overflow(value: i32) -> Result<Option<OverflowPolicy>, BusError> {
+    match pb::OverflowPolicy::try_from(value) {
+        Ok(pb::OverflowPolicy::Unspecified) => Ok(None),
+        Ok(pb::OverflowPolicy::Block) => Ok(Some(OverflowPolicy::Block)),
+        Ok(pb::OverflowPolicy::DropOldest) => Ok(Some(OverflowPolicy::DropOldest)),
+        Ok(pb::OverflowPolicy::DropNewest) => Ok(Some(OverflowPolicy::DropNewest)),
+        Ok(pb::OverflowPolicy::Disconnect) => Ok(Some(OverflowPolicy::Disconnect)),
+        Err(_) => Err(BusError::InvalidOption(format!("unknown overflow policy {value}"))),
+    }
+}
+
+/// The filter and options of a subscribe frame.
+pub fn subscription(s: &pb::Subscribe) -> Result<(TopicFilter, SubscriptionOptions), BusError> {
+    let filter = TopicFilter::new(&s.filter)?;
+    let mut options = SubscriptionOptions::default();
+    if !s.queue_group.is_empty() {
+        options = options.queue_group(s.queue_group.clone());
+    }
+    if let Some(policy) = overflow(s.overflow)? {
+        options = options.overflow(policy);
+    }
+    if s.buffer_messages > 0 {
+        options.buffer_messages = Some(usize::try_from(s.buffer_messages).unwrap_or(usize::MAX));
+    }
+    if s.buffer_bytes > 0 {
+        options.buffer_bytes = Some(usize::try_from(s.buffer_bytes).unwrap_or(usize::MAX));
+    }
+    Ok((filter, options))
+}
+
+// ------------------------------------------------------------------ outbound
+
+impl From<&Delivery> for pb::Delivery {
+    fn from(d: &Delivery) -> Self {
+        pb::Delivery {
+            sequence: d.sequence,
+            timestamp_ns: d.timestamp_ns,
+            payload: d.payload.clone(),
+            headers: headers_to_wire(&d.headers),
+            retained: d.retained,
+        }
+    }
+}
+
+/// A delivery batch frame for a run (all of one topic).
+pub fn delivery_batch(subscription: SubscriptionId, run: &DeliveryRun) -> pb::DeliveryBatch {
+    pb::DeliveryBatch {
+        subscription_id: subscription.0,
+        topic: run.first().map(|d| d.topic.as_str().to_owned()).unwrap_or_default(),
+        deliveries: run.iter().map(pb::Delivery::from).collect(),
+    }
+}
+
+/// A gap frame.
+pub fn gap(subscription: SubscriptionId, gap: &Gap) -> pb::Gap {
+    pb::Gap {
+        subscription_id: subscription.0,
+        topic: gap.topic.as_str().to_owned(),
+        dropped: gap.dropped,
+        first_sequence: gap.first_sequence,
+        last_sequence: gap.last_sequence,
+    }
+}
+
+/// The wire close reason.
+pub fn close_reason(reason: CloseReason) -> pb::CloseReason {
+    match reason {
+        CloseReason::Unsubscribed => pb::CloseReason::Unsubscribed,
+        CloseReason::SessionClosed => pb::CloseReason::SessionClosed,
+        CloseReason::SessionFailed => pb::CloseReason::SessionFailed,
+        CloseReason::SlowConsumer => pb::CloseReason::SlowConsumer,
+        CloseReason::Shutdown => pb::CloseReason::Shutdown,
+    }
+}
+
+/// The wire overflow policy.
+pub fn overflow_to_wire(policy: Option<OverflowPolicy>) -> pb::OverflowPolicy {
+    match policy {
+        None => pb::OverflowPolicy::Unspecified,
+        Some(OverflowPolicy::Block) => pb::OverflowPolicy::Block,
+        Some(OverflowPolicy::DropOldest) => pb::OverflowPolicy::DropOldest,
+        Some(OverflowPolicy::DropNewest) => pb::OverflowPolicy::DropNewest,
+        Some(OverflowPolicy::Disconnect) => pb::OverflowPolicy::Disconnect,
+    }
+}
+
+/// The wire form of a domain message (client side).
+pub fn publish_message(m: &Message) -> pb::PublishMessage {
+    pb::PublishMessage {
+        topic: m.topic.as_str().to_owned(),
+        payload: m.payload.clone(),
+        headers: headers_to_wire(&m.headers),
+        retain: m.retain,
+    }
+}
+
+// ------------------------------------------------------------------ client side
+
+/// Domain deliveries of a batch received from a server.
+///
+/// The server only sends valid topics; a batch whose topic does not parse is refused
+/// rather than trusted.
+pub fn deliveries_from_wire(batch: pb::DeliveryBatch) -> Result<Vec<Delivery>, BusError> {
+    let topic = Topic::new(&batch.topic)?;
+    Ok(batch
+        .deliveries
+        .into_iter()
+        .map(|d| Delivery {
+            topic: topic.clone(),
+            sequence: d.sequence,
+            timestamp_ns: d.timestamp_ns,
+            payload: d.payload,
+            headers: headers_from_wire(d.headers),
+            retained: d.retained,
+        })
+        .collect())
+}
+
+/// A domain gap received from a server.
+pub fn gap_from_wire(g: pb::Gap) -> Result<Gap, BusError> {
+    Ok(Gap {
+        topic: Topic::new(&g.topic)?,
+        dropped: g.dropped,
+        first_sequence: g.first_sequence,
+        last_sequence: g.last_sequence,
+    })
+}
+
+/// A domain close reason received from a server (unknown values read as `session_closed`).
+pub fn close_reason_from_wire(value: i32) -> CloseReason {
+    match pb::CloseReason::try_from(value) {
+        Ok(pb::CloseReason::Unsubscribed) => CloseReason::Unsubscribed,
+        Ok(pb::CloseReason::SessionFailed) => CloseReason::SessionFailed,
+        Ok(pb::CloseReason::SlowConsumer) => CloseReason::SlowConsumer,
+        Ok(pb::CloseReason::Shutdown) => CloseReason::Shutdown,
+        _ => CloseReason::SessionClosed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// The one table: each error code's gRPC status, wire enum and HTTP status, pinned.
+    #[test]
+    fn error_code_table_is_pinned() {
+        let table = [
+            (
+                ErrorCode::InvalidArgument,
+                Code::InvalidArgument,
+                pb::ErrorCode::InvalidArgument,
+                400,
+            ),
+            (ErrorCode::NotFound, Code::NotFound, pb::ErrorCode::NotFound, 404),
+            (
+                ErrorCode::ResourceExhausted,
+                Code::ResourceExhausted,
+                pb::ErrorCode::ResourceExhausted,
+                429,
+            ),
+            (
+                ErrorCode::Unauthenticated,
+                Code::Unauthenticated,
+                pb::ErrorCode::Unauthenticated,
+                401,
+            ),
+            (
+                ErrorCode::PermissionDenied,
+                Code::PermissionDenied,
+                pb::ErrorCode::PermissionDenied,
+                403,
+            ),
+            (
+                ErrorCode::Unavailable,
+                Code::Unavailable,
+                pb::ErrorCode::Unavailable,
+                503,
+            ),
+            (ErrorCode::Internal, Code::Internal, pb::ErrorCode::Internal, 500),
+        ];
+        assert_eq!(table.len(), ErrorCode::ALL.len());
+        for (code, grpc, wire, http) in table {
+            assert_eq!(grpc_code(code), grpc, "{code:?}");
+            assert_eq!(wire_code(code), wire, "{code:?}");
+            assert_eq!(domain_code(wire), Some(code), "{code:?}");
+            assert_eq!(code.http_status(), http, "{code:?}");
+        }
+        assert_eq!(domain_code(pb::ErrorCode::Unspecified), None);
+    }
+
+    /// Wildcard and malformed publish topics are refused with a typed error.
+    #[test]
+    fn publish_topics_are_validated() {
+        let m = |topic: &str| pb::PublishMessage {
+            topic: topic.into(),
+            ..Default::default()
+        };
+        assert!(matches!(Message::try_from(m("a.*")), Err(BusError::InvalidTopic(_))));
+        assert!(matches!(Message::try_from(m("")), Err(BusError::InvalidTopic(_))));
+        assert!(messages(vec![m("a.b"), m("a..b")]).is_err());
+        let ok = Message::try_from(pb::PublishMessage {
+            topic: "a.b".into(),
+            payload: Bytes::from_static(b"x"),
+            headers: vec![pb::Header {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            retain: true,
+        })
+        .unwrap();
+        assert_eq!(ok.headers.get("k"), Some("v"));
+        assert!(ok.retain);
+    }
+
+    /// Every wire policy maps both ways; unknown numbers are an error, not a default.
+    #[test]
+    fn overflow_policies_round_trip() {
+        for p in [
+            None,
+            Some(OverflowPolicy::Block),
+            Some(OverflowPolicy::DropOldest),
+            Some(OverflowPolicy::DropNewest),
+            Some(OverflowPolicy::Disconnect),
+        ] {
+            assert_eq!(overflow(overflow_to_wire(p) as i32).unwrap(), p);
+        }
+        assert!(matches!(overflow(99), Err(BusError::InvalidOption(_))));
+    }
+}

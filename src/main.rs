@@ -1,0 +1,334 @@
+//! The `streambus` command: run the server, publish, subscribe, and the article's chat
+//! client.
+//!
+//! ```text
+//! streambus serve                          # gRPC on 127.0.0.1:50051, no config needed
+//! streambus sub 'sensors.>'                # print what arrives, like `nats sub`
+//! streambus pub sensors.dev1.temp 21.5     # publish and wait for the ack
+//! streambus chat hello world               # stream.ChatService/BidirectionalChat
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use streambus::client::{Client, ClientOptions};
+use streambus::proto::stream::Message as ChatMessage;
+use streambus::proto::stream::chat_service_client::ChatServiceClient;
+use streambus::{Bus, Event, Message, OverflowPolicy, SubscriptionOptions, Topic};
+use tokio::io::AsyncBufReadExt;
+use tracing_subscriber::EnvFilter;
+
+/// An actor-model message bus on gRPC bidirectional streams.
+#[derive(Debug, Parser)]
+#[command(name = "streambus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (gRPC on 127.0.0.1:50051 unless configured otherwise).
+    Serve {
+        /// Address to listen on (overrides `grpc.addr`).
+        #[arg(long, env = "STREAMBUS_GRPC_ADDR")]
+        grpc_addr: Option<SocketAddr>,
+        /// TOML configuration file (see streambus.example.toml). `STREAMBUS_<SECTION>__<KEY>`
+        /// environment variables override it.
+        #[arg(long, env = "STREAMBUS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Publish a message and wait for the server's ack.
+    Pub {
+        /// Concrete topic, e.g. `sensors.dev1.temperature`.
+        topic: String,
+        /// The payload (UTF-8).
+        message: String,
+        /// Publish it this many times (in batches).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// A header `KEY=VALUE`; repeat for more.
+        #[arg(long = "header", value_name = "KEY=VALUE")]
+        headers: Vec<String>,
+        /// Keep it as the topic's retained value.
+        #[arg(long)]
+        retain: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Subscribe and print what arrives until interrupted (or `--count` messages).
+    Sub {
+        /// Filter; `*` matches one token, a final `>` the rest.
+        filter: String,
+        /// Join this queue group (each message goes to one member).
+        #[arg(long)]
+        group: Option<String>,
+        /// What the server does when this subscriber falls behind.
+        #[arg(long, value_enum)]
+        overflow: Option<Overflow>,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// The article's chat client: sends each message, prints each echo.
+    Chat {
+        /// Messages to send; with none, each line of standard input is one.
+        messages: Vec<String>,
+        /// Pause between messages, as in the article (500 ms).
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArg {
+    /// Server URL.
+    #[arg(long, env = "STREAMBUS_URL", default_value = "http://127.0.0.1:50051")]
+    url: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Overflow {
+    Block,
+    DropOldest,
+    DropNewest,
+    Disconnect,
+}
+
+impl From<Overflow> for OverflowPolicy {
+    fn from(o: Overflow) -> Self {
+        match o {
+            Overflow::Block => OverflowPolicy::Block,
+            Overflow::DropOldest => OverflowPolicy::DropOldest,
+            Overflow::DropNewest => OverflowPolicy::DropNewest,
+            Overflow::Disconnect => OverflowPolicy::Disconnect,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Serve { grpc_addr, config } => serve(grpc_addr, config).await,
+        Command::Pub {
+            topic,
+            message,
+            count,
+            headers,
+            retain,
+            server,
+        } => publish(&server.url, &topic, message, count, headers, retain).await,
+        Command::Sub {
+            filter,
+            group,
+            overflow,
+            count,
+            server,
+        } => subscribe(&server.url, &filter, group, overflow, count).await,
+        Command::Chat {
+            messages,
+            interval_ms,
+            server,
+        } => chat(&server.url, messages, Duration::from_millis(interval_ms)).await,
+    }
+}
+
+async fn serve(grpc_addr: Option<SocketAddr>, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = streambus::config::load(config_file.as_deref())?;
+    if let Some(addr) = grpc_addr {
+        config.grpc.addr = addr;
+    }
+    let listener = tokio::net::TcpListener::bind(config.grpc.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
+    let addr = listener.local_addr()?;
+    let bus = Bus::start(config).await?;
+    // The one line scripts wait for (the port is real even with `--grpc-addr 127.0.0.1:0`).
+    println!("streambus listening on {addr}");
+    streambus::server::serve(bus, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn connect(url: &str, name: &str) -> anyhow::Result<Client> {
+    Client::connect_with(ClientOptions::new(url).name(name).reconnect(false))
+        .await
+        .with_context(|| format!("cannot reach a streambus server at {url}"))
+}
+
+async fn publish(
+    url: &str,
+    topic: &str,
+    payload: String,
+    count: u64,
+    headers: Vec<String>,
+    retain: bool,
+) -> anyhow::Result<()> {
+    let headers = headers
+        .iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("header {h:?} is not KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut message = Message::new(Topic::new(topic)?, payload).with_headers(headers);
+    message.retain = retain;
+    let client = connect(url, "streambus-pub").await?;
+    let per_batch = client.welcome().map_or(1, |w| w.max_batch_messages.max(1));
+    let mut accepted = 0;
+    while accepted < count {
+        let n = (count - accepted).min(per_batch);
+        let batch = (0..n).map(|_| message.clone()).collect();
+        accepted += client.publish_batch(batch, true).await?;
+    }
+    client.close();
+    println!("published {accepted} message(s) to {topic}");
+    Ok(())
+}
+
+async fn subscribe(
+    url: &str,
+    filter: &str,
+    group: Option<String>,
+    overflow: Option<Overflow>,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut options = SubscriptionOptions::default();
+    if let Some(group) = group {
+        options = options.queue_group(group);
+    }
+    if let Some(o) = overflow {
+        options = options.overflow(o.into());
+    }
+    let client = connect(url, "streambus-sub").await?;
+    let mut subscription = client.subscribe(filter, options).await?;
+    eprintln!("subscribed to {filter}");
+    let mut received = 0;
+    loop {
+        let event = tokio::select! {
+            event = subscription.next() => event,
+            () = shutdown_signal() => break,
+        };
+        match event {
+            Some(Event::Delivery(d)) => {
+                received += 1;
+                let retained = if d.retained { " (retained)" } else { "" };
+                println!(
+                    "[#{}] {}{}: {}",
+                    d.sequence,
+                    d.topic.as_str(),
+                    retained,
+                    String::from_utf8_lossy(&d.payload)
+                );
+                if count.is_some_and(|c| received >= c) {
+                    break;
+                }
+            }
+            Some(Event::Gap(g)) => println!(
+                "[gap] {}: {} message(s) dropped (#{}..#{})",
+                g.topic.as_str(),
+                g.dropped,
+                g.first_sequence,
+                g.last_sequence
+            ),
+            Some(Event::Closed(reason)) => {
+                eprintln!("subscription closed: {}", reason.as_str());
+                break;
+            }
+            None => break,
+        }
+    }
+    client.close();
+    Ok(())
+}
+
+/// The article's client: one task sends (pausing between messages), this one prints
+/// the echoes until the server ends the stream.
+async fn chat(url: &str, messages: Vec<String>, interval: Duration) -> anyhow::Result<()> {
+    let mut client = chat_client(url).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<ChatMessage>(64);
+    let sender = tokio::spawn(async move {
+        let send = |content: String| {
+            let tx = tx.clone();
+            async move { tx.send(ChatMessage { content, timestamp: 0 }).await.is_ok() }
+        };
+        if messages.is_empty() {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !send(line).await {
+                    break;
+                }
+            }
+        } else {
+            for (i, content) in messages.into_iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                if !send(content).await {
+                    break;
+                }
+            }
+        }
+        // Dropping the last sender ends the request stream (CloseSend).
+    });
+    let mut echoes = client
+        .bidirectional_chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(reply) = echoes.message().await? {
+        println!("Received: {}", reply.content);
+    }
+    sender.await?;
+    Ok(())
+}
+
+/// A chat client for `url`. (Generated clients have no `connect(url)` here: it would
+/// clash with the bus service's `Connect` rpc.)
+async fn chat_client(url: &str) -> anyhow::Result<ChatServiceClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach a streambus server at {url}"))?;
+    Ok(ChatServiceClient::new(channel))
+}

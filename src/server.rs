@@ -1,0 +1,227 @@
+//! The gRPC server: the `streambus.v1.Bus` service, the article's
+//! `stream.ChatService`, gRPC health and reflection (v1 and v1alpha), on one listener.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use streambus::{Bus, BusConfig, server};
+//!
+//! let bus = Bus::start(BusConfig::default()).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+//! let running = server::start(bus, listener);
+//! println!("serving on {}", running.local_addr());
+//! running.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Each `Connect`, `Subscribe`, `PublishStream` and `BidirectionalChat` stream opens its
+//! own `Session` actor under the bus's session manager ([`Bus::connect`]); unary
+//! `Publish` calls share the bus's default session.
+//!
+//! # Shutdown
+//!
+//! One path, whatever triggers it (SIGINT/SIGTERM in the CLI, [`ServerHandle::shutdown`]
+//! when embedded): health turns `NOT_SERVING`, the listener stops accepting, every stream
+//! is told to stop through one `watch` channel, and each closes its session gracefully
+//! (what its client published reaches subscriber buffers, what is buffered for it is
+//! sent), then ends with `UNAVAILABLE`. The whole drain is bounded by
+//! `shutdown.drain_timeout_ms` plus a grace second; then the bus itself shuts down.
+
+mod bus_service;
+mod chat;
+mod connect;
+mod pump;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use streambus_core::Bus;
+use streambus_types::config::{GrpcConfig, LimitsConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::stream::chat_service_server::ChatServiceServer;
+use crate::proto::streambus::v1::bus_server::BusServer;
+
+pub use bus_service::BusService;
+pub use chat::ChatService;
+
+/// Bytes a frame may carry beyond its largest message: topics, headers' framing,
+/// protobuf tags. The decode limit is `limits.max_message_bytes` plus this, so a message
+/// at the limit always fits in a frame and a larger one gets a typed in-band error.
+pub const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The largest encoded frame the server decodes, advertised in `welcome`.
+pub fn max_frame_bytes(limits: &LimitsConfig) -> usize {
+    limits.max_message_bytes.saturating_add(FRAME_OVERHEAD_BYTES)
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener or HTTP/2 transport failed.
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not load the descriptors (a build problem).
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server task panicked or was cancelled.
+    #[error("server task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What every stream handler shares.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) bus: Bus,
+    pub(crate) grpc: GrpcConfig,
+    pub(crate) limits: LimitsConfig,
+    /// Turns `true` once, when the server starts shutting down; every stream watches it.
+    /// A closed channel (the server is gone) means the same.
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
+impl Context {
+    /// Resolves when the server is shutting down.
+    pub(crate) async fn stopping(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    }
+
+    /// How long a stream's drain may take.
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.bus.config().shutdown.drain_timeout_ms)
+    }
+}
+
+/// Serves `bus` on `listener` until `signal` resolves, then drains (see the module doc)
+/// and shuts the bus down.
+pub async fn serve(bus: Bus, listener: TcpListener, signal: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    let config = bus.config().clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let context = Context {
+        bus: bus.clone(),
+        grpc: config.grpc.clone(),
+        limits: config.limits.clone(),
+        stop: stop_rx,
+    };
+    let frame_limit = max_frame_bytes(&config.limits);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<BusServer<BusService>>().await;
+    health.set_serving::<ChatServiceServer<ChatService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let bus_service = BusServer::new(BusService::new(context.clone()))
+        .max_decoding_message_size(frame_limit)
+        .max_encoding_message_size(frame_limit);
+    let chat_service = ChatServiceServer::new(ChatService::new(context.clone())).max_decoding_message_size(frame_limit);
+
+    let local_addr = listener.local_addr().ok();
+    tracing::info!(addr = ?local_addr, "grpc server listening");
+
+    let (fired_tx, fired_rx) = oneshot::channel::<()>();
+    // Borrows `stop_tx`, which outlives the server future: streams read a closed
+    // channel as "stop" too, so it must stay open until then.
+    let stop_tx = &stop_tx;
+    let shutdown_signal = async move {
+        signal.await;
+        tracing::info!("shutting down: draining streams");
+        health.set_not_serving::<BusServer<BusService>>().await;
+        health.set_not_serving::<ChatServiceServer<ChatService>>().await;
+        let _ = stop_tx.send(true);
+        let _ = fired_tx.send(());
+    };
+    let keepalive = |ms: u64| Some(Duration::from_millis(ms));
+    let served = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(keepalive(config.grpc.keepalive_interval_ms))
+        .http2_keepalive_timeout(keepalive(config.grpc.keepalive_timeout_ms))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(bus_service)
+        .add_service(chat_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+    // Bounds the drain: once the signal fired, streams get the drain timeout and a grace
+    // second to end on their own.
+    let drain_deadline = async {
+        if fired_rx.await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(context.drain_timeout() + Duration::from_secs(1)).await;
+    };
+    let result = tokio::select! {
+        result = served => result.map_err(ServeError::from),
+        () = drain_deadline => {
+            tracing::warn!("drain timed out; closing the remaining streams");
+            Ok(())
+        }
+    };
+    bus.shutdown().await;
+    tracing::info!("grpc server stopped");
+    result
+}
+
+/// A server running in a background task (for embedding and tests).
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    bus: Bus,
+    /// Fires the shutdown; dropping it does too.
+    trigger: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+/// Starts serving `bus` on an already bound `listener` (bind `127.0.0.1:0` to get a free
+/// port, then read [`ServerHandle::local_addr`]).
+///
+/// # Panics
+///
+/// Panics if the listener has no local address, which a bound TCP listener always has.
+pub fn start(bus: Bus, listener: TcpListener) -> ServerHandle {
+    let local_addr = listener.local_addr().expect("a bound listener has an address");
+    let (trigger, fired) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(bus.clone(), listener, async move {
+        let _ = fired.await;
+    }));
+    ServerHandle {
+        local_addr,
+        bus,
+        trigger,
+        task,
+    }
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// The bus being served.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Shuts down gracefully (see the module doc) and waits until it is done.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.trigger.send(());
+        self.task.await?
+    }
+}

@@ -1,0 +1,147 @@
+//! `streambus.v1.Bus`: the session stream (`Connect`, see [`super::connect`]) and the
+//! three conveniences, `Publish` (unary), `Subscribe` (server streaming) and
+//! `PublishStream` (client streaming).
+
+use std::pin::Pin;
+
+use futures::Stream;
+use streambus_core::{BusError, ConnectOptions, SessionHandle};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::Context;
+use super::pump;
+use crate::convert;
+use crate::proto::streambus::v1 as pb;
+
+/// A response stream of server frames.
+pub(crate) type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send + 'static>>;
+
+/// The `streambus.v1.Bus` service.
+#[derive(Clone)]
+pub struct BusService {
+    context: Context,
+}
+
+impl std::fmt::Debug for BusService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusService").finish_non_exhaustive()
+    }
+}
+
+impl BusService {
+    pub(crate) fn new(context: Context) -> Self {
+        BusService { context }
+    }
+
+    async fn publish_batch(&self, session: &SessionHandle, batch: pb::PublishBatch) -> Result<u64, Status> {
+        let count = batch.messages.len() as u64;
+        let messages = convert::messages(batch.messages).map_err(|e| convert::status(&e))?;
+        session.publish_batch(messages).await.map_err(|e| convert::status(&e))?;
+        Ok(count)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::bus_server::Bus for BusService {
+    type ConnectStream = FrameStream;
+
+    async fn connect(&self, request: Request<Streaming<pb::ClientFrame>>) -> Result<Response<FrameStream>, Status> {
+        let rx = super::connect::open(self.context.clone(), request.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish(&self, request: Request<pb::PublishBatch>) -> Result<Response<pb::PublishAck>, Status> {
+        let batch = request.into_inner();
+        let publish_id = batch.publish_id.unwrap_or(0);
+        let session = self
+            .context
+            .bus
+            .default_session()
+            .await
+            .map_err(|e| convert::status(&e))?;
+        let accepted = self.publish_batch(&session, batch).await?;
+        Ok(Response::new(pb::PublishAck { publish_id, accepted }))
+    }
+
+    type SubscribeStream = FrameStream;
+
+    async fn subscribe(&self, request: Request<pb::Subscribe>) -> Result<Response<FrameStream>, Status> {
+        let request = request.into_inner();
+        let (filter, options) = convert::subscription(&request).map_err(|e| convert::status(&e))?;
+        let session = self.open_session("subscribe").await?;
+        let subscription = match session.subscribe(filter.as_str(), options).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(convert::status(&e));
+            }
+        };
+        let (out, rx) = mpsc::channel(self.context.grpc.outbound_frames);
+        let context = self.context.clone();
+        let span = tracing::info_span!("subscribe", session = session.id().0, filter = %filter);
+        tokio::spawn(
+            async move {
+                let max_frame_bytes = super::max_frame_bytes(&context.limits);
+                tokio::select! {
+                    () = pump::run(subscription, out.clone(), None, max_frame_bytes) => {}
+                    () = context.stopping() => {
+                        let _ = session.close().await;
+                        let _ = out.send(Err(Status::unavailable("server shutting down"))).await;
+                        return;
+                    }
+                }
+                let _ = session.close().await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishBatch>>,
+    ) -> Result<Response<pb::PublishAck>, Status> {
+        let mut inbound = request.into_inner();
+        let session = self.open_session("publish-stream").await?;
+        let mut accepted = 0;
+        let result = loop {
+            let batch = tokio::select! {
+                () = self.context.stopping() => break Err(Status::unavailable("server shutting down")),
+                batch = inbound.message() => batch,
+            };
+            match batch {
+                Ok(Some(batch)) => match self.publish_batch(&session, batch).await {
+                    Ok(n) => accepted += n,
+                    Err(status) => {
+                        break Err(Status::new(
+                            status.code(),
+                            format!("{} ({accepted} messages were accepted before)", status.message()),
+                        ));
+                    }
+                },
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(status),
+            }
+        };
+        let _ = session.close().await;
+        result.map(|()| {
+            Response::new(pb::PublishAck {
+                publish_id: 0,
+                accepted,
+            })
+        })
+    }
+}
+
+impl BusService {
+    async fn open_session(&self, name: &str) -> Result<SessionHandle, Status> {
+        self.context
+            .bus
+            .connect(ConnectOptions::named(name))
+            .await
+            .map_err(|e: BusError| convert::status(&e))
+    }
+}

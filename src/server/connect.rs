@@ -1,0 +1,330 @@
+//! The `Connect` stream: one client session over one bidi gRPC stream.
+//!
+//! [`open`] does the handshake in the request handler (the first frame must be `hello`;
+//! too many sessions fails the call with `RESOURCE_EXHAUSTED`), opens a `Session` actor
+//! through [`streambus_core::Bus::connect`], queues `welcome` and spawns the reader task;
+//! the response body is the stream's bounded outbound queue.
+//!
+//! The reader task ([`Connection::run`]) reads client frames in order. Publishes go from
+//! it straight to the topic actors and wait for admission, so a full topic stops the
+//! reading, HTTP/2 flow control fills, and the client's sends wait: backpressure end to
+//! end. Subscribe and unsubscribe go through the session actor; each subscription gets a
+//! pump task ([`super::pump`]).
+//!
+//! # Ending
+//!
+//! - Client ends its request stream: graceful close (its publishes reach subscriber
+//!   buffers, buffered deliveries are sent), then the stream ends OK.
+//! - Client gone (reset, dead peer found by HTTP/2 keepalive): the session closes.
+//! - Server shutdown: graceful close, then `UNAVAILABLE`.
+//! - Idle timeout (no frame for `grpc.idle_timeout_ms`): graceful close, then `UNAVAILABLE`.
+//! - Protocol violation (second `hello`, undecodable bytes): `INVALID_ARGUMENT`; a frame
+//!   over the size limit: `RESOURCE_EXHAUSTED`.
+//!
+//! Every other bad frame gets an in-band `error` or `publish_refused` naming its request
+//! and the stream stays open.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use streambus_core::{BusError, ConnectOptions, SessionHandle, SubscriptionId};
+use streambus_types::ErrorCode;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::{Code, Status, Streaming};
+use tracing::Instrument;
+
+use super::Context;
+use super::pump::{self, Credits, Outbound};
+use crate::convert;
+use crate::proto::streambus::v1 as pb;
+use pb::client_frame::Frame as In;
+use pb::server_frame::Frame as Out;
+
+/// Name of a session whose client sent an empty name.
+const ANONYMOUS: &str = "anonymous";
+
+/// Handshakes and starts a session; returns the outbound queue's receiving end.
+pub(crate) async fn open(
+    context: Context,
+    mut inbound: Streaming<pb::ClientFrame>,
+) -> Result<mpsc::Receiver<Result<pb::ServerFrame, Status>>, Status> {
+    let hello = match tokio::time::timeout(context.handshake_timeout(), inbound.message()).await {
+        Err(_) => return Err(Status::invalid_argument("no hello frame in time")),
+        Ok(Err(status)) => return Err(inbound_status(status)),
+        Ok(Ok(None)) => return Err(Status::invalid_argument("stream ended before the hello frame")),
+        Ok(Ok(Some(pb::ClientFrame {
+            frame: Some(In::Hello(hello)),
+        }))) => hello,
+        Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first frame must be hello")),
+    };
+    let name = if hello.client_name.is_empty() {
+        ANONYMOUS.to_owned()
+    } else {
+        hello.client_name
+    };
+    let session = context
+        .bus
+        .connect(ConnectOptions::named(name.clone()))
+        .await
+        .map_err(|e| convert::status(&e))?;
+    let (out, rx) = mpsc::channel(context.grpc.outbound_frames);
+    let max_frame_bytes = super::max_frame_bytes(&context.limits);
+    let limits = &context.limits;
+    let welcome = pb::Welcome {
+        session_id: session.id().0,
+        limits: Some(pb::Limits {
+            max_message_bytes: limits.max_message_bytes as u64,
+            max_frame_bytes: max_frame_bytes as u64,
+            max_batch_messages: limits.max_batch_messages as u64,
+            max_subscriptions_per_session: limits.max_subscriptions_per_session as u64,
+        }),
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    // The queue is empty and has room for at least one frame.
+    let _ = out.try_send(Ok(convert::frame(Out::Welcome(welcome))));
+    let span = tracing::info_span!("connect", session = session.id().0, client = %name);
+    let connection = Connection {
+        credits: hello.initial_credit.map(Credits::new),
+        session,
+        out,
+        pumps: HashMap::new(),
+        max_frame_bytes,
+        context,
+    };
+    tokio::spawn(connection.run(inbound).instrument(span));
+    Ok(rx)
+}
+
+/// The status that ends a stream whose inbound side failed.
+fn inbound_status(status: Status) -> Status {
+    match status.code() {
+        // tonic reports a frame over the decode limit as OUT_OF_RANGE; gRPC clients
+        // expect RESOURCE_EXHAUSTED for it.
+        Code::OutOfRange => Status::resource_exhausted(status.message().to_owned()),
+        Code::Internal | Code::Unknown => Status::invalid_argument(format!("malformed frame: {}", status.message())),
+        _ => status,
+    }
+}
+
+impl Context {
+    /// How long a new stream may take to send its first frame.
+    fn handshake_timeout(&self) -> Duration {
+        match self.grpc.idle_timeout_ms {
+            0 => Duration::from_secs(30),
+            ms => Duration::from_millis(ms),
+        }
+    }
+}
+
+/// Why the reader stopped.
+enum End {
+    /// The client ended its request stream: close gracefully, end OK.
+    ClientDone,
+    /// The client is gone: nobody to tell.
+    ClientGone,
+    /// End the stream with this status, after a graceful close.
+    Status(Status),
+}
+
+/// One `Connect` stream's reader task and what it owns.
+struct Connection {
+    context: Context,
+    session: SessionHandle,
+    /// The outbound queue (see [`Outbound`]); the reader sends replies on it.
+    out: Outbound,
+    /// Flow control, if the client's hello asked for it.
+    credits: Option<Credits>,
+    /// Each live subscription's pump. Aborting a pump drops its `Subscription`, which
+    /// unsubscribes it.
+    pumps: HashMap<SubscriptionId, JoinHandle<()>>,
+    max_frame_bytes: usize,
+}
+
+impl Connection {
+    async fn run(mut self, mut inbound: Streaming<pb::ClientFrame>) {
+        tracing::debug!("session opened");
+        let idle = match self.context.grpc.idle_timeout_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        let far_future = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + idle.unwrap_or(far_future);
+        let out = self.out.clone();
+        let context = self.context.clone();
+        let end = loop {
+            let frame = tokio::select! {
+                biased;
+                () = context.stopping() => break End::Status(Status::unavailable("server shutting down")),
+                () = out.closed() => break End::ClientGone,
+                () = tokio::time::sleep_until(deadline) => {
+                    break End::Status(Status::unavailable(format!(
+                        "idle timeout: no frame for {} ms",
+                        context.grpc.idle_timeout_ms
+                    )));
+                }
+                frame = inbound.message() => frame,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break End::ClientDone,
+                Err(status) if status.code() == Code::Cancelled || status.code() == Code::Unknown => {
+                    break End::ClientGone;
+                }
+                Err(status) => break End::Status(inbound_status(status)),
+            };
+            deadline = Instant::now() + idle.unwrap_or(far_future);
+            let handled = tokio::select! {
+                biased;
+                () = out.closed() => break End::ClientGone,
+                handled = self.handle(frame) => handled,
+            };
+            if let Err(status) = handled {
+                break End::Status(status);
+            }
+        };
+        self.finish(end).await;
+    }
+
+    /// Closes the session gracefully, lets the pumps flush, and ends the stream.
+    async fn finish(mut self, end: End) {
+        let (result, level) = match &end {
+            End::ClientDone => ("client done".to_owned(), tracing::Level::DEBUG),
+            End::ClientGone => ("client gone".to_owned(), tracing::Level::DEBUG),
+            End::Status(s) => (format!("{:?}: {}", s.code(), s.message()), tracing::Level::INFO),
+        };
+        // Closing ends every subscription once its buffer is read; the pumps then send
+        // what was buffered and stop.
+        let _ = self.session.close().await;
+        let drain = self.context.drain_timeout();
+        for (_, pump) in self.pumps.drain() {
+            let abort = pump.abort_handle();
+            if tokio::time::timeout(drain, pump).await.is_err() {
+                abort.abort();
+            }
+        }
+        if let End::Status(status) = end {
+            let _ = tokio::time::timeout(drain, self.out.send(Err(status))).await;
+        }
+        if level == tracing::Level::INFO {
+            tracing::info!(reason = %result, "session ended");
+        } else {
+            tracing::debug!(reason = %result, "session ended");
+        }
+    }
+
+    /// Handles one frame. `Err` ends the stream (protocol violation).
+    async fn handle(&mut self, frame: pb::ClientFrame) -> Result<(), Status> {
+        match frame.frame {
+            None => {
+                self.reply(error(0, ErrorCode::InvalidArgument, "empty or unknown frame"))
+                    .await;
+            }
+            Some(In::Hello(_)) => return Err(Status::invalid_argument("hello sent twice")),
+            Some(In::Publish(batch)) => self.publish(batch).await,
+            Some(In::Subscribe(request)) => self.subscribe(request).await,
+            Some(In::Unsubscribe(request)) => self.unsubscribe(request).await,
+            Some(In::Credit(grant)) => match &self.credits {
+                Some(credits) => credits.grant(grant.credits),
+                None => {
+                    let message = "flow control is off: the hello frame had no initial_credit";
+                    self.reply(error(0, ErrorCode::InvalidArgument, message)).await;
+                }
+            },
+            Some(In::Ping(ping)) => self.reply(Out::Pong(pb::Pong { nonce: ping.nonce })).await,
+        }
+        Ok(())
+    }
+
+    async fn reply(&self, frame: Out) {
+        // A failed send means the client is gone; the reader notices on its next turn.
+        let _ = self.out.send(Ok(convert::frame(frame))).await;
+    }
+
+    async fn publish(&mut self, batch: pb::PublishBatch) {
+        let id = batch.publish_id;
+        let count = batch.messages.len() as u64;
+        let result = match convert::messages(batch.messages) {
+            Ok(messages) => self.session.publish_batch(messages).await,
+            Err(e) => Err(e),
+        };
+        match (result, id) {
+            (Ok(()), Some(publish_id)) => {
+                self.reply(Out::PublishAck(pb::PublishAck {
+                    publish_id,
+                    accepted: count,
+                }))
+                .await;
+            }
+            (Ok(()), None) => {}
+            (Err(e), Some(publish_id)) => {
+                self.reply(Out::PublishRefused(pb::PublishRefused {
+                    publish_id,
+                    code: convert::wire_code(e.code()) as i32,
+                    message: e.to_string(),
+                }))
+                .await;
+            }
+            (Err(e), None) => self.reply(bus_error(0, &e)).await,
+        }
+    }
+
+    async fn subscribe(&mut self, request: pb::Subscribe) {
+        let subscribed = match convert::subscription(&request) {
+            Ok((filter, options)) => self.session.subscribe(filter.as_str(), options).await,
+            Err(e) => Err(e),
+        };
+        let subscription = match subscribed {
+            Ok(s) => s,
+            Err(e) => return self.reply(bus_error(request.request_id, &e)).await,
+        };
+        let id = subscription.id();
+        // `subscribed` goes out before any delivery: the pump starts after it is queued.
+        self.reply(Out::Subscribed(pb::Subscribed {
+            request_id: request.request_id,
+            subscription_id: id.0,
+        }))
+        .await;
+        self.pumps.retain(|_, pump| !pump.is_finished());
+        let pump = pump::run(
+            subscription,
+            self.out.clone(),
+            self.credits.clone(),
+            self.max_frame_bytes,
+        );
+        self.pumps.insert(id, tokio::spawn(pump.in_current_span()));
+    }
+
+    async fn unsubscribe(&mut self, request: pb::Unsubscribe) {
+        let id = SubscriptionId(request.subscription_id);
+        let Some(pump) = self.pumps.remove(&id) else {
+            let e = BusError::UnknownSubscription(id.0);
+            return self.reply(bus_error(request.request_id, &e)).await;
+        };
+        // Wait for the pump to be gone so nothing of this subscription follows the reply.
+        pump.abort();
+        let _ = pump.await;
+        self.reply(Out::Unsubscribed(pb::Unsubscribed {
+            request_id: request.request_id,
+            subscription_id: id.0,
+        }))
+        .await;
+    }
+}
+
+fn error(request_id: u64, code: ErrorCode, message: &str) -> Out {
+    Out::Error(pb::Error {
+        request_id,
+        code: convert::wire_code(code) as i32,
+        message: message.to_owned(),
+    })
+}
+
+fn bus_error(request_id: u64, e: &BusError) -> Out {
+    Out::Error(pb::Error {
+        request_id,
+        code: convert::wire_code(e.code()) as i32,
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,178 @@
+//! The pump: moves one subscription's events to its stream's outbound queue.
+//!
+//! One pump task runs per subscription of a stream. It reads whole runs with
+//! [`Subscription::next_batch`] (no per-delivery copy), turns each into delivery batch
+//! frames of at most one frame's bytes, and sends them on the stream's bounded outbound
+//! queue. When that queue is full the pump waits, its subscription's buffer fills, and
+//! the subscription's overflow policy decides (gaps are sent as frames like deliveries).
+//!
+//! # Invariants
+//!
+//! - With flow control on, every delivery sent takes one credit from the stream's
+//!   [`Credits`] first: the server never has more deliveries out than the client granted.
+//! - A pump ends when its subscription ends (after sending `subscription_closed` for a
+//!   close the client did not ask for), when the client is gone (the outbound queue is
+//!   closed), or when it is aborted by an `unsubscribe`.
+
+use std::sync::Arc;
+
+use streambus_core::{BatchEvent, Subscription};
+use streambus_types::CloseReason;
+use tokio::sync::{Semaphore, mpsc};
+use tonic::Status;
+
+use crate::convert;
+use crate::proto::streambus::v1 as pb;
+use pb::server_frame::Frame;
+
+/// A stream's outbound queue: pumps and the reader send, tonic's response body receives.
+/// Bounded (`grpc.outbound_frames`) so a client that does not read holds back its
+/// pumps, not the server's memory. A send fails once the client is gone.
+pub(crate) type Outbound = mpsc::Sender<Result<pb::ServerFrame, Status>>;
+
+/// Delivery credits granted by a client: one permit per delivery the server may still
+/// send. Pumps take permits and forget them; `credit` frames add permits.
+#[derive(Debug, Clone)]
+pub(crate) struct Credits(Arc<Semaphore>);
+
+impl Credits {
+    pub(crate) fn new(initial: u64) -> Self {
+        let credits = Credits(Arc::new(Semaphore::new(0)));
+        credits.grant(initial);
+        credits
+    }
+
+    /// Adds `n` credits, saturating at the semaphore's maximum.
+    pub(crate) fn grant(&self, n: u64) {
+        let room = Semaphore::MAX_PERMITS.saturating_sub(self.0.available_permits());
+        let n = usize::try_from(n).unwrap_or(usize::MAX).min(room);
+        self.0.add_permits(n);
+    }
+
+    /// Waits for at least one credit and takes up to `want` (≥ 1) of those available.
+    async fn take(&self, want: usize) -> usize {
+        let Ok(first) = self.0.acquire().await else {
+            return 0;
+        };
+        first.forget();
+        let extra = (want - 1).min(self.0.available_permits());
+        let extra = u32::try_from(extra).unwrap_or(u32::MAX);
+        match self.0.try_acquire_many(extra) {
+            Ok(permits) if extra > 0 => {
+                permits.forget();
+                1 + extra as usize
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// Encoded-size estimate of one delivery in a frame: payload, headers with their
+/// framing, and the fixed fields.
+fn frame_cost(d: &pb::Delivery) -> usize {
+    d.payload.len() + d.headers.iter().map(|h| h.key.len() + h.value.len() + 8).sum::<usize>() + 32
+}
+
+/// Runs the pump until its subscription or its stream ends.
+pub(crate) async fn run(
+    mut subscription: Subscription,
+    out: Outbound,
+    credits: Option<Credits>,
+    max_frame_bytes: usize,
+) {
+    let id = subscription.id();
+    loop {
+        let event = tokio::select! {
+            event = subscription.next_batch() => event,
+            () = out.closed() => return,
+        };
+        let sent = match event {
+            None => return,
+            Some(BatchEvent::Deliveries(run)) => {
+                send_batch(
+                    convert::delivery_batch(id, &run),
+                    &out,
+                    credits.as_ref(),
+                    max_frame_bytes,
+                )
+                .await
+            }
+            Some(BatchEvent::Gap(gap)) => send(&out, Frame::Gap(convert::gap(id, &gap))).await,
+            Some(BatchEvent::Closed(reason)) => {
+                if reason != CloseReason::Unsubscribed {
+                    let closed = pb::SubscriptionClosed {
+                        subscription_id: id.0,
+                        reason: convert::close_reason(reason) as i32,
+                    };
+                    let _ = send(&out, Frame::SubscriptionClosed(closed)).await;
+                }
+                return;
+            }
+        };
+        if !sent {
+            return;
+        }
+    }
+}
+
+async fn send(out: &Outbound, frame: Frame) -> bool {
+    out.send(Ok(convert::frame(frame))).await.is_ok()
+}
+
+/// Sends a batch as frames of at most `max_frame_bytes` and, with flow control, of at
+/// most the credits available. Returns false once the client is gone.
+async fn send_batch(
+    mut batch: pb::DeliveryBatch,
+    out: &Outbound,
+    credits: Option<&Credits>,
+    max_frame_bytes: usize,
+) -> bool {
+    let mut rest = std::mem::take(&mut batch.deliveries);
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut bytes = batch.topic.len();
+        // At least one delivery per frame: a single delivery always fits (messages are
+        // limited to the frame size minus its overhead).
+        while n < rest.len() && (n == 0 || bytes + frame_cost(&rest[n]) <= max_frame_bytes) {
+            bytes += frame_cost(&rest[n]);
+            n += 1;
+        }
+        if let Some(credits) = credits {
+            n = credits.take(n).await;
+            if n == 0 {
+                return false;
+            }
+        }
+        let tail = rest.split_off(n);
+        let frame = pb::DeliveryBatch {
+            subscription_id: batch.subscription_id,
+            topic: batch.topic.clone(),
+            deliveries: std::mem::replace(&mut rest, tail),
+        };
+        if !send(out, Frame::Deliveries(frame)).await {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Credits are never over-taken: takes add up to exactly what was granted.
+    #[tokio::test]
+    async fn credits_take_at_most_granted() {
+        let credits = Credits::new(5);
+        assert_eq!(credits.take(3).await, 3);
+        assert_eq!(credits.take(10).await, 2);
+        credits.grant(4);
+        assert_eq!(credits.take(1).await, 1);
+        assert_eq!(credits.take(100).await, 3);
+        // Nothing left: a take waits until the next grant.
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), credits.take(1)).await;
+        assert!(pending.is_err());
+        credits.grant(u64::MAX);
+        assert!(credits.take(usize::MAX).await >= 1);
+    }
+}
