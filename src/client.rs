@@ -61,6 +61,8 @@ use pb::server_frame::Frame as In;
 
 /// Frames queued to the server per connection before publishers wait.
 const REQUEST_QUEUE_FRAMES: usize = 1024;
+/// Bytes of a publish frame kept for its own fields when the SDK splits batches.
+const FRAME_SLACK_BYTES: u64 = 4096;
 /// Event batches buffered per subscription before the connection's reader waits (and
 /// with it, through HTTP/2 flow control, the server).
 const SUBSCRIPTION_QUEUE_BATCHES: usize = 64;
@@ -364,25 +366,73 @@ impl Client {
         self.publish_batch(vec![message], true).await.map(|_| ())
     }
 
-    /// Publishes a batch in one frame; with `acked`, waits for the ack and returns the
-    /// number of messages admitted (a refused batch publishes nothing).
+    /// Publishes a batch; with `acked`, waits for the acks and returns the number of
+    /// messages admitted.
+    ///
+    /// Messages larger than the server's `max_message_bytes` are refused here, before
+    /// anything is sent. A batch over the server's batch or frame limits is sent as
+    /// several frames (order is kept); each frame is admitted or refused whole.
     pub async fn publish_batch(&self, messages: Vec<Message>, acked: bool) -> Result<u64, ClientError> {
-        let count = messages.len() as u64;
-        let messages = messages.iter().map(convert::publish_message).collect();
+        let limits = self.welcome();
+        let (max_message, max_frame, max_batch) = limits.as_ref().map_or((u64::MAX, u64::MAX, u64::MAX), |w| {
+            (w.max_message_bytes, w.max_frame_bytes, w.max_batch_messages.max(1))
+        });
+        if let Some(m) = messages.iter().find(|m| m.byte_len() as u64 > max_message) {
+            return Err(ClientError::Refused {
+                code: ErrorCode::InvalidArgument,
+                message: format!(
+                    "message of {} bytes exceeds the server's limit of {max_message} bytes",
+                    m.byte_len()
+                ),
+            });
+        }
+        // Leave room for the frame's own fields beside the messages' bytes.
+        let frame_budget = max_frame.saturating_sub(FRAME_SLACK_BYTES).max(1);
+        let mut frames: Vec<Vec<pb::PublishMessage>> = vec![Vec::new()];
+        let mut bytes = 0u64;
+        for m in &messages {
+            let cost = (m.byte_len() + m.topic.as_str().len() + 16) as u64;
+            let current = frames.last_mut().expect("never empty");
+            if !current.is_empty() && (current.len() as u64 >= max_batch || bytes + cost > frame_budget) {
+                frames.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += cost;
+            frames
+                .last_mut()
+                .expect("never empty")
+                .push(convert::publish_message(m));
+        }
         if !acked {
+            for messages in frames {
+                let batch = pb::PublishBatch {
+                    publish_id: None,
+                    messages,
+                };
+                self.shared.send(Out::Publish(batch)).await?;
+            }
+            return Ok(messages.len() as u64);
+        }
+        let mut acks = Vec::with_capacity(frames.len());
+        for messages in frames {
+            let id = self.shared.next_id();
+            let (tx, rx) = oneshot::channel();
+            self.shared.state().pending.insert(id, Pending::Publish(tx));
             let batch = pb::PublishBatch {
-                publish_id: None,
+                publish_id: Some(id),
                 messages,
             };
-            self.shared.send(Out::Publish(batch)).await?;
-            return Ok(count);
+            if let Err(e) = self.shared.send(Out::Publish(batch)).await {
+                self.shared.state().pending.remove(&id);
+                return Err(e);
+            }
+            acks.push(rx);
         }
-        let id = self.shared.next_id();
-        let batch = pb::PublishBatch {
-            publish_id: Some(id),
-            messages,
-        };
-        self.shared.request(id, Pending::Publish, Out::Publish(batch)).await?
+        let mut accepted = 0;
+        for ack in acks {
+            accepted += ack.await.map_err(|_| ClientError::Disconnected)??;
+        }
+        Ok(accepted)
     }
 
     /// Subscribes to `filter`.
