@@ -1,0 +1,148 @@
+//! Flow control over gRPC: client credits bound what the server sends, and a full
+//! subscriber buffer shows its overflow policy to the client as gap or close frames.
+
+#[path = "common/harness.rs"]
+mod harness;
+
+use harness::{In, Out, RawSession, TestServer, wait_until};
+use streambus::proto::streambus::v1 as pb;
+
+const PAYLOADS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+fn sequences(frames: &[In]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            In::Deliveries(b) => Some(b.deliveries.iter().map(|d| d.sequence)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Reads frames until `deliveries` deliveries arrived.
+async fn collect(raw: &mut RawSession, deliveries: usize) -> Vec<In> {
+    let mut frames = Vec::new();
+    while sequences(&frames).len() < deliveries {
+        frames.push(raw.next().await);
+    }
+    frames
+}
+
+/// The server never has more deliveries out than the client granted: with 5 initial
+/// credits exactly 5 of 20 arrive (a ping/pong barrier shows nothing else is on the
+/// way), each grant releases exactly that many more, in order.
+#[tokio::test]
+async fn credits_bound_deliveries() {
+    let server = TestServer::start().await;
+    let mut raw = server.raw(Some(5)).await;
+    raw.subscribe(1, "t", pb::OverflowPolicy::Block, 0).await;
+    let mut publisher = server.raw(None).await;
+    let twenty: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    let twenty: Vec<&str> = twenty.iter().map(String::as_str).collect();
+    publisher.publish_acked(1, "t", &twenty).await;
+
+    let first = collect(&mut raw, 5).await;
+    assert_eq!(sequences(&first), [1, 2, 3, 4, 5]);
+    // The remaining 15 are at the server, ready; without credit none is sent.
+    let between = raw.barrier(100).await;
+    assert_eq!(sequences(&between), Vec::<u64>::new(), "sent beyond the credit");
+
+    raw.send(Out::Credit(pb::CreditGrant { credits: 3 })).await;
+    let next = collect(&mut raw, 3).await;
+    assert_eq!(sequences(&next), [6, 7, 8]);
+    let between = raw.barrier(101).await;
+    assert_eq!(sequences(&between), Vec::<u64>::new(), "sent beyond the credit");
+
+    raw.send(Out::Credit(pb::CreditGrant { credits: 1000 })).await;
+    let rest = collect(&mut raw, 12).await;
+    assert_eq!(sequences(&rest), (9..=20).collect::<Vec<_>>());
+}
+
+/// A session that holds its credits at zero and a subscription of 4 messages, with
+/// `policy`; then 10 messages published in one batch.
+async fn stalled(server: &TestServer, policy: pb::OverflowPolicy) -> RawSession {
+    let mut raw = server.raw(Some(0)).await;
+    raw.subscribe(1, "t", policy, 4).await;
+    let mut publisher = server.raw(None).await;
+    publisher.publish_acked(1, "t", &PAYLOADS).await;
+    raw
+}
+
+/// `drop_oldest`: the 6 oldest are dropped; the client gets a gap frame naming exactly
+/// them, then the 4 newest.
+#[tokio::test]
+async fn drop_oldest_is_a_gap_frame() {
+    let server = TestServer::start().await;
+    let mut raw = stalled(&server, pb::OverflowPolicy::DropOldest).await;
+    match raw.next().await {
+        In::Gap(g) => {
+            assert_eq!(
+                (g.topic.as_str(), g.dropped, g.first_sequence, g.last_sequence),
+                ("t", 6, 1, 6)
+            );
+        }
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    raw.send(Out::Credit(pb::CreditGrant { credits: 100 })).await;
+    assert_eq!(sequences(&collect(&mut raw, 4).await), [7, 8, 9, 10]);
+}
+
+/// `drop_newest`: the 4 oldest are kept and delivered, then a gap frame names the 6
+/// newest.
+#[tokio::test]
+async fn drop_newest_is_a_gap_frame() {
+    let server = TestServer::start().await;
+    let mut raw = stalled(&server, pb::OverflowPolicy::DropNewest).await;
+    raw.send(Out::Credit(pb::CreditGrant { credits: 100 })).await;
+    let mut frames = collect(&mut raw, 4).await;
+    while !frames.iter().any(|f| matches!(f, In::Gap(_))) {
+        frames.push(raw.next().await);
+    }
+    assert_eq!(sequences(&frames), [1, 2, 3, 4]);
+    let gap = frames.iter().find_map(|f| match f {
+        In::Gap(g) => Some((g.dropped, g.first_sequence, g.last_sequence)),
+        _ => None,
+    });
+    assert_eq!(gap, Some((6, 5, 10)));
+}
+
+/// `disconnect`: the slow subscription is ended and the client told why; the session
+/// itself stays usable.
+#[tokio::test]
+async fn disconnect_closes_the_subscription() {
+    let server = TestServer::start().await;
+    let mut raw = stalled(&server, pb::OverflowPolicy::Disconnect).await;
+    raw.send(Out::Credit(pb::CreditGrant { credits: 100 })).await;
+    let closed = raw
+        .next_matching(|f| match f {
+            In::SubscriptionClosed(c) => Some(c.clone()),
+            In::Gap(g) => panic!("disconnect drops nothing silently into a gap: {g:?}"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(closed.subscription_id, 1);
+    assert_eq!(closed.reason, pb::CloseReason::SlowConsumer as i32);
+    raw.barrier(7).await;
+    wait_until("the subscription is gone", || async {
+        server
+            .snapshot()
+            .await
+            .sessions
+            .iter()
+            .all(|s| s.subscriptions.is_empty())
+    })
+    .await;
+}
+
+/// `block`: nothing is dropped; the topic waits for the client, and every message
+/// arrives once credit is granted.
+#[tokio::test]
+async fn block_loses_nothing() {
+    let server = TestServer::start().await;
+    let mut raw = stalled(&server, pb::OverflowPolicy::Block).await;
+    raw.send(Out::Credit(pb::CreditGrant { credits: 100 })).await;
+    let frames = collect(&mut raw, 10).await;
+    assert!(!frames.iter().any(|f| matches!(f, In::Gap(_))));
+    assert_eq!(sequences(&frames), (1..=10).collect::<Vec<_>>());
+}
