@@ -228,6 +228,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Dropping the request queue ends the request stream (CloseSend).
+        self.frames.send_replace(None);
+    }
+
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -297,10 +303,22 @@ impl Shared {
     }
 }
 
-/// A connection to a streambus server. Clones share it.
+/// A connection to a streambus server. Clones share it; dropping the last clone closes
+/// the session as [`Client::close`] does.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    /// Closes the session when the last clone is dropped.
+    _last: Arc<CloseOnDrop>,
+}
+
+/// Held by every [`Client`] clone (not by subscriptions or internal tasks).
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -336,7 +354,10 @@ impl Client {
             .connect_lazy();
         let first = connect_once(&shared, channel.clone()).await?;
         tokio::spawn(drive(shared.clone(), channel, first));
-        Ok(Client { shared })
+        Ok(Client {
+            _last: Arc::new(CloseOnDrop(shared.clone())),
+            shared,
+        })
     }
 
     /// The server's `welcome` on the current connection.
@@ -501,9 +522,7 @@ impl Client {
     /// Ends the session gracefully: the server still delivers what it buffered, then the
     /// subscriptions end.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        // Dropping the request queue ends the request stream (CloseSend).
-        self.shared.frames.send_replace(None);
+        self.shared.close();
     }
 }
 

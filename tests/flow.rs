@@ -116,7 +116,7 @@ async fn disconnect_closes_the_subscription() {
     raw.send(Out::Credit(pb::CreditGrant { credits: 100 })).await;
     let closed = raw
         .next_matching(|f| match f {
-            In::SubscriptionClosed(c) => Some(c.clone()),
+            In::SubscriptionClosed(c) => Some(*c),
             In::Gap(g) => panic!("disconnect drops nothing silently into a gap: {g:?}"),
             _ => None,
         })

@@ -184,33 +184,76 @@ impl Connection {
                 break End::Status(status);
             }
         };
-        self.finish(end).await;
+        let inbound = matches!(end, End::Status(ref s) if s.code() == Code::Unavailable).then_some(inbound);
+        self.finish(end, inbound).await;
     }
 
     /// Closes the session gracefully, lets the pumps flush, and ends the stream.
-    async fn finish(mut self, end: End) {
-        let (result, level) = match &end {
-            End::ClientDone => ("client done".to_owned(), tracing::Level::DEBUG),
-            End::ClientGone => ("client gone".to_owned(), tracing::Level::DEBUG),
-            End::Status(s) => (format!("{:?}: {}", s.code(), s.message()), tracing::Level::INFO),
+    ///
+    /// While draining after a server-side end (shutdown, idle), the stream still reads
+    /// `credit` and `ping` frames, so a flow-controlled client can take what is buffered
+    /// for it; other frames are refused with `UNAVAILABLE`.
+    async fn finish(self, end: End, mut inbound: Option<Streaming<pb::ClientFrame>>) {
+        let reason = match &end {
+            End::ClientDone => "client done".to_owned(),
+            End::ClientGone => "client gone".to_owned(),
+            End::Status(s) => format!("{:?}: {}", s.code(), s.message()),
         };
+        let Connection {
+            context,
+            session,
+            out,
+            credits,
+            mut pumps,
+            ..
+        } = self;
         // Closing ends every subscription once its buffer is read; the pumps then send
         // what was buffered and stop.
-        let _ = self.session.close().await;
-        let drain = self.context.drain_timeout();
-        for (_, pump) in self.pumps.drain() {
-            let abort = pump.abort_handle();
-            if tokio::time::timeout(drain, pump).await.is_err() {
-                abort.abort();
+        let drained = async {
+            let _ = session.close().await;
+            for (_, pump) in pumps.iter_mut() {
+                let _ = pump.await;
+            }
+        };
+        let serve_control = async {
+            while let Some(stream) = inbound.as_mut() {
+                let frame = match stream.message().await {
+                    Ok(Some(frame)) => frame.frame,
+                    _ => break,
+                };
+                let reply = match frame {
+                    Some(In::Credit(grant)) => {
+                        if let Some(credits) = &credits {
+                            credits.grant(grant.credits);
+                        }
+                        continue;
+                    }
+                    Some(In::Ping(ping)) => Out::Pong(pb::Pong { nonce: ping.nonce }),
+                    _ => error(0, ErrorCode::Unavailable, "the session is closing"),
+                };
+                let _ = out.send(Ok(convert::frame(reply))).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let drain = context.drain_timeout();
+        let finished = tokio::time::timeout(drain, async {
+            tokio::select! {
+                () = drained => {}
+                () = serve_control => {}
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::error!("session drain timed out; what its client did not take is dropped");
+            for (_, pump) in pumps.drain() {
+                pump.abort();
             }
         }
         if let End::Status(status) = end {
-            let _ = tokio::time::timeout(drain, self.out.send(Err(status))).await;
-        }
-        if level == tracing::Level::INFO {
-            tracing::info!(reason = %result, "session ended");
+            let _ = tokio::time::timeout(drain, out.send(Err(status))).await;
+            tracing::info!(%reason, "session ended");
         } else {
-            tracing::debug!(reason = %result, "session ended");
+            tracing::debug!(%reason, "session ended");
         }
     }
 

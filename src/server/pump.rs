@@ -10,8 +10,8 @@
 //!
 //! - With flow control on, every delivery sent takes one credit from the stream's
 //!   [`Credits`] first: the server never has more deliveries out than the client granted.
-//! - A pump ends when its subscription ends (after sending `subscription_closed` for a
-//!   close the client did not ask for), when the client is gone (the outbound queue is
+//! - A pump ends when its subscription ends (after sending `subscription_closed` if the
+//!   bus ended this subscription alone: a slow consumer), when the client is gone (the outbound queue is
 //!   closed), or when it is aborted by an `unsubscribe`.
 
 use std::sync::Arc;
@@ -99,7 +99,9 @@ pub(crate) async fn run(
             }
             Some(BatchEvent::Gap(gap)) => send(&out, Frame::Gap(convert::gap(id, &gap))).await,
             Some(BatchEvent::Closed(reason)) => {
-                if reason != CloseReason::Unsubscribed {
+                // Session-wide ends (close, failure, shutdown) are told by the stream's
+                // own end; a client that reconnects resubscribes then.
+                if reason == CloseReason::SlowConsumer {
                     let closed = pb::SubscriptionClosed {
                         subscription_id: id.0,
                         reason: convert::close_reason(reason) as i32,

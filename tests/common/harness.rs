@@ -218,7 +218,7 @@ impl RawSession {
         self.send(publish(Some(publish_id), topic, payloads)).await;
         let ack = self
             .next_matching(|f| match f {
-                In::PublishAck(a) if a.publish_id == publish_id => Some(a.clone()),
+                In::PublishAck(a) if a.publish_id == publish_id => Some(*a),
                 In::PublishRefused(r) if r.publish_id == publish_id => panic!("refused: {r:?}"),
                 _ => None,
             })
