@@ -1,0 +1,153 @@
+//! The `streambus` binary: `serve` with no config, flags and `STREAMBUS_*` overrides,
+//! `pub`, `sub` and `chat` against it, and a graceful exit on SIGTERM.
+
+#[path = "common/harness.rs"]
+mod harness;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use streambus::client::{Client, ClientOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streambus");
+
+/// A `streambus serve` process; killed if the test fails before it is stopped.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("streambus listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Served {
+            url: format!("http://{addr}"),
+            child,
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + harness::PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn run(args: &[&str], url: &str) -> String {
+    let output = Command::new(BIN).args(args).args(["--url", url]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The config file and environment overrides reach the server (seen in `welcome`), and
+/// `pub`, `sub` and `chat` work against it; SIGTERM ends it cleanly.
+#[test]
+fn serve_pub_sub_chat() {
+    let dir = std::env::temp_dir().join(format!("streambus-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("streambus.toml");
+    std::fs::write(&config, "[limits]\nmax_batch_messages = 7\nmax_message_bytes = 2048\n").unwrap();
+    let served = Served::start(
+        &["--grpc-addr", "127.0.0.1:0", "--config", config.to_str().unwrap()],
+        &[("STREAMBUS_LIMITS__MAX_MESSAGE_BYTES", "4096")],
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let welcome = runtime.block_on(async {
+        let client = Client::connect_with(ClientOptions::new(served.url.clone()).reconnect(false))
+            .await
+            .unwrap();
+        client.welcome().unwrap()
+    });
+    assert_eq!(welcome.max_batch_messages, 7, "from the file");
+    assert_eq!(welcome.max_message_bytes, 4096, "the environment overrides the file");
+
+    let sub = Command::new(BIN)
+        .args(["sub", "sensors.>", "--count", "3", "--url", &served.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `sub` reports on stderr once subscribed; publish only then.
+    let mut sub_err = BufReader::new(sub.stderr.unwrap());
+    let mut line = String::new();
+    sub_err.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed"), "{line:?}");
+    let published = run(&["pub", "sensors.dev1.temp", "21.5", "--count", "3"], &served.url);
+    assert_eq!(published.trim(), "published 3 message(s) to sensors.dev1.temp");
+    let mut received = String::new();
+    std::io::Read::read_to_string(&mut sub.stdout.unwrap(), &mut received).unwrap();
+    assert_eq!(
+        received.lines().collect::<Vec<_>>(),
+        [
+            "[#1] sensors.dev1.temp: 21.5",
+            "[#2] sensors.dev1.temp: 21.5",
+            "[#3] sensors.dev1.temp: 21.5"
+        ]
+    );
+
+    let chat = run(&["chat", "--interval-ms", "10", "hello", "world"], &served.url);
+    assert_eq!(chat, "Received: echo: hello\nReceived: echo: world\n");
+    served.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bad configuration is refused at start with the field named, and nothing listens.
+#[test]
+fn bad_config_names_the_field() {
+    let output = Command::new(BIN)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+        .env("STREAMBUS_TOPICS__MAILBOX_MESSAGES", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("topics.mailbox_messages"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+        .env("STREAMBUS_LIMITS__NO_SUCH_KEY", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no_such_key"), "{stderr}");
+}
