@@ -61,6 +61,8 @@ use pb::server_frame::Frame as In;
 
 /// Frames queued to the server per connection before publishers wait.
 const REQUEST_QUEUE_FRAMES: usize = 1024;
+/// HTTP/2 receive window per stream: the server's frames are up to about 1 MiB.
+const CLIENT_STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// Bytes of a publish frame kept for its own fields when the SDK splits batches.
 const FRAME_SLACK_BYTES: u64 = 4096;
 /// Event batches buffered per subscription before the connection's reader waits (and
@@ -349,6 +351,9 @@ impl Client {
         let channel = Endpoint::from_shared(shared.options.url.clone())
             .map_err(ClientError::Connect)?
             .tcp_nodelay(true)
+            // Room for whole delivery frames in flight (see the server's windows).
+            .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CLIENT_STREAM_WINDOW_BYTES * 4)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .connect_lazy();

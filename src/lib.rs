@@ -1,8 +1,16 @@
 //! streambus: an actor-model message bus on gRPC bidirectional streams.
 //!
 //! This root crate re-exports the embeddable core ([`streambus_core`]) and the domain
-//! vocabulary ([`streambus_types`]); the gRPC server, client SDK and CLI are built on
-//! them.
+//! vocabulary ([`streambus_types`]), and adds the network edge:
+//!
+//! - [`proto`]: the code generated from `proto/` (the only place wire types live);
+//! - [`convert`]: wire ⇄ domain conversion and the error-code table;
+//! - [`server`]: the gRPC server (bus service, the article's chat service, health,
+//!   reflection) and its one shutdown path;
+//! - [`client`]: the client SDK (sessions, acks, credits, reconnect);
+//! - [`config`]: loading the configuration from a file and the environment.
+//!
+//! The `streambus` binary (`src/main.rs`) is the CLI: `serve`, `pub`, `sub`, `chat`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), streambus::BusError> {

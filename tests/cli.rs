@@ -100,21 +100,22 @@ fn serve_pub_sub_chat() {
     assert_eq!(welcome.max_batch_messages, 7, "from the file");
     assert_eq!(welcome.max_message_bytes, 4096, "the environment overrides the file");
 
-    let sub = Command::new(BIN)
+    let mut sub = Command::new(BIN)
         .args(["sub", "sensors.>", "--count", "3", "--url", &served.url])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // `sub` reports on stderr once subscribed; publish only then.
-    let mut sub_err = BufReader::new(sub.stderr.unwrap());
+    let mut sub_err = BufReader::new(sub.stderr.take().unwrap());
     let mut line = String::new();
     sub_err.read_line(&mut line).unwrap();
     assert!(line.contains("subscribed"), "{line:?}");
     let published = run(&["pub", "sensors.dev1.temp", "21.5", "--count", "3"], &served.url);
     assert_eq!(published.trim(), "published 3 message(s) to sensors.dev1.temp");
     let mut received = String::new();
-    std::io::Read::read_to_string(&mut sub.stdout.unwrap(), &mut received).unwrap();
+    std::io::Read::read_to_string(&mut sub.stdout.take().unwrap(), &mut received).unwrap();
+    assert!(sub.wait().unwrap().success());
     assert_eq!(
         received.lines().collect::<Vec<_>>(),
         [
