@@ -1,0 +1,46 @@
+//! The transport ceiling: the article's `ChatService` on plain tonic, no actors, no bus.
+//!
+//! Each message is answered as the article's Go server does (`"echo: " + content`,
+//! timestamp = now in unix seconds), straight from the stream handler.
+
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::{Stream, StreamExt};
+use streambus::proto::stream::Message;
+use streambus::proto::stream::chat_service_server::{ChatService, ChatServiceServer};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The echo service with nothing behind it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BaselineChat;
+
+type Echoes = Pin<Box<dyn Stream<Item = Result<Message, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl ChatService for BaselineChat {
+    type BidirectionalChatStream = Echoes;
+
+    async fn bidirectional_chat(&self, request: Request<Streaming<Message>>) -> Result<Response<Echoes>, Status> {
+        let echoes = request.into_inner().map(|message| {
+            message.map(|m| Message {
+                content: format!("echo: {}", m.content),
+                timestamp: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+            })
+        });
+        Ok(Response::new(Box::pin(echoes)))
+    }
+}
+
+/// Serves the baseline on `listener` until the process ends.
+pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(ChatServiceServer::new(BaselineChat))
+        .serve_with_incoming(incoming)
+        .await
+}

@@ -1,0 +1,217 @@
+//! The article's workload: N connections, each one `BidirectionalChat` stream, closed
+//! loop with `window` messages in flight; every echo is timed from its send.
+//!
+//! The send time travels in the message: the first 20 characters of the content are the
+//! nanoseconds since the run started, the rest is padding up to `size` bytes.
+
+use std::time::Duration;
+
+use streambus::proto::stream::Message;
+use streambus::proto::stream::chat_service_client::ChatServiceClient;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use crate::report::Latencies;
+
+/// Width of the send timestamp at the start of each message.
+const STAMP_LEN: usize = 20;
+/// The prefix the echo service adds.
+const ECHO_PREFIX: &str = "echo: ";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct EchoOptions {
+    /// Server URL, e.g. `http://127.0.0.1:50051`.
+    pub url: String,
+    /// Connections, one stream each.
+    pub conns: usize,
+    /// Message size in bytes (at least the 20-byte timestamp).
+    pub size: usize,
+    /// How long to keep sending.
+    pub duration: Duration,
+    /// Messages in flight per stream.
+    pub window: usize,
+}
+
+impl EchoOptions {
+    /// Checks the options before anything connects.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.conns == 0 {
+            return Err("--conns must be at least 1".into());
+        }
+        if self.window == 0 {
+            return Err("--window must be at least 1".into());
+        }
+        if self.size < STAMP_LEN {
+            return Err(format!(
+                "--size must be at least {STAMP_LEN} bytes (the send timestamp)"
+            ));
+        }
+        if self.duration.is_zero() {
+            return Err("--duration must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A message whose content is `size` bytes and starts with `sent_ns`.
+pub fn stamped(sent_ns: u128, size: usize) -> String {
+    let mut content = format!("{sent_ns:0STAMP_LEN$}");
+    content.truncate(STAMP_LEN);
+    content.extend(std::iter::repeat_n('x', size.saturating_sub(STAMP_LEN)));
+    content
+}
+
+/// The send time stamped into an echo's content.
+pub fn stamp_of(echo: &str) -> Option<u128> {
+    echo.strip_prefix(ECHO_PREFIX)?.get(..STAMP_LEN)?.parse().ok()
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct EchoRun {
+    /// Round-trip latency of every echo.
+    pub latencies: Latencies,
+    /// From the first send to the last echo.
+    pub elapsed: Duration,
+    /// Streams that failed.
+    pub errors: Vec<String>,
+}
+
+/// Runs the workload.
+pub async fn run(options: &EchoOptions) -> anyhow::Result<EchoRun> {
+    let endpoint = Endpoint::from_shared(options.url.clone())?.tcp_nodelay(true);
+    let mut clients = Vec::with_capacity(options.conns);
+    for _ in 0..options.conns {
+        // One TCP connection per stream, as the article's 100 connections.
+        clients.push(ChatServiceClient::new(endpoint.connect().await?));
+    }
+    let start = Instant::now();
+    let deadline = start + options.duration;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| tokio::spawn(stream(client, start, deadline, options.size, options.window)))
+        .collect();
+    let mut latencies = Latencies::new();
+    let mut errors = Vec::new();
+    for task in tasks {
+        match task.await? {
+            Ok(l) => latencies.merge(&l),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Ok(EchoRun {
+        latencies,
+        elapsed: start.elapsed(),
+        errors,
+    })
+}
+
+/// One stream: keeps `window` messages in flight until `deadline`, then drains.
+async fn stream(
+    mut client: ChatServiceClient<tonic::transport::Channel>,
+    start: Instant,
+    deadline: Instant,
+    size: usize,
+    window: usize,
+) -> anyhow::Result<Latencies> {
+    let (tx, rx) = mpsc::channel(window);
+    let message = |start: Instant| Message {
+        content: stamped(start.elapsed().as_nanos(), size),
+        timestamp: 0,
+    };
+    for _ in 0..window {
+        tx.send(message(start)).await?;
+    }
+    let mut echoes = client.bidirectional_chat(ReceiverStream::new(rx)).await?.into_inner();
+    let mut tx = Some(tx);
+    let mut latencies = Latencies::new();
+    while let Some(echo) = echoes.message().await? {
+        let now = start.elapsed().as_nanos();
+        let sent = stamp_of(&echo.content).ok_or_else(|| anyhow::anyhow!("unexpected echo {:?}", echo.content))?;
+        latencies.record(Duration::from_nanos(
+            u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX),
+        ));
+        if Instant::now() >= deadline {
+            // Dropping the sender ends the request stream; the rest drains.
+            tx = None;
+        }
+        if let Some(tx) = &tx {
+            tx.send(message(start)).await?;
+        }
+    }
+    Ok(latencies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stamped message has the requested size and its echo gives the stamp back.
+    #[test]
+    fn stamps_round_trip() {
+        let m = stamped(123_456_789, 1024);
+        assert_eq!(m.len(), 1024);
+        assert_eq!(stamp_of(&format!("echo: {m}")), Some(123_456_789));
+        assert_eq!(stamp_of("echo: short"), None);
+        assert_eq!(stamp_of(&m), None, "not an echo");
+    }
+
+    /// Bad parameters are refused before anything connects.
+    #[test]
+    fn options_are_validated() {
+        let ok = EchoOptions {
+            url: "http://127.0.0.1:1".into(),
+            conns: 1,
+            size: 1024,
+            duration: Duration::from_secs(1),
+            window: 1,
+        };
+        assert!(ok.validate().is_ok());
+        assert!(EchoOptions { conns: 0, ..ok.clone() }.validate().is_err());
+        assert!(
+            EchoOptions {
+                window: 0,
+                ..ok.clone()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(EchoOptions { size: 8, ..ok.clone() }.validate().is_err());
+        assert!(
+            EchoOptions {
+                duration: Duration::ZERO,
+                ..ok
+            }
+            .validate()
+            .is_err()
+        );
+    }
+
+    /// A short run against a real bus and against the baseline: every stream finishes,
+    /// every echo is timed, and nothing fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_against_the_bus_and_the_baseline() {
+        let bus = streambus::Bus::start(streambus::BusConfig::default()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = streambus::server::start(bus, listener);
+        let baseline = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let baseline_addr = baseline.local_addr().unwrap();
+        tokio::spawn(crate::baseline::serve(baseline));
+        for url in [server.url(), format!("http://{baseline_addr}")] {
+            let options = EchoOptions {
+                url,
+                conns: 3,
+                size: 64,
+                duration: Duration::from_millis(200),
+                window: 4,
+            };
+            let run = run(&options).await.unwrap();
+            assert!(run.errors.is_empty(), "{:?}", run.errors);
+            assert!(run.latencies.len() >= 12, "every stream answers its window at least");
+        }
+        server.shutdown().await.unwrap();
+    }
+}
