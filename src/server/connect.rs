@@ -365,9 +365,5 @@ fn error(request_id: u64, code: ErrorCode, message: &str) -> Out {
 }
 
 fn bus_error(request_id: u64, e: &BusError) -> Out {
-    Out::Error(pb::Error {
-        request_id,
-        code: convert::wire_code(e.code()) as i32,
-        message: e.to_string(),
-    })
+    error(request_id, e.code(), &e.to_string())
 }

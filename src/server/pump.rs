@@ -135,8 +135,11 @@ async fn send_batch(
         let mut bytes = batch.topic.len();
         // At least one delivery per frame: a single delivery always fits (messages are
         // limited to the frame size minus its overhead).
-        while n < rest.len() && (n == 0 || bytes + frame_cost(&rest[n]) <= max_frame_bytes) {
-            bytes += frame_cost(&rest[n]);
+        while let Some(cost) = rest.get(n).map(frame_cost) {
+            if n > 0 && bytes + cost > max_frame_bytes {
+                break;
+            }
+            bytes += cost;
             n += 1;
         }
         if let Some(credits) = credits {
