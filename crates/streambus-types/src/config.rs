@@ -11,8 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::OverflowPolicy;
 
+mod sinks;
+
+pub use sinks::{
+    BufferKind, FsyncPolicy, SinkBatchConfig, SinkBufferConfig, SinkConfig, SinkRestartConfig, SinkRetryConfig,
+    StorageConfig, WhenFull,
+};
+
 /// Configuration of the in-process bus.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// Hard limits on what clients may do.
@@ -25,6 +32,10 @@ pub struct BusConfig {
     pub shutdown: ShutdownConfig,
     /// The gRPC listener (used by `streambus serve`; the in-process bus ignores it).
     pub grpc: GrpcConfig,
+    /// Where the bus keeps files.
+    pub storage: StorageConfig,
+    /// Sinks: where messages are written outside the bus (`[[sinks]]` entries).
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// Hard limits. Each refusal is a typed error that names the limit.
@@ -153,7 +164,7 @@ impl Default for GrpcConfig {
 #[error("invalid configuration: {field}: {reason}")]
 pub struct ConfigError {
     /// Dotted path of the offending field, e.g. `topics.mailbox_bytes`.
-    pub field: &'static str,
+    pub field: String,
     /// What is wrong with it.
     pub reason: String,
 }
@@ -161,7 +172,7 @@ pub struct ConfigError {
 fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError {
-            field,
+            field: field.into(),
             reason: "must be greater than zero".into(),
         });
     }
@@ -185,7 +196,7 @@ impl BusConfig {
         positive("topics.idle_timeout_ms", t.idle_timeout_ms)?;
         if t.mailbox_bytes < l.max_message_bytes {
             return Err(ConfigError {
-                field: "topics.mailbox_bytes",
+                field: "topics.mailbox_bytes".into(),
                 reason: format!(
                     "{} is smaller than limits.max_message_bytes ({}): a largest message \
                      could never be admitted",
@@ -201,7 +212,7 @@ impl BusConfig {
         positive("grpc.keepalive_interval_ms", g.keepalive_interval_ms)?;
         positive("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms)?;
         positive("grpc.outbound_frames", g.outbound_frames as u64)?;
-        Ok(())
+        sinks::validate_sinks(&self.sinks, l.max_message_bytes)
     }
 }
 

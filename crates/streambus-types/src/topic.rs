@@ -200,6 +200,26 @@ impl TopicFilter {
         }
     }
 
+    /// Whether some topic matches both filters (so a subscriber holding both would get
+    /// such a message twice).
+    pub fn overlaps(&self, other: &TopicFilter) -> bool {
+        let (mut a, mut b) = (self.tokens(), other.tokens());
+        let system = |f: &TopicFilter| f.as_str().starts_with('$');
+        let wild_first = |f: &TopicFilter| !matches!(f.tokens().next(), Some(FilterToken::Literal(_)));
+        if (system(self) && wild_first(other)) || (system(other) && wild_first(self)) {
+            return false;
+        }
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (Some(FilterToken::Tail), Some(_)) | (Some(_), Some(FilterToken::Tail)) => return true,
+                (Some(FilterToken::AnyOne), Some(_)) | (Some(_), Some(FilterToken::AnyOne)) => {}
+                (Some(FilterToken::Literal(x)), Some(FilterToken::Literal(y))) if x == y => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// The filter as a topic, when it has no wildcard.
     pub fn as_topic(&self) -> Option<Topic> {
         (!self.has_wildcard()).then(|| Topic(self.0.clone()))
@@ -396,6 +416,28 @@ mod tests {
         fn validators_never_panic(s in ".{0,300}") {
             let _ = Topic::new(&s);
             let _ = TopicFilter::new(&s);
+        }
+    }
+
+    /// Overlap is exactly "some topic matches both", checked against sample topics.
+    #[test]
+    fn overlaps() {
+        let f = |s: &str| TopicFilter::new(s).unwrap();
+        let cases = [
+            ("a.b", "a.b", true),
+            ("a.b", "a.c", false),
+            ("a.*", "a.b", true),
+            ("a.>", "a", false),
+            ("a.>", "a.b.c", true),
+            ("*.b", "a.*", true),
+            ("a.*", "a.*.c", false),
+            (">", "$dlq.x", false),
+            ("$dlq.>", "$dlq.pg", true),
+            ("*", "a.b", false),
+        ];
+        for (x, y, want) in cases {
+            assert_eq!(f(x).overlaps(&f(y)), want, "{x} vs {y}");
+            assert_eq!(f(y).overlaps(&f(x)), want, "{y} vs {x}");
         }
     }
 }

@@ -1,0 +1,39 @@
+//! The streambus sink plugin contract, the durable disk buffer, and the built-in sinks.
+//!
+//! A sink takes batches of [`Record`]s (messages as the bus delivered them) to somewhere
+//! outside the bus: a table, a file, a queue. This crate holds what a sink author needs
+//! and nothing of the actor runtime that drives sinks (that is `streambus-core`'s generic
+//! sink actor, which owns batching, retries, dead-lettering, restarts and the buffer), so
+//! a sink is testable with a plain `#[tokio::test]`.
+//!
+//! Modules:
+//! - [`sink`]: the [`Sink`] trait and its [`SinkError`] (retryable, fatal, poison record).
+//! - [`record`]: [`Record`], what a sink receives, and its message id.
+//! - [`registry`]: [`SinkRegistry`], sink types by name, for `[[sinks]]` config entries.
+//! - [`buffer`]: [`DurableBuffer`], segment files of CRC-framed bincode records with
+//!   acknowledgement and replay, bounded in bytes.
+//! - [`encode`]: the JSON Lines form of a record (the `file` and `stdout` sinks).
+//! - Built-in sinks: [`stdout`]; [`file`] (feature `file`); [`postgres`] (feature
+//!   `postgres`).
+//! - `testsuite` (feature `testsuite`): failure-mode sinks for tests.
+
+pub mod buffer;
+pub mod encode;
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod record;
+pub mod registry;
+pub mod sink;
+pub mod stdout;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+pub use buffer::{BufferError, BufferOptions, BufferSnapshot, DurableBuffer, FsyncPolicy};
+pub use record::{MESSAGE_ID_HEADER, Record};
+pub use registry::{SinkFactory, SinkRegistry, SinkSpec};
+pub use sink::{Sink, SinkError, SinkErrorKind};
+
+/// Re-exported so that sink crates implement [`Sink`] with the same macro.
+pub use async_trait::async_trait;

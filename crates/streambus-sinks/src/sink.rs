@@ -1,0 +1,140 @@
+//! The [`Sink`] trait: the contract between a destination and the bus.
+//!
+//! A sink has a small lifecycle, driven by the bus's generic sink actor:
+//!
+//! 1. [`Sink::open`] once per incarnation (connect, create the table, open the file);
+//! 2. [`Sink::write`] a batch, then [`Sink::flush`]; only when both succeed are the
+//!    batch's records acknowledged (and removed from the sink's durable buffer);
+//! 3. [`Sink::close`] on shutdown or before a restart; [`Sink::health`] on demand.
+//!
+//! Everything around that lives once in the runtime, not in each sink: batching (by
+//! events, bytes and delay), retries with backoff and jitter, dead-lettering poison
+//! records, restarts after a panic or a fatal error, quarantine, the disk buffer.
+//!
+//! # Errors
+//!
+//! A [`SinkError`] says what the runtime should do: [`SinkErrorKind::Retryable`] (the
+//! same batch is written again after a backoff: the server is down, a timeout),
+//! [`SinkErrorKind::Fatal`] (this incarnation cannot go on: the sink is closed and
+//! started again from its factory, within its restart budget), or
+//! [`SinkErrorKind::Poison`] (a record of the batch can never be written: it goes to the
+//! dead-letter topic with the reason and the rest of the batch is written again; when
+//! the sink cannot say which record, the runtime finds it by splitting the batch).
+//!
+//! # Delivery
+//!
+//! At least once. The runtime assumes a failed `write` stored nothing; a sink that can
+//! store part of a batch before failing will see those records again (deduplicate on
+//! [`crate::Record::message_id`] where that matters).
+
+use async_trait::async_trait;
+
+use crate::record::Record;
+
+/// What a failed sink call asks the runtime to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// Transient: write the same batch again after a backoff.
+    Retryable,
+    /// This incarnation cannot continue: close it and start a new one.
+    Fatal,
+    /// A record of the batch can never be written.
+    Poison {
+        /// Index of the bad record in the batch passed to `write`, when the sink knows
+        /// it; otherwise the runtime isolates it by splitting the batch in halves.
+        index: Option<usize>,
+    },
+}
+
+/// A sink failure: its kind and a human reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    /// What the runtime should do.
+    pub kind: SinkErrorKind,
+    /// Why, for logs, snapshots and dead-letter headers.
+    pub message: String,
+}
+
+impl SinkError {
+    /// A transient failure.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SinkError {
+            kind: SinkErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// A failure this incarnation cannot recover from.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        SinkError {
+            kind: SinkErrorKind::Fatal,
+            message: message.into(),
+        }
+    }
+
+    /// Record `index` of the batch can never be written.
+    pub fn poison(index: usize, message: impl Into<String>) -> Self {
+        SinkError {
+            kind: SinkErrorKind::Poison { index: Some(index) },
+            message: message.into(),
+        }
+    }
+
+    /// Some record of the batch can never be written, the sink cannot tell which.
+    pub fn poison_somewhere(message: impl Into<String>) -> Self {
+        SinkError {
+            kind: SinkErrorKind::Poison { index: None },
+            message: message.into(),
+        }
+    }
+
+    /// Whether writing the same batch again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == SinkErrorKind::Retryable
+    }
+}
+
+/// A destination for records. Implement it in your own crate and register it in a
+/// [`crate::SinkRegistry`].
+///
+/// ```
+/// use streambus_sinks::{async_trait, Record, Sink, SinkError};
+///
+/// /// Counts what it is given.
+/// struct Counter(u64);
+///
+/// #[async_trait]
+/// impl Sink for Counter {
+///     async fn write(&mut self, batch: &[Record]) -> Result<(), SinkError> {
+///         self.0 += batch.len() as u64;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Sink: Send + 'static {
+    /// Prepares the destination (connect, create what is missing). Called once per
+    /// incarnation before the first write; a retryable error is retried with backoff.
+    async fn open(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Writes a batch, all or nothing as far as the runtime knows. Never empty.
+    async fn write(&mut self, batch: &[Record]) -> Result<(), SinkError>;
+
+    /// Makes what `write` accepted durable at the destination (flush a file, ...).
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Releases the destination. Called on shutdown and before a restart.
+    async fn close(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Whether the destination is reachable now.
+    async fn health(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
