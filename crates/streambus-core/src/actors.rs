@@ -20,5 +20,7 @@
 
 pub(crate) mod session;
 pub(crate) mod session_manager;
+pub(crate) mod sink;
+pub(crate) mod sink_supervisor;
 pub(crate) mod topic;
 pub(crate) mod topic_supervisor;

@@ -34,12 +34,17 @@ use bytes::Bytes;
 use futures::future::join_all;
 use ractor::{Actor, ActorRef, ActorStatus};
 use serde::Serialize;
-use streambus_types::{BusConfig, CloseReason, Message, SubscriptionOptions, Topic, TopicFilter};
+use streambus_sinks::{BufferOptions, DurableBuffer, FsyncPolicy, SinkFactory, SinkRegistry, SinkSpec};
+use streambus_types::config::{BufferKind, WhenFull};
+use streambus_types::{
+    BusConfig, CloseReason, ConfigError, Message, OverflowPolicy, SubscriptionOptions, Topic, TopicFilter,
+};
 
 use crate::actors::session::{SessionId, SessionMessage, SessionShared, SessionSnapshot};
 use crate::actors::session_manager::{
     OpenedSession, SessionManager, SessionManagerArgs, SessionManagerMessage, SessionManagerSnapshot,
 };
+use crate::actors::sink_supervisor::{SinkEntryArgs, SinkSupervisor, SinkSupervisorArgs, SinkSupervisorMessage};
 use crate::actors::topic::{TopicMessage, TopicSnapshot};
 use crate::actors::topic_supervisor::{
     TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot,
@@ -47,6 +52,9 @@ use crate::actors::topic_supervisor::{
 use crate::admission::Inflight;
 use crate::directory::{Admit, Directory};
 use crate::error::{BusError, answered};
+use crate::receipt::{Receipt, ReceiptToken};
+use crate::sinks::shared::{MEMORY_CHANNEL_CHUNKS, MemorySource, SinkShared, Source};
+use crate::sinks::{SinkSnapshot, SinkStatus, intake};
 use crate::subscription::Subscription;
 
 /// How long one actor gets to answer an `Observe` for a snapshot.
@@ -85,12 +93,19 @@ pub struct BusSnapshot {
     pub topics: Vec<TopicSnapshot>,
     /// Publish batches admitted and not yet fanned out, bus-wide.
     pub inflight_batches: usize,
+    /// Every configured sink, by name.
+    pub sinks: Vec<SinkSnapshot>,
 }
 
 impl BusSnapshot {
     /// The topic called `name`, if it is alive.
     pub fn topic(&self, name: &str) -> Option<&TopicSnapshot> {
         self.topics.iter().find(|t| t.topic.as_str() == name)
+    }
+
+    /// The sink called `name`, if it is configured.
+    pub fn sink(&self, name: &str) -> Option<&SinkSnapshot> {
+        self.sinks.iter().find(|s| s.name == name)
     }
 }
 
@@ -107,6 +122,8 @@ struct BusInner {
     /// The session behind `Bus::publish` and `Bus::subscribe`: opened on first use, and
     /// opened again if it ever failed, so the shorthands never stay broken.
     default_session: tokio::sync::Mutex<Option<OpenedSession>>,
+    /// Runs the configured sinks; set once at start when any is configured.
+    sinks: std::sync::OnceLock<ActorRef<SinkSupervisorMessage>>,
 }
 
 /// A running bus. Clones share it.
@@ -124,9 +141,33 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Validates `config` and starts the actor tree.
+    /// Validates `config` and starts the actor tree, with the built-in sink types.
     pub async fn start(config: BusConfig) -> Result<Bus, BusError> {
+        Bus::start_with_sinks(config, SinkRegistry::with_builtins()).await
+    }
+
+    /// Validates `config` and starts the actor tree; `[[sinks]]` entries are built with
+    /// the types of `registry` (register your own there).
+    pub async fn start_with_sinks(config: BusConfig, registry: SinkRegistry) -> Result<Bus, BusError> {
         config.validate()?;
+        // Every sink entry is checked by its type before anything starts.
+        let mut factories = Vec::new();
+        for s in &config.sinks {
+            let factory = registry.get(&s.kind).ok_or_else(|| ConfigError {
+                field: format!("sinks.{}.type", s.name),
+                reason: format!(
+                    "unknown sink type {:?} (known: {})",
+                    s.kind,
+                    registry.kinds().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+            let spec = SinkSpec {
+                name: s.name.clone(),
+                options: s.options.clone(),
+            };
+            factory(&spec)?;
+            factories.push((factory, spec));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let args = TopicSupervisorArgs {
             topics: config.topics.clone(),
@@ -148,7 +189,7 @@ impl Bus {
             .await
             .map_err(|e| BusError::Internal(format!("starting the session manager: {e}")))?;
         tracing::info!("bus started");
-        Ok(Bus {
+        let bus = Bus {
             inner: Arc::new(BusInner {
                 config,
                 directory,
@@ -157,8 +198,92 @@ impl Bus {
                 inflight: Inflight::new(),
                 closing: AtomicBool::new(false),
                 default_session: tokio::sync::Mutex::new(None),
+                sinks: std::sync::OnceLock::new(),
             }),
-        })
+        };
+        if !factories.is_empty()
+            && let Err(e) = bus.start_sinks(factories).await
+        {
+            bus.shutdown().await;
+            return Err(e);
+        }
+        Ok(bus)
+    }
+
+    async fn start_sinks(&self, factories: Vec<(SinkFactory, SinkSpec)>) -> Result<(), BusError> {
+        let config = &self.inner.config;
+        let session = self.connect(ConnectOptions::named("sinks")).await?;
+        let mut sinks = Vec::new();
+        for (cfg, (factory, spec)) in config.sinks.iter().zip(factories) {
+            let b = &cfg.buffer;
+            let (source, tx, overflow) = match b.kind {
+                BufferKind::Memory => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(MEMORY_CHANNEL_CHUNKS);
+                    let source = Source::Memory(tokio::sync::Mutex::new(MemorySource { rx, carry: Vec::new() }));
+                    let overflow = match b.when_full {
+                        WhenFull::Block => OverflowPolicy::Block,
+                        WhenFull::DropNewest => OverflowPolicy::DropNewest,
+                    };
+                    (source, Some(tx), overflow)
+                }
+                BufferKind::Disk => {
+                    let buffer = DurableBuffer::open(BufferOptions {
+                        dir: cfg.buffer_dir(&config.storage),
+                        max_bytes: b.max_bytes,
+                        segment_bytes: b.segment_bytes,
+                        fsync: FsyncPolicy::from_setting(b.fsync, b.fsync_interval_ms),
+                        when_full: b.when_full,
+                    })
+                    .map_err(|e| BusError::Internal(format!("sink {}: {e}", cfg.name)))?;
+                    // The intake moves records to disk quickly; the buffer's own
+                    // `when_full` decides when the disk is full.
+                    (Source::Disk(Arc::new(buffer)), None, OverflowPolicy::Block)
+                }
+            };
+            let shared = Arc::new(SinkShared {
+                config: cfg.clone(),
+                dlq: cfg.dead_letter_topic()?,
+                source,
+                pending: tokio::sync::Mutex::new(None),
+                session: session.clone(),
+                status: parking_lot::Mutex::new(SinkStatus::Starting),
+                last_error: parking_lot::Mutex::new(None),
+                written: Default::default(),
+                batches: Default::default(),
+                retries: Default::default(),
+                dead_lettered: Default::default(),
+                dropped: Default::default(),
+                received: Default::default(),
+                restarts: Default::default(),
+            });
+            let mut subscriptions = Vec::new();
+            for filter in cfg.filters() {
+                let options = SubscriptionOptions {
+                    queue_group: None,
+                    overflow: Some(overflow),
+                    buffer_messages: (b.kind == BufferKind::Memory).then_some(b.max_events),
+                    buffer_bytes: (b.kind == BufferKind::Memory).then_some(b.max_bytes as usize),
+                };
+                let durable = b.kind == BufferKind::Disk;
+                subscriptions.push(session.subscribe_as(filter, options, durable).await?);
+            }
+            tokio::spawn(intake::run(shared.clone(), subscriptions, tx));
+            tracing::info!(sink = %cfg.name, kind = %cfg.kind, topics = ?cfg.topics, buffer = ?b.kind, "sink started");
+            sinks.push(SinkEntryArgs { shared, factory, spec });
+        }
+        let (actor, _) = Actor::spawn(None, SinkSupervisor, SinkSupervisorArgs { sinks })
+            .await
+            .map_err(|e| BusError::Internal(format!("starting the sink supervisor: {e}")))?;
+        let _ = self.inner.sinks.set(actor);
+        Ok(())
+    }
+
+    /// Every configured sink's snapshot.
+    pub async fn sinks(&self) -> Result<Vec<SinkSnapshot>, BusError> {
+        match self.inner.sinks.get() {
+            Some(s) => answered(s.call(SinkSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT)).await),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The configuration the bus runs with.
@@ -250,6 +375,7 @@ impl Bus {
                 .map(|a| a.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT))),
         );
         let (sessions, topics) = futures::join!(sessions, topics);
+        let sinks = self.sinks().await?;
         // An actor that stopped between the two steps simply is not in the snapshot.
         let mut sessions: Vec<SessionSnapshot> = sessions.into_iter().filter_map(|r| answered(r).ok()).collect();
         let mut topics: Vec<TopicSnapshot> = topics.into_iter().filter_map(|r| answered(r).ok()).collect();
@@ -261,6 +387,7 @@ impl Bus {
             sessions,
             topics,
             inflight_batches: self.inner.inflight.count(),
+            sinks,
         })
     }
 
@@ -287,6 +414,17 @@ impl Bus {
             .topics
             .call(|reply| TopicSupervisorMessage::CloseAll { reason, reply }, None)
             .await;
+        // The sinks' subscriptions are closed: each sink writes what it has and stops
+        // (a durable sink keeps the rest on disk for the next start).
+        if let Some(sinks) = self.inner.sinks.get() {
+            if !matches!(
+                sinks.call(SinkSupervisorMessage::Drain, Some(timeout)).await,
+                Ok(ractor::rpc::CallResult::Success(()))
+            ) {
+                tracing::error!("sinks did not drain within the shutdown drain timeout");
+            }
+            let _ = sinks.stop_and_wait(Some("shutdown".into()), Some(timeout)).await;
+        }
         let _ = self
             .inner
             .sessions
@@ -342,6 +480,11 @@ impl SessionHandle {
         self.shared.id
     }
 
+    /// Most messages in one publish batch (`limits.max_batch_messages`).
+    pub fn batch_limit(&self) -> usize {
+        self.bus.config.limits.max_batch_messages
+    }
+
     /// Whether the session can still be used.
     pub fn is_open(&self) -> bool {
         !self.shared.closed.load(Ordering::Acquire)
@@ -369,7 +512,12 @@ impl SessionHandle {
         Ok(())
     }
 
-    async fn route(&self, messages: Vec<Message>, admit: Admit) -> Result<(), BusError> {
+    async fn route(
+        &self,
+        messages: Vec<Message>,
+        admit: Admit,
+        receipt: Option<&Arc<ReceiptToken>>,
+    ) -> Result<(), BusError> {
         self.check(&messages)?;
         let guards = || [self.shared.inflight.guard(), self.bus.inflight.guard()];
         // Group by topic, keeping each topic's order; most batches have one topic.
@@ -383,7 +531,7 @@ impl SessionHandle {
         let mut groups = groups.into_iter();
         while let Some((topic, group)) = groups.next() {
             let (count, bytes) = (group.len(), group.iter().map(Message::byte_len).sum::<usize>());
-            match self.bus.directory.send(&topic, group, admit, guards).await {
+            match self.bus.directory.send(&topic, group, admit, guards, receipt).await {
                 Ok(()) => {
                     self.shared
                         .published_messages
@@ -411,12 +559,34 @@ impl SessionHandle {
 
     /// Publishes a message, waiting while the topic's mailbox is full.
     pub async fn publish_message(&self, message: Message) -> Result<(), BusError> {
-        self.route(vec![message], Admit::Wait).await
+        self.route(vec![message], Admit::Wait, None).await
     }
 
     /// Publishes a batch, waiting while a topic's mailbox is full. Order is kept per topic.
     pub async fn publish_batch(&self, messages: Vec<Message>) -> Result<(), BusError> {
-        self.route(messages, Admit::Wait).await
+        self.route(messages, Admit::Wait, None).await
+    }
+
+    /// Publishes a batch like [`Self::publish_batch`] and returns once every durable
+    /// sink (a sink with a disk buffer) whose filter matches a message has that message
+    /// in its buffer, so it survives a crash of the sink and of the bus.
+    ///
+    /// Fails with [`BusError::NotDurable`] when a durable sink could not take a message
+    /// (its buffer full under `drop_newest`, a disk error, a crash on the way); the
+    /// messages were still published to live subscribers.
+    pub async fn publish_durable(&self, messages: Vec<Message>) -> Result<(), BusError> {
+        let (receipt, token) = Receipt::new();
+        let routed = self.route(messages, Admit::Wait, Some(&token)).await;
+        if routed.is_ok() {
+            token.confirm(1);
+        }
+        drop(token);
+        routed?;
+        if receipt.wait().await {
+            Ok(())
+        } else {
+            Err(BusError::NotDurable)
+        }
     }
 
     /// Publishes a message if its topic's mailbox has room now; otherwise fails with
@@ -430,18 +600,36 @@ impl SessionHandle {
     ///
     /// It never waits for mailbox room; it may wait for a topic's first start.
     pub async fn try_publish_batch(&self, messages: Vec<Message>) -> Result<(), BusError> {
-        self.route(messages, Admit::Try).await
+        self.route(messages, Admit::Try, None).await
     }
 
     /// Opens a subscription.
     pub async fn subscribe(&self, filter: &str, options: SubscriptionOptions) -> Result<Subscription, BusError> {
-        let filter = TopicFilter::new(filter)?;
+        self.subscribe_as(TopicFilter::new(filter)?, options, false).await
+    }
+
+    /// Opens a subscription; a `durable` one (a durable sink's) takes part in durable
+    /// receipts.
+    pub(crate) async fn subscribe_as(
+        &self,
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+        durable: bool,
+    ) -> Result<Subscription, BusError> {
         if !self.is_open() {
             return Err(BusError::Closed);
         }
         let sub = answered(
             self.actor
-                .call(|reply| SessionMessage::Subscribe { filter, options, reply }, None)
+                .call(
+                    |reply| SessionMessage::Subscribe {
+                        filter,
+                        options,
+                        durable,
+                        reply,
+                    },
+                    None,
+                )
                 .await,
         )??;
         Ok(Subscription::new(&sub, self.actor.clone()))

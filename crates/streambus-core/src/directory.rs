@@ -24,6 +24,7 @@ use crate::actors::topic::{PublishBatch, TopicMessage};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::{Admission, AdmissionClosed, InflightGuard};
 use crate::error::{BusError, answered};
+use crate::receipt::ReceiptToken;
 
 /// How many times a publish is re-routed (topic reaped or restarted under it) before it
 /// gives up with an internal error. Each re-route goes through the supervisor, which
@@ -119,6 +120,7 @@ impl Directory {
         mut messages: Vec<Message>,
         admit: Admit,
         guards: impl Fn() -> [InflightGuard; 2],
+        receipt: Option<&Arc<ReceiptToken>>,
     ) -> Result<(), BusError> {
         let mut stale = None;
         let mut reroutes = 0;
@@ -159,6 +161,7 @@ impl Directory {
                 messages,
                 permit,
                 _guards: guards(),
+                receipt: receipt.map(|r| r.sibling(1)),
             };
             match target.actor.cast(TopicMessage::Publish(batch)) {
                 Ok(()) => messages = rest,

@@ -57,6 +57,9 @@ pub enum BusError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A durable publish reached live subscribers but not every durable sink's buffer.
+    #[error("not durable: a durable sink could not store the message (buffer full or disk error)")]
+    NotDurable,
     /// The session or the bus is closed.
     #[error("closed")]
     Closed,
@@ -79,7 +82,7 @@ impl BusError {
             | BusError::TooManySessions { .. }
             | BusError::TooManyTopics { .. } => ErrorCode::ResourceExhausted,
             BusError::UnknownSubscription(_) => ErrorCode::NotFound,
-            BusError::Closed => ErrorCode::Unavailable,
+            BusError::Closed | BusError::NotDurable => ErrorCode::Unavailable,
             BusError::Internal(_) => ErrorCode::Internal,
         }
     }

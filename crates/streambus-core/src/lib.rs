@@ -22,6 +22,8 @@ mod directory;
 pub mod error;
 mod index;
 mod queue;
+mod receipt;
+pub mod sinks;
 pub mod subscription;
 
 pub use actors::session::{SessionId, SessionSnapshot};
@@ -31,6 +33,8 @@ pub use actors::topic_supervisor::TopicSupervisorSnapshot;
 pub use bus::{Bus, BusSnapshot, ConnectOptions, SessionHandle};
 pub use error::BusError;
 pub use queue::{DeliveryRun, QueueSnapshot};
+pub use sinks::{SinkSnapshot, SinkStatus};
+pub use streambus_sinks as sink;
 pub use streambus_types::{
     BusConfig, CloseReason, Delivery, ErrorCode, Event, Gap, Headers, Message, OverflowPolicy, SubscriptionOptions,
     Topic, TopicFilter,

@@ -34,6 +34,8 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use streambus_types::{CloseReason, Delivery, Gap, OverflowPolicy};
 
+use crate::receipt::ReceiptToken;
+
 /// Called once when a blocked pusher may retry.
 pub(crate) type SpaceWaker = Box<dyn FnOnce() + Send>;
 
@@ -69,12 +71,22 @@ pub(crate) enum Popped {
 pub struct DeliveryRun {
     batch: Arc<[Delivery]>,
     range: Range<usize>,
+    /// The durable publish these deliveries belong to (durable sink subscriptions only).
+    receipt: Option<Arc<ReceiptToken>>,
 }
 
 impl DeliveryRun {
     /// The deliveries.
     pub fn as_slice(&self) -> &[Delivery] {
         &self.batch[self.range.clone()]
+    }
+
+    /// Confirms to the durable publisher that these deliveries are stored (called once,
+    /// by a durable sink's intake, after they are in its disk buffer).
+    pub(crate) fn confirm(&self) {
+        if let Some(r) = &self.receipt {
+            r.confirm(self.range.len());
+        }
     }
 
     pub(crate) fn pop_front(&mut self) -> Option<Delivery> {
@@ -101,6 +113,7 @@ enum Entry {
         batch: Arc<[Delivery]>,
         range: Range<usize>,
         bytes: usize,
+        receipt: Option<Arc<ReceiptToken>>,
     },
     Gap(Gap),
 }
@@ -215,7 +228,7 @@ impl State {
         n
     }
 
-    fn push_run(&mut self, batch: &Arc<[Delivery]>, range: Range<usize>) {
+    fn push_run(&mut self, batch: &Arc<[Delivery]>, range: Range<usize>, receipt: Option<&Arc<ReceiptToken>>) {
         if range.is_empty() {
             return;
         }
@@ -227,6 +240,7 @@ impl State {
             batch: batch.clone(),
             range,
             bytes,
+            receipt: receipt.cloned(),
         });
     }
 
@@ -270,7 +284,10 @@ impl State {
             let Some(pos) = self.entries.iter().position(|e| matches!(e, Entry::Run { .. })) else {
                 break;
             };
-            let Entry::Run { batch, range, bytes } = &mut self.entries[pos] else {
+            let Entry::Run {
+                batch, range, bytes, ..
+            } = &mut self.entries[pos]
+            else {
                 unreachable!()
             };
             let batch = batch.clone();
@@ -322,11 +339,13 @@ impl SubscriberQueue {
     /// Pushes `batch[range]` (all of one topic) under the overflow policy.
     ///
     /// `on_block` is called, only under `block` and only when not everything fit, to make
-    /// the waker that will be fired once room comes back.
+    /// the waker that will be fired once room comes back. `receipt` travels with what is
+    /// buffered, to the consumer.
     pub(crate) fn push(
         &self,
         batch: &Arc<[Delivery]>,
         range: Range<usize>,
+        receipt: Option<&Arc<ReceiptToken>>,
         on_block: impl FnOnce() -> SpaceWaker,
     ) -> Push {
         if range.is_empty() {
@@ -342,7 +361,7 @@ impl SubscriberQueue {
         let outcome = match self.policy {
             OverflowPolicy::Block => {
                 let n = st.fit(ds, cap_m, cap_b);
-                st.push_run(batch, range.start..range.start + n);
+                st.push_run(batch, range.start..range.start + n, receipt);
                 if n < ds.len() {
                     st.space_wakers.push(on_block());
                     Push::Blocked { accepted: n }
@@ -352,7 +371,7 @@ impl SubscriberQueue {
             }
             OverflowPolicy::DropNewest => {
                 let n = st.fit(ds, cap_m, cap_b);
-                st.push_run(batch, range.start..range.start + n);
+                st.push_run(batch, range.start..range.start + n, receipt);
                 st.record_gap(&ds[n..], false);
                 Push::Done
             }
@@ -370,12 +389,12 @@ impl SubscriberQueue {
                 }
                 st.evict_front(m, b, cap_m, cap_b);
                 st.record_gap(&ds[..keep], true);
-                st.push_run(batch, range.start + keep..range.end);
+                st.push_run(batch, range.start + keep..range.end, receipt);
                 Push::Done
             }
             OverflowPolicy::Disconnect => {
                 if st.fit(ds, cap_m, cap_b) == ds.len() {
-                    st.push_run(batch, range);
+                    st.push_run(batch, range, receipt);
                     Push::Done
                 } else {
                     st.dropped += ds.len() as u64;
@@ -411,11 +430,16 @@ impl SubscriberQueue {
             return Poll::Pending;
         };
         let popped = match entry {
-            Entry::Run { batch, range, bytes } => {
+            Entry::Run {
+                batch,
+                range,
+                bytes,
+                receipt,
+            } => {
                 st.messages -= range.len();
                 st.bytes -= bytes;
                 st.delivered += range.len() as u64;
-                Popped::Deliveries(DeliveryRun { batch, range })
+                Popped::Deliveries(DeliveryRun { batch, range, receipt })
             }
             Entry::Gap(g) => {
                 st.gaps_delivered += 1;
@@ -547,7 +571,7 @@ mod tests {
     }
 
     fn push_all(q: &SubscriberQueue, b: &Arc<[Delivery]>) -> Push {
-        q.push(b, 0..b.len(), || Box::new(|| {}))
+        q.push(b, 0..b.len(), None, || Box::new(|| {}))
     }
 
     /// A gap as (topic, dropped, first, last), easy to compare.
@@ -626,7 +650,7 @@ mod tests {
         let woken = Arc::new(AtomicUsize::new(0));
         let w = woken.clone();
         let b = batch("a", 1..7, 1);
-        let out = q.push(&b, 0..6, move || {
+        let out = q.push(&b, 0..6, None, move || {
             Box::new(move || {
                 w.fetch_add(1, Ordering::SeqCst);
             })
@@ -637,7 +661,7 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3, 4]);
         assert!(gaps.is_empty());
         assert_eq!(woken.load(Ordering::SeqCst), 1);
-        assert_eq!(q.push(&b, 4..6, || unreachable!()), Push::Done);
+        assert_eq!(q.push(&b, 4..6, None, || unreachable!()), Push::Done);
         assert_eq!(q.snapshot().dropped, 0);
     }
 

@@ -41,6 +41,8 @@ pub(crate) struct Subscriber {
     pub(crate) queue: Arc<SubscriberQueue>,
     /// The owning session, told when the bus ends the subscription on its own.
     pub(crate) session_ref: ActorRef<SessionMessage>,
+    /// A durable sink's subscription: topics give it a share of each durable receipt.
+    pub(crate) durable: bool,
 }
 
 /// A point-in-time view of one subscription.

@@ -341,11 +341,7 @@ impl Disk {
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
-            segments.push_back(Segment {
-                path,
-                bytes,
-                last_id,
-            });
+            segments.push_back(Segment { path, bytes, last_id });
         }
         let next_id = last_seen + 1;
         if segments.is_empty() {
@@ -771,7 +767,10 @@ mod tests {
         let b = DurableBuffer::open(options(dir.path())).unwrap();
         assert_eq!(b.snapshot().replayed_on_open, 30);
         let again = read_all(&b);
-        assert_eq!(again.iter().map(|r| r.0).collect::<Vec<_>>(), (21..=50).collect::<Vec<_>>());
+        assert_eq!(
+            again.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (21..=50).collect::<Vec<_>>()
+        );
         assert_eq!(again[9].1, record(30));
         b.ack(50).unwrap();
         assert_eq!(b.snapshot().bytes, 0);
@@ -798,7 +797,9 @@ mod tests {
         // Find record 4's frame and flip a byte of its body.
         let mut offset = 0;
         for _ in 1..4 {
-            let Scan::Frame { len, .. } = scan(&data[offset..]) else { panic!() };
+            let Scan::Frame { len, .. } = scan(&data[offset..]) else {
+                panic!()
+            };
             offset += len;
         }
         data[offset + HEADER + 12] ^= 0x5a;

@@ -18,5 +18,5 @@ mod config;
 mod sink;
 
 pub use config::FileConfig;
-pub(crate) use sink::factory;
 pub use sink::FileSink;
+pub(crate) use sink::factory;

@@ -35,5 +35,5 @@ mod config;
 mod sink;
 
 pub use config::PostgresConfig;
-pub(crate) use sink::factory;
 pub use sink::PostgresSink;
+pub(crate) use sink::factory;

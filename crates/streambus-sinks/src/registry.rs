@@ -133,7 +133,9 @@ mod tests {
         spec(r#"{"url":"x","pool_size":2}"#).options::<Opts>().unwrap();
         let e = spec(r#"{"url":"x","pool_size":"two"}"#).options::<Opts>().unwrap_err();
         assert_eq!(e.field, "sinks.pg.pool_size");
-        let e = spec(r#"{"url":"x","pool_size":2,"poolsize":3}"#).options::<Opts>().unwrap_err();
+        let e = spec(r#"{"url":"x","pool_size":2,"poolsize":3}"#)
+            .options::<Opts>()
+            .unwrap_err();
         assert_eq!(e.field, "sinks.pg.poolsize");
         let e = spec(r#"{"pool_size":2}"#).options::<Opts>().unwrap_err();
         assert!(e.reason.contains("url"), "{e}");

@@ -15,7 +15,7 @@ pub mod message;
 pub mod policy;
 pub mod topic;
 
-pub use config::{BusConfig, ConfigError};
+pub use config::{BusConfig, ConfigError, SinkConfig};
 pub use error::ErrorCode;
 pub use message::{CloseReason, Delivery, Event, Gap, Headers, Message};
 pub use policy::{OverflowPolicy, SubscriptionOptions};

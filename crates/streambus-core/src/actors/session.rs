@@ -45,6 +45,8 @@ pub(crate) enum SessionMessage {
     Subscribe {
         filter: TopicFilter,
         options: SubscriptionOptions,
+        /// A durable sink's subscription: its deliveries carry durable receipts.
+        durable: bool,
         reply: RpcReplyPort<Result<Arc<Subscriber>, BusError>>,
     },
     /// Close a subscription (from its handle, or its `Drop` with no reply).
@@ -121,6 +123,7 @@ impl SessionState {
         myself: &ActorRef<SessionMessage>,
         filter: TopicFilter,
         options: SubscriptionOptions,
+        durable: bool,
     ) -> Result<Arc<Subscriber>, BusError> {
         if self.args.shared.closed.load(Ordering::Acquire) {
             return Err(BusError::Closed);
@@ -151,6 +154,7 @@ impl SessionState {
             group,
             queue: SubscriberQueue::new(options.overflow.unwrap_or(d.overflow), buffer_messages, buffer_bytes),
             session_ref: myself.clone(),
+            durable,
         });
         let sub = subscriber.clone();
         self.args
@@ -225,8 +229,13 @@ impl Actor for SessionActor {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionMessage::Subscribe { filter, options, reply } => {
-                let _ = reply.send(state.subscribe(&myself, filter, options).await);
+            SessionMessage::Subscribe {
+                filter,
+                options,
+                durable,
+                reply,
+            } => {
+                let _ = reply.send(state.subscribe(&myself, filter, options, durable).await);
             }
             SessionMessage::Unsubscribe { id, reply } => {
                 let known = state.subscriptions.contains_key(&id);

@@ -35,6 +35,7 @@ use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::{InflightGuard, Permit};
 use crate::directory::{Directory, TopicShared};
 use crate::queue::Push;
+use crate::receipt::ReceiptToken;
 use crate::subscription::{Subscriber, SubscriptionId};
 
 /// A batch of messages for one topic, with the admission it holds.
@@ -45,6 +46,19 @@ pub(crate) struct PublishBatch {
     pub(crate) permit: Permit,
     /// The publishing session's and the bus's in-flight counts; dropped with the permit.
     pub(crate) _guards: [InflightGuard; 2],
+    /// A durable publish: confirmed when the batch is in every subscriber buffer, and
+    /// the source of each durable sink subscriber's share.
+    pub(crate) receipt: Option<Arc<ReceiptToken>>,
+}
+
+impl PublishBatch {
+    /// Every subscriber has the batch: return the admission, confirm the fan-out.
+    fn complete(self) {
+        if let Some(r) = &self.receipt {
+            r.confirm(1);
+        }
+        self.permit.complete();
+    }
 }
 
 /// What a topic actor is asked to do.
@@ -117,6 +131,7 @@ struct Parked {
     subscriber: Arc<Subscriber>,
     batch: Arc<[Delivery]>,
     range: Range<usize>,
+    receipt: Option<Arc<ReceiptToken>>,
 }
 
 /// State of a topic actor.
@@ -159,7 +174,7 @@ impl TopicState {
                 let retained = self.shared.retained.lock().clone();
                 if let Some(retained) = retained {
                     let batch: Arc<[Delivery]> = Arc::from(vec![retained]);
-                    self.push(&sub, &batch, 0..1, myself);
+                    self.push(&sub, &batch, 0..1, None, myself);
                 }
                 self.plain.push(sub);
             }
@@ -201,11 +216,12 @@ impl TopicState {
         sub: &Arc<Subscriber>,
         batch: &Arc<[Delivery]>,
         range: Range<usize>,
+        receipt: Option<Arc<ReceiptToken>>,
         myself: &ActorRef<TopicMessage>,
     ) {
         let start = range.start;
         let end = range.end;
-        let outcome = sub.queue.push(batch, range, || {
+        let outcome = sub.queue.push(batch, range, receipt.as_ref(), || {
             let me = myself.clone();
             Box::new(move || {
                 // The topic may be gone by now; then there is nothing to resume.
@@ -218,6 +234,7 @@ impl TopicState {
                 subscriber: sub.clone(),
                 batch: batch.clone(),
                 range: start + accepted..end,
+                receipt,
             }),
             Push::Disconnected => {
                 tracing::warn!(parent: &self.span, subscription = sub.id.0, "slow consumer disconnected");
@@ -276,7 +293,11 @@ impl TopicState {
 
         let plain = std::mem::take(&mut self.plain);
         for sub in &plain {
-            self.push(sub, &batch, 0..len, myself);
+            let share = match &publish.receipt {
+                Some(r) if sub.durable => Some(r.sibling(len)),
+                _ => None,
+            };
+            self.push(sub, &batch, 0..len, share, myself);
         }
         // `push` may not add subscribers, only report ended ones to the supervisor.
         self.plain = plain;
@@ -291,7 +312,7 @@ impl TopicState {
             self.remove(id);
         }
         if self.parked.is_empty() {
-            publish.permit.complete();
+            publish.complete();
         } else {
             self.parked_batch = Some(publish);
         }
@@ -306,7 +327,7 @@ impl TopicState {
         }
         if members == 1 {
             let member = group.members[0].clone();
-            self.push(&member, batch, 0..batch.len(), myself);
+            self.push(&member, batch, 0..batch.len(), None, myself);
             return;
         }
         let mut shares: Vec<Vec<Delivery>> = vec![Vec::new(); members];
@@ -318,7 +339,7 @@ impl TopicState {
             if !share.is_empty() {
                 let share: Arc<[Delivery]> = share.into();
                 let len = share.len();
-                self.push(member, &share, 0..len, myself);
+                self.push(member, &share, 0..len, None, myself);
             }
         }
     }
@@ -327,14 +348,14 @@ impl TopicState {
     /// works through the backlog until the next stall.
     fn resume(&mut self, myself: &ActorRef<TopicMessage>) {
         for parked in std::mem::take(&mut self.parked) {
-            self.push(&parked.subscriber, &parked.batch, parked.range, myself);
+            self.push(&parked.subscriber, &parked.batch, parked.range, parked.receipt, myself);
         }
         for id in std::mem::take(&mut self.ended) {
             self.remove(id);
         }
         while self.parked.is_empty() {
             if let Some(done) = self.parked_batch.take() {
-                done.permit.complete();
+                done.complete();
             }
             match self.backlog.pop_front() {
                 Some(next) => self.fan_out(next, myself),

@@ -199,7 +199,11 @@ mod tests {
                 let text = std::fs::read_to_string(&f).unwrap();
                 let seqs = text
                     .lines()
-                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"].as_u64().unwrap())
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"]
+                            .as_u64()
+                            .unwrap()
+                    })
                     .collect();
                 (f.file_name().unwrap().to_str().unwrap().to_owned(), seqs)
             })
@@ -253,7 +257,9 @@ mod tests {
             options: v.as_object().unwrap().clone(),
         };
         assert_eq!(factory(&spec(serde_json::json!({}))).err().unwrap().field, "sinks.f");
-        let e = factory(&spec(serde_json::json!({"path": "/tmp", "max_file_bytes": 0}))).err().unwrap();
+        let e = factory(&spec(serde_json::json!({"path": "/tmp", "max_file_bytes": 0})))
+            .err()
+            .unwrap();
         assert_eq!(e.field, "sinks.f.max_file_bytes");
     }
 }

@@ -9,12 +9,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::pin_mut;
 use serde::de::IgnoredAny;
 use streambus_types::ConfigError;
+use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type};
-use tokio_postgres::NoTls;
 
-use super::config::{valid_identifier, PostgresConfig};
+use super::config::{PostgresConfig, valid_identifier};
 use crate::record::Record;
 use crate::registry::SinkSpec;
 use crate::sink::{Sink, SinkError};
@@ -48,7 +48,9 @@ impl std::fmt::Debug for PostgresSink {
 
 pub(crate) fn factory(spec: &SinkSpec) -> Result<Box<dyn Sink>, ConfigError> {
     let config: PostgresConfig = spec.options()?;
-    Ok(Box::new(PostgresSink::new(config).map_err(|(field, reason)| spec.error(field, reason))?))
+    Ok(Box::new(
+        PostgresSink::new(config).map_err(|(field, reason)| spec.error(field, reason))?,
+    ))
 }
 
 /// A `jsonb` value from JSON text already known to be valid (binary format: version 1,
@@ -114,7 +116,10 @@ impl PostgresSink {
         if parts.len() > 2 || !parts.iter().all(|p| valid_identifier(p)) {
             return Err((
                 "table",
-                format!("{:?} is not a table name (identifier or schema.identifier)", config.table),
+                format!(
+                    "{:?} is not a table name (identifier or schema.identifier)",
+                    config.table
+                ),
             ));
         }
         if config.pool_size == 0 {
@@ -244,13 +249,16 @@ impl Sink for PostgresSink {
                 "CREATE UNIQUE INDEX IF NOT EXISTS \"{index}_message_id_key\" ON {t} (message_id);"
             ));
         }
-        client.batch_execute(&ddl).await.map_err(|e| match classify(&e, "create table") {
-            // Two sinks creating the same table at once: try again.
-            err if e.as_db_error().is_some_and(|d| *d.code() == SqlState::UNIQUE_VIOLATION) => {
-                SinkError::retryable(err.message)
-            }
-            err => err,
-        })
+        client
+            .batch_execute(&ddl)
+            .await
+            .map_err(|e| match classify(&e, "create table") {
+                // Two sinks creating the same table at once: try again.
+                err if e.as_db_error().is_some_and(|d| *d.code() == SqlState::UNIQUE_VIOLATION) => {
+                    SinkError::retryable(err.message)
+                }
+                err => err,
+            })
     }
 
     async fn write(&mut self, batch: &[Record]) -> Result<(), SinkError> {

@@ -297,7 +297,10 @@ impl SinkConfig {
         if b.max_bytes < max_message_bytes as u64 {
             return Err(self.error(
                 "buffer.max_bytes",
-                format!("{} is smaller than limits.max_message_bytes ({max_message_bytes})", b.max_bytes),
+                format!(
+                    "{} is smaller than limits.max_message_bytes ({max_message_bytes})",
+                    b.max_bytes
+                ),
             ));
         }
         if b.kind == BufferKind::Disk {
@@ -305,7 +308,10 @@ impl SinkConfig {
             if b.segment_bytes.saturating_mul(4) > b.max_bytes {
                 return Err(self.error(
                     "buffer.segment_bytes",
-                    format!("{} is more than a quarter of buffer.max_bytes ({})", b.segment_bytes, b.max_bytes),
+                    format!(
+                        "{} is more than a quarter of buffer.max_bytes ({})",
+                        b.segment_bytes, b.max_bytes
+                    ),
                 ));
             }
             if b.fsync == FsyncPolicy::Interval {
@@ -381,10 +387,16 @@ mod tests {
         s.buffer.segment_bytes = s.buffer.max_bytes;
         check(s, "sinks.s.buffer.segment_bytes");
         let cfg = BusConfig {
-            sinks: vec![SinkConfig::new("s", "stdout", &["a"]), SinkConfig::new("s", "file", &["b"])],
+            sinks: vec![
+                SinkConfig::new("s", "stdout", &["a"]),
+                SinkConfig::new("s", "file", &["b"]),
+            ],
             ..BusConfig::default()
         };
         assert_eq!(cfg.validate().unwrap_err().field, "sinks.s.name");
-        assert!(toml::from_str::<BusConfig>("[[sinks]]\nname=\"s\"\ntype=\"x\"\ntopics=[\"a\"]\nbatch={max_event=1}\n").is_err());
+        assert!(
+            toml::from_str::<BusConfig>("[[sinks]]\nname=\"s\"\ntype=\"x\"\ntopics=[\"a\"]\nbatch={max_event=1}\n")
+                .is_err()
+        );
     }
 }

@@ -1,0 +1,187 @@
+//! State of one sink shared by its supervisor entry, its intake, its workers and
+//! snapshots: counters, status, the source, and the batch being written.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Serialize;
+use streambus_sinks::{BufferSnapshot, DurableBuffer, Record};
+use streambus_types::{Message, SinkConfig, Topic};
+use tokio::sync::mpsc;
+
+use crate::bus::SessionHandle;
+
+/// What a sink is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkStatus {
+    /// Opening its destination.
+    Starting,
+    /// Writing (or waiting for records).
+    Running,
+    /// A write failed and is being retried.
+    Retrying,
+    /// Waiting to be started again after a panic or a fatal error.
+    Restarting,
+    /// Past its restart budget: its traffic goes to its dead-letter topic.
+    Quarantined,
+    /// Drained and closed (shutdown).
+    Stopped,
+}
+
+/// A point-in-time view of one sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkSnapshot {
+    /// The sink's name.
+    pub name: String,
+    /// Its type.
+    pub kind: String,
+    /// What it is doing.
+    pub status: SinkStatus,
+    /// Records written and acknowledged.
+    pub written: u64,
+    /// Successful writes.
+    pub batches: u64,
+    /// Failed write attempts retried.
+    pub retries: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Records lost before reaching the sink (buffer full under `drop_newest`, disk
+    /// errors), each also logged.
+    pub dropped: u64,
+    /// Restarts after a panic or fatal error.
+    pub restarts: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Records received by the intake and not yet written (memory buffers: those in
+    /// the intake's channel and the batch being written; the subscription buffers in
+    /// front are in the session snapshots).
+    pub pending: u64,
+    /// The disk buffer, for a durable sink.
+    pub buffer: Option<BufferSnapshot>,
+}
+
+/// Where the worker takes records from.
+pub(crate) enum Source {
+    /// Chunks from the intake; `None` from `recv` means the intake ended.
+    Memory(tokio::sync::Mutex<MemorySource>),
+    /// The disk buffer (acknowledged by id).
+    Disk(Arc<DurableBuffer>),
+}
+
+/// The receiving end of a memory sink's intake channel, with what was received beyond
+/// the last batch.
+pub(crate) struct MemorySource {
+    /// From the intake task; capacity [`MEMORY_CHANNEL_CHUNKS`] delivery runs.
+    pub(crate) rx: mpsc::Receiver<Vec<Record>>,
+    pub(crate) carry: Vec<Record>,
+}
+
+/// Delivery runs in flight between a memory sink's intake and its worker; the real
+/// backlog waits in the subscription buffer in front.
+pub(crate) const MEMORY_CHANNEL_CHUNKS: usize = 4;
+
+/// A batch taken from the source: its records and, for a disk source, the highest id.
+#[derive(Debug, Clone)]
+pub(crate) struct Batch {
+    pub(crate) records: Vec<Record>,
+    pub(crate) last_id: Option<u64>,
+}
+
+/// One sink's shared state.
+pub(crate) struct SinkShared {
+    pub(crate) config: SinkConfig,
+    pub(crate) dlq: Topic,
+    pub(crate) source: Source,
+    /// The batch being written; a new incarnation writes it first.
+    pub(crate) pending: tokio::sync::Mutex<Option<Batch>>,
+    /// Publishes dead letters.
+    pub(crate) session: SessionHandle,
+    pub(crate) status: Mutex<SinkStatus>,
+    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) written: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) restarts: AtomicU32,
+}
+
+impl SinkShared {
+    pub(crate) fn set_status(&self, status: SinkStatus) {
+        *self.status.lock() = status;
+    }
+
+    pub(crate) fn set_error(&self, error: impl Into<String>) {
+        *self.last_error.lock() = Some(error.into());
+    }
+
+    /// Sends records to the dead-letter topic with the reason; returns once published.
+    pub(crate) async fn dead_letter(&self, records: &[Record], reason: &str) {
+        if records.is_empty() {
+            return;
+        }
+        let name = &self.config.name;
+        let messages: Vec<Message> = records
+            .iter()
+            .map(|r| {
+                let mut headers: Vec<(String, String)> = r.headers.as_slice().to_vec();
+                headers.retain(|(k, _)| k != streambus_sinks::MESSAGE_ID_HEADER);
+                headers.extend([
+                    (streambus_sinks::MESSAGE_ID_HEADER.to_owned(), r.message_id.clone()),
+                    ("dlq-sink".to_owned(), name.clone()),
+                    ("dlq-reason".to_owned(), reason.to_owned()),
+                    ("dlq-topic".to_owned(), r.topic.to_string()),
+                    ("dlq-sequence".to_owned(), r.sequence.to_string()),
+                ]);
+                Message::new(self.dlq.clone(), Bytes::clone(&r.payload)).with_headers(headers)
+            })
+            .collect();
+        self.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
+        tracing::warn!(sink = %name, records = records.len(), reason, "records sent to the dead-letter topic");
+        for chunk in messages.chunks(self.session_batch_limit()) {
+            if let Err(e) = self.session.publish_batch(chunk.to_vec()).await {
+                tracing::error!(sink = %name, records = chunk.len(), error = %e, "dead letters could not be published; they are lost");
+            }
+        }
+    }
+
+    fn session_batch_limit(&self) -> usize {
+        self.session.batch_limit()
+    }
+
+    /// Backoff before attempt `attempt` (from 1): between half and all of an exponential
+    /// cap ("equal jitter"), so that sinks failing together do not retry in lockstep.
+    pub(crate) fn backoff(initial_ms: u64, max_ms: u64, attempt: u32) -> Duration {
+        let cap = initial_ms.saturating_mul(1u64 << attempt.min(20)).min(max_ms);
+        Duration::from_millis(fastrand::u64(cap / 2..=cap))
+    }
+
+    pub(crate) fn snapshot(&self) -> SinkSnapshot {
+        let written = self.written.load(Ordering::Relaxed);
+        let dead = self.dead_lettered.load(Ordering::Relaxed);
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let received = self.received.load(Ordering::Relaxed);
+        SinkSnapshot {
+            name: self.config.name.clone(),
+            kind: self.config.kind.clone(),
+            status: *self.status.lock(),
+            written,
+            batches: self.batches.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            dead_lettered: dead,
+            dropped,
+            restarts: self.restarts.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().clone(),
+            pending: received.saturating_sub(written + dead + dropped),
+            buffer: match &self.source {
+                Source::Disk(b) => Some(b.snapshot()),
+                Source::Memory(_) => None,
+            },
+        }
+    }
+}
