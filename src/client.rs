@@ -399,6 +399,21 @@ impl Client {
     /// anything is sent. A batch over the server's batch or frame limits is sent as
     /// several frames (order is kept); each frame is admitted or refused whole.
     pub async fn publish_batch(&self, messages: Vec<Message>, acked: bool) -> Result<u64, ClientError> {
+        self.send_batch(messages, acked, false).await
+    }
+
+    /// Publishes a batch and waits for its durable ack: every durable sink (a sink with
+    /// a disk buffer) whose filter matches a message has it on disk, so it survives a
+    /// crash of the sink and of the server. Returns the number of messages.
+    ///
+    /// A refusal with [`ErrorCode::Unavailable`] means a durable sink could not take a
+    /// message (buffer full, disk error); live subscribers got it anyway. Batches over
+    /// the server's limits are split as in [`Client::publish_batch`].
+    pub async fn publish_durable(&self, messages: Vec<Message>) -> Result<u64, ClientError> {
+        self.send_batch(messages, true, true).await
+    }
+
+    async fn send_batch(&self, messages: Vec<Message>, acked: bool, durable: bool) -> Result<u64, ClientError> {
         let limits = self.welcome();
         let (max_message, max_frame, max_batch) = limits.as_ref().map_or((u64::MAX, u64::MAX, u64::MAX), |w| {
             (w.max_message_bytes, w.max_frame_bytes, w.max_batch_messages.max(1))
@@ -434,6 +449,7 @@ impl Client {
                 let batch = pb::PublishBatch {
                     publish_id: None,
                     messages,
+                    durable: false,
                 };
                 self.shared.send(Out::Publish(batch)).await?;
             }
@@ -447,6 +463,7 @@ impl Client {
             let batch = pb::PublishBatch {
                 publish_id: Some(id),
                 messages,
+                durable,
             };
             if let Err(e) = self.shared.send(Out::Publish(batch)).await {
                 self.shared.state().pending.remove(&id);

@@ -57,6 +57,9 @@ enum Command {
         /// Keep it as the topic's retained value.
         #[arg(long)]
         retain: bool,
+        /// Wait for the durable ack: every durable sink matching the topic has it on disk.
+        #[arg(long)]
+        durable: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -135,8 +138,9 @@ async fn main() -> anyhow::Result<()> {
             count,
             headers,
             retain,
+            durable,
             server,
-        } => publish(&server.url, &topic, message, count, headers, retain).await,
+        } => publish(&server.url, &topic, message, count, headers, retain, durable).await,
         Command::Sub {
             filter,
             group,
@@ -203,6 +207,7 @@ async fn publish(
     count: u64,
     headers: Vec<String>,
     retain: bool,
+    durable: bool,
 ) -> anyhow::Result<()> {
     let headers = headers
         .iter()
@@ -220,10 +225,15 @@ async fn publish(
     while accepted < count {
         let n = (count - accepted).min(per_batch);
         let batch = (0..n).map(|_| message.clone()).collect();
-        accepted += client.publish_batch(batch, true).await?;
+        accepted += if durable {
+            client.publish_durable(batch).await?
+        } else {
+            client.publish_batch(batch, true).await?
+        };
     }
     client.close();
-    println!("published {accepted} message(s) to {topic}");
+    let how = if durable { " (durable)" } else { "" };
+    println!("published {accepted} message(s) to {topic}{how}");
     Ok(())
 }
 

@@ -3,69 +3,14 @@
 
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/served.rs"]
+mod served;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use served::{BIN, Served};
 use streambus::client::{Client, ClientOptions};
-
-const BIN: &str = env!("CARGO_BIN_EXE_streambus");
-
-/// A `streambus serve` process; killed if the test fails before it is stopped.
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Served {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
-            .envs(envs.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("streambus listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Served {
-            url: format!("http://{addr}"),
-            child,
-        }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + harness::PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "serve exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 fn run(args: &[&str], url: &str) -> String {
     let output = Command::new(BIN).args(args).args(["--url", url]).output().unwrap();

@@ -89,6 +89,7 @@ async fn bad_frames_get_in_band_errors() {
             payload: vec![0u8; 1025].into(),
             ..Default::default()
         }],
+        durable: false,
     }))
     .await;
     assert!(

@@ -39,7 +39,15 @@ impl BusService {
     async fn publish_batch(&self, session: &SessionHandle, batch: pb::PublishBatch) -> Result<u64, Status> {
         let count = batch.messages.len() as u64;
         let messages = convert::messages(batch.messages).map_err(|e| convert::status(&e))?;
-        session.publish_batch(messages).await.map_err(|e| convert::status(&e))?;
+        if batch.durable {
+            let ack = session
+                .publish_durable(messages)
+                .await
+                .map_err(|e| convert::status(&e))?;
+            ack.wait().await.map_err(|e| convert::status(&e))?;
+        } else {
+            session.publish_batch(messages).await.map_err(|e| convert::status(&e))?;
+        }
         Ok(count)
     }
 }

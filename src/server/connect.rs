@@ -288,7 +288,31 @@ impl Connection {
     async fn publish(&mut self, batch: pb::PublishBatch) {
         let id = batch.publish_id;
         let count = batch.messages.len() as u64;
-        let result = match convert::messages(batch.messages) {
+        let messages = convert::messages(batch.messages);
+        if let (true, Some(publish_id), Ok(messages)) = (batch.durable, id, &messages) {
+            // Admitted in order here; the durable ack follows when the disk buffers have
+            // the messages, while this reader goes on with the next frames.
+            let refusal = match self.session.publish_durable(messages.clone()).await {
+                Ok(ack) => {
+                    let out = self.out.clone();
+                    tokio::spawn(async move {
+                        let frame = match ack.wait().await {
+                            Ok(()) => Out::PublishAck(pb::PublishAck {
+                                publish_id,
+                                accepted: count,
+                            }),
+                            Err(e) => refused(publish_id, &e),
+                        };
+                        let _ = out.send(Ok(convert::frame(frame))).await;
+                    });
+                    return;
+                }
+                Err(e) => refused(publish_id, &e),
+            };
+            self.reply(refusal).await;
+            return;
+        }
+        let result = match messages {
             Ok(messages) => self.session.publish_batch(messages).await,
             Err(e) => Err(e),
         };
@@ -301,14 +325,7 @@ impl Connection {
                 .await;
             }
             (Ok(()), None) => {}
-            (Err(e), Some(publish_id)) => {
-                self.reply(Out::PublishRefused(pb::PublishRefused {
-                    publish_id,
-                    code: convert::wire_code(e.code()) as i32,
-                    message: e.to_string(),
-                }))
-                .await;
-            }
+            (Err(e), Some(publish_id)) => self.reply(refused(publish_id, &e)).await,
             (Err(e), None) => self.reply(bus_error(0, &e)).await,
         }
     }
@@ -366,4 +383,13 @@ fn error(request_id: u64, code: ErrorCode, message: &str) -> Out {
 
 fn bus_error(request_id: u64, e: &BusError) -> Out {
     error(request_id, e.code(), &e.to_string())
+}
+
+/// The refusal of publish `publish_id`.
+fn refused(publish_id: u64, e: &BusError) -> Out {
+    Out::PublishRefused(pb::PublishRefused {
+        publish_id,
+        code: convert::wire_code(e.code()) as i32,
+        message: e.to_string(),
+    })
 }

@@ -240,6 +240,7 @@ pub fn publish(publish_id: Option<u64>, topic: &str, payloads: &[&str]) -> Out {
                 retain: false,
             })
             .collect(),
+        durable: false,
     })
 }
 

@@ -453,6 +453,26 @@ impl Bus {
     }
 }
 
+/// The durable acknowledgement of a publish (see [`SessionHandle::publish_durable`]).
+#[derive(Debug)]
+#[must_use = "a durable ack means nothing until it is waited for"]
+pub struct DurableAck(Receipt);
+
+impl DurableAck {
+    /// Waits until every matching durable sink has the messages in its buffer.
+    ///
+    /// Fails with [`BusError::NotDurable`] when a durable sink could not take a message
+    /// (its buffer full under `drop_newest`, a disk error, a crash on the way); the
+    /// messages were still published to live subscribers.
+    pub async fn wait(self) -> Result<(), BusError> {
+        if self.0.wait().await {
+            Ok(())
+        } else {
+            Err(BusError::NotDurable)
+        }
+    }
+}
+
 /// A session: a client of the bus with its own subscriptions, limits and close.
 ///
 /// Clones share the session. Publishing goes straight to the topic actors; subscribing
@@ -567,26 +587,21 @@ impl SessionHandle {
         self.route(messages, Admit::Wait, None).await
     }
 
-    /// Publishes a batch like [`Self::publish_batch`] and returns once every durable
-    /// sink (a sink with a disk buffer) whose filter matches a message has that message
-    /// in its buffer, so it survives a crash of the sink and of the bus.
+    /// Publishes a batch like [`Self::publish_batch`], with a durable acknowledgement:
+    /// [`DurableAck::wait`] returns once every durable sink (a sink with a disk buffer)
+    /// whose filter matches a message has that message in its buffer, so it survives a
+    /// crash of the sink and of the bus.
     ///
-    /// Fails with [`BusError::NotDurable`] when a durable sink could not take a message
-    /// (its buffer full under `drop_newest`, a disk error, a crash on the way); the
-    /// messages were still published to live subscribers.
-    pub async fn publish_durable(&self, messages: Vec<Message>) -> Result<(), BusError> {
+    /// This returns as soon as the batch is admitted (order is kept per topic, as for
+    /// any publish), so a publisher can pipeline batches and wait for their acks later.
+    pub async fn publish_durable(&self, messages: Vec<Message>) -> Result<DurableAck, BusError> {
         let (receipt, token) = Receipt::new();
         let routed = self.route(messages, Admit::Wait, Some(&token)).await;
         if routed.is_ok() {
             token.confirm(1);
         }
         drop(token);
-        routed?;
-        if receipt.wait().await {
-            Ok(())
-        } else {
-            Err(BusError::NotDurable)
-        }
+        routed.map(|()| DurableAck(receipt))
     }
 
     /// Publishes a message if its topic's mailbox has room now; otherwise fails with

@@ -30,7 +30,7 @@ pub use actors::session::{SessionId, SessionSnapshot};
 pub use actors::session_manager::SessionManagerSnapshot;
 pub use actors::topic::TopicSnapshot;
 pub use actors::topic_supervisor::TopicSupervisorSnapshot;
-pub use bus::{Bus, BusSnapshot, ConnectOptions, SessionHandle};
+pub use bus::{Bus, BusSnapshot, ConnectOptions, DurableAck, SessionHandle};
 pub use error::BusError;
 pub use queue::{DeliveryRun, QueueSnapshot};
 pub use sinks::{SinkSnapshot, SinkStatus};

@@ -291,11 +291,14 @@ async fn durable_publish_survives_a_restart() {
         let batch: Vec<Message> = (0..50)
             .map(|j| Message::new(Topic::new("d.x").unwrap(), format!("{}", i * 50 + j)))
             .collect();
-        session.publish_durable(batch).await.unwrap();
+        session.publish_durable(batch).await.unwrap().wait().await.unwrap();
     }
     // A publish that matches no durable sink is durable at once.
     session
         .publish_durable(vec![Message::new(Topic::new("elsewhere").unwrap(), "x")])
+        .await
+        .unwrap()
+        .wait()
         .await
         .unwrap();
     let snap = bus.snapshot().await.unwrap();
@@ -342,6 +345,9 @@ async fn full_durable_buffer_refuses_durable_acks() {
     for _ in 0..20 {
         match session
             .publish_durable(vec![Message::new(Topic::new("d.big").unwrap(), big.clone())])
+            .await
+            .unwrap()
+            .wait()
             .await
         {
             Ok(()) => {}

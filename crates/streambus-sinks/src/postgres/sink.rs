@@ -88,11 +88,7 @@ fn classify(e: &tokio_postgres::Error, what: &str) -> SinkError {
     match class {
         // Data exceptions and integrity violations are about one row.
         "22" | "23" => {
-            let row = db
-                .where_()
-                .and_then(|w| w.split(", line ").nth(1))
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<usize>().ok());
+            let row = db.where_().and_then(copy_line);
             match row {
                 Some(line) if line > 0 => SinkError::poison(line - 1, message),
                 _ => SinkError::poison_somewhere(message),
@@ -103,6 +99,14 @@ fn classify(e: &tokio_postgres::Error, what: &str) -> SinkError {
         _ if *db.code() == SqlState::UNDEFINED_TABLE => SinkError::fatal(message),
         _ => SinkError::fatal(message),
     }
+}
+
+/// The row number in a `COPY` error context such as
+/// `JSON data, line 1: …\nCOPY t, line 7, column payload_json: …` (7 here).
+fn copy_line(context: &str) -> Option<usize> {
+    let copy = context.lines().find(|l| l.starts_with("COPY "))?;
+    let rest = copy.split(", line ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 fn pool_error(e: impl std::fmt::Display) -> SinkError {
@@ -277,5 +281,19 @@ impl Sink for PostgresSink {
             .await
             .map(|_| ())
             .map_err(|e| classify(&e, "health"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row comes from the COPY context, not from a nested JSON line number.
+    #[test]
+    fn copy_line_numbers() {
+        let ctx = "JSON data, line 1: {\"bad\":\"\\u0000...\nCOPY \"t\", line 7, column payload_json: \"x\"";
+        assert_eq!(copy_line(ctx), Some(7));
+        assert_eq!(copy_line("COPY t, line 12"), Some(12));
+        assert_eq!(copy_line("SQL statement"), None);
     }
 }

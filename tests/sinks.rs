@@ -1,0 +1,278 @@
+//! Sinks end to end: messages published over gRPC land in the real PostgreSQL (and in
+//! files), an outage of PostgreSQL loses nothing while another sink keeps receiving, a
+//! row PostgreSQL refuses goes to the dead-letter topic while the rest lands, and
+//! durably acknowledged messages survive the bus process being killed.
+
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/postgres.rs"]
+mod postgres;
+#[path = "common/proxy.rs"]
+mod proxy;
+#[path = "common/served.rs"]
+mod served;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use harness::TestServer;
+use proxy::Proxy;
+use served::Served;
+use streambus::client::{Client, ClientOptions};
+use streambus_core::{BusConfig, Event, Message, SinkStatus, SubscriptionOptions, Topic};
+use streambus_types::SinkConfig;
+
+/// Sink tests wait longer than the harness: a debug build writes 100k rows in seconds.
+const SINK_PATIENCE: Duration = Duration::from_secs(120);
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + SINK_PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pg_sink(name: &str, url: &str, table: &str, idempotent: bool) -> SinkConfig {
+    let mut s = SinkConfig::new(name, "postgres", &["telemetry.>"])
+        .option("url", url)
+        .option("table", table)
+        .option("idempotent", idempotent)
+        .option("connect_timeout_ms", 1000);
+    s.batch.max_events = 5000;
+    s.batch.max_delay_ms = 20;
+    s.retry.initial_backoff_ms = 20;
+    s.retry.max_backoff_ms = 250;
+    s
+}
+
+/// A 200-byte-ish JSON reading of device `d`, number `i`.
+fn reading(d: u32, i: u32) -> String {
+    format!(
+        r#"{{"device":"dev{d:04}","seq":{i},"temperature":{:.2},"humidity":{:.1},"battery":0.93,"firmware":"2.4.1","site":"plant-7","ok":true}}"#,
+        20.0 + f64::from(i % 100) / 10.0,
+        40.0 + f64::from(i % 50)
+    )
+}
+
+/// Publishes `count` readings over gRPC from 10 devices, acked, in batches.
+async fn publish_readings(client: &Client, from: u32, count: u32) {
+    let messages: Vec<Message> = (from..from + count)
+        .map(|i| {
+            Message::new(
+                Topic::new(&format!("telemetry.dev{}.env", i % 10)).unwrap(),
+                reading(i % 10, i),
+            )
+        })
+        .collect();
+    for chunk in messages.chunks(2000) {
+        client.publish_batch(chunk.to_vec(), true).await.unwrap();
+    }
+}
+
+/// 100k messages published over gRPC become 100k rows, JSON payloads as `jsonb`, in a
+/// plain table and in an idempotent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_writes_every_message() {
+    let Some(url) = postgres::url().await else { return };
+    let (plain, idem) = ("sb_test_rows_plain", "sb_test_rows_idem");
+    postgres::fresh_table(&url, plain).await;
+    postgres::fresh_table(&url, idem).await;
+    let config = BusConfig {
+        sinks: vec![pg_sink("pg", &url, plain, false), pg_sink("pgi", &url, idem, true)],
+        ..BusConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let client = server.client("telemetry").await;
+    publish_readings(&client, 0, 100_000).await;
+    let db = postgres::client(&url).await;
+    wait_for("100k rows in both tables", || async {
+        postgres::counts(&db, plain).await.0 >= 100_000 && postgres::counts(&db, idem).await.0 >= 100_000
+    })
+    .await;
+    assert_eq!(postgres::counts(&db, plain).await, (100_000, 100_000));
+    assert_eq!(postgres::counts(&db, idem).await, (100_000, 100_000));
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE payload_json IS NOT NULL), \
+                 max((payload_json->>'seq')::int), count(DISTINCT topic) FROM {plain}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i32>(1), row.get::<_, i64>(2)),
+        (100_000, 99_999, 10)
+    );
+    let snap = server.snapshot().await;
+    assert_eq!(snap.sink("pg").unwrap().written, 100_000);
+    assert_eq!(snap.sink("pg").unwrap().dead_lettered, 0);
+    server.shutdown().await;
+}
+
+/// PostgreSQL unreachable (through a proxy the test cuts) while publishing: the sink
+/// retries, the file sink on the same topics keeps receiving throughout, and after the
+/// server is back every message is in the table exactly once (idempotent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_loses_nothing() {
+    let Some(url) = postgres::url().await else { return };
+    let table = "sb_test_outage";
+    postgres::fresh_table(&url, table).await;
+    let proxy = Proxy::start(postgres::addr(&url)).await;
+    let files = tempfile::tempdir().unwrap();
+    let mut config = BusConfig::default();
+    let mut file = SinkConfig::new("archive", "file", &["telemetry.>"]).option("path", files.path().to_str().unwrap());
+    file.batch.max_delay_ms = 10;
+    config.sinks = vec![pg_sink("pg", &postgres::via(&url, proxy.addr), table, true), file];
+    let server = TestServer::start_with(config).await;
+    let client = server.client("telemetry").await;
+    let db = postgres::client(&url).await;
+    let lines = || {
+        std::fs::read_dir(files.path())
+            .unwrap()
+            .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().count())
+            .sum::<usize>()
+    };
+
+    publish_readings(&client, 0, 2000).await;
+    wait_for("first rows", || async { postgres::counts(&db, table).await.0 == 2000 }).await;
+    proxy.stop();
+    for round in 1..4 {
+        publish_readings(&client, round * 2000, 2000).await;
+        let want = (round as usize + 1) * 2000;
+        wait_for("the file sink during the outage", || async { lines() == want }).await;
+    }
+    wait_for("the postgres sink retrying", || async {
+        server.snapshot().await.sink("pg").unwrap().status == SinkStatus::Retrying
+    })
+    .await;
+    assert_eq!(postgres::counts(&db, table).await.0, 2000);
+    proxy.resume().await;
+    publish_readings(&client, 8000, 2000).await;
+    wait_for("every row after the outage", || async {
+        postgres::counts(&db, table).await.0 >= 10_000
+    })
+    .await;
+    assert_eq!(postgres::counts(&db, table).await, (10_000, 10_000));
+    assert_eq!(lines(), 10_000);
+    let pg = server.snapshot().await.sink("pg").cloned().unwrap();
+    assert!(pg.retries > 0 && pg.written == 10_000, "{pg:?}");
+    server.shutdown().await;
+}
+
+/// A JSON payload PostgreSQL refuses (`\u0000` cannot be stored in `jsonb`) goes to
+/// `$dlq.pg` with PostgreSQL's reason; the other rows of its batch land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_poison_row_goes_to_the_dead_letter_topic() {
+    let Some(url) = postgres::url().await else { return };
+    let table = "sb_test_poison";
+    postgres::fresh_table(&url, table).await;
+    let mut config = BusConfig::default();
+    let mut sink = pg_sink("pg", &url, table, false);
+    sink.batch.max_delay_ms = 300;
+    config.sinks = vec![sink];
+    let server = TestServer::start_with(config).await;
+    let client = server.client("telemetry").await;
+    let mut dlq = client
+        .subscribe("$dlq.pg", SubscriptionOptions::default())
+        .await
+        .unwrap();
+    let messages: Vec<Message> = (0..10)
+        .map(|i| {
+            let payload = if i == 6 {
+                r#"{"bad":"\u0000"}"#.to_owned()
+            } else {
+                reading(1, i)
+            };
+            Message::new(Topic::new("telemetry.dev1.env").unwrap(), payload)
+        })
+        .collect();
+    client.publish_batch(messages, true).await.unwrap();
+    let dead = tokio::time::timeout(SINK_PATIENCE, dlq.next()).await.unwrap();
+    let Some(Event::Delivery(d)) = dead else {
+        panic!("{dead:?}")
+    };
+    assert_eq!(&d.payload[..], br#"{"bad":"\u0000"}"#);
+    assert_eq!(d.headers.get("dlq-sequence"), Some("7"));
+    assert!(
+        d.headers.get("dlq-reason").unwrap().contains("22P05"),
+        "{:?}",
+        d.headers
+    );
+    let db = postgres::client(&url).await;
+    wait_for("the other rows", || async { postgres::counts(&db, table).await.0 == 9 }).await;
+    server.shutdown().await;
+}
+
+/// Durable acks survive SIGKILL: with PostgreSQL unreachable, 5000 messages are
+/// published with durable acks to a `streambus serve` whose sink has a disk buffer; the
+/// process is killed; started again with PostgreSQL back, it writes every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_acks_survive_a_kill() {
+    let Some(url) = postgres::url().await else { return };
+    let table = "sb_test_crash";
+    postgres::fresh_table(&url, table).await;
+    let proxy = Proxy::stopped(postgres::addr(&url)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("streambus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[grpc]
+addr = "127.0.0.1:0"
+
+[storage]
+data_dir = "{data}"
+
+[[sinks]]
+name = "pg"
+type = "postgres"
+topics = ["telemetry.>"]
+url = "{pg}"
+table = "{table}"
+idempotent = true
+connect_timeout_ms = 500
+retry = {{ initial_backoff_ms = 20, max_backoff_ms = 200 }}
+buffer = {{ type = "disk", fsync = "never" }}
+"#,
+            data = dir.path().join("data").display(),
+            pg = postgres::via(&url, proxy.addr),
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let served = Served::start(&["--config", cfg], &[]);
+    let client = Client::connect_with(ClientOptions::new(served.url.clone()).name("crash"))
+        .await
+        .unwrap();
+    for chunk in 0..5u32 {
+        let batch: Vec<Message> = (0..1000)
+            .map(|i| Message::new(Topic::new("telemetry.dev7.env").unwrap(), reading(7, chunk * 1000 + i)))
+            .collect();
+        assert_eq!(client.publish_durable(batch).await.unwrap(), 1000);
+    }
+    client.close();
+    served.kill();
+    let db = postgres::client(&url).await;
+    assert_eq!(
+        postgres::counts(&db, table).await.0,
+        0,
+        "nothing reached PostgreSQL before the kill"
+    );
+
+    proxy.resume().await;
+    let served = Served::start(&["--config", cfg], &[]);
+    wait_for("every durably acked row", || async {
+        postgres::counts(&db, table).await.0 >= 5000
+    })
+    .await;
+    assert_eq!(postgres::counts(&db, table).await, (5000, 5000));
+    served.terminate();
+}
