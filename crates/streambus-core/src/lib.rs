@@ -36,7 +36,7 @@ pub use queue::{DeliveryRun, QueueSnapshot};
 pub use sinks::{SinkSnapshot, SinkStatus};
 pub use streambus_sinks as sink;
 pub use streambus_types::{
-    BusConfig, CloseReason, Delivery, ErrorCode, Event, Gap, Headers, Message, OverflowPolicy, SubscriptionOptions,
-    Topic, TopicFilter,
+    BusConfig, CloseReason, ConfigError, Delivery, ErrorCode, Event, Gap, Headers, Message, OverflowPolicy, SinkConfig,
+    SubscriptionOptions, Topic, TopicFilter,
 };
 pub use subscription::{BatchEvent, Subscription, SubscriptionId, SubscriptionSnapshot};

@@ -176,6 +176,15 @@ async fn open(sink: &mut dyn Sink, shared: &SinkShared) -> Result<(), String> {
     }
 }
 
+/// The batch in `pending`, taken from the source first if there is none; `None` once
+/// the source has ended.
+async fn fill<'a>(shared: &SinkShared, pending: &'a mut Option<Batch>) -> Option<&'a Batch> {
+    if pending.is_none() {
+        *pending = next_batch(shared).await;
+    }
+    pending.as_ref()
+}
+
 /// Runs one incarnation until the source ends (`Ok`) or a fatal error (`Err`).
 pub(crate) async fn run(mut sink: Box<dyn Sink>, shared: Arc<SinkShared>) -> Result<(), String> {
     shared.set_status(SinkStatus::Starting);
@@ -184,13 +193,9 @@ pub(crate) async fn run(mut sink: Box<dyn Sink>, shared: Arc<SinkShared>) -> Res
     loop {
         // Held while the batch is written: a panic unwinds with the batch still in it.
         let mut pending = shared.pending.lock().await;
-        if pending.is_none() {
-            match next_batch(&shared).await {
-                Some(b) => *pending = Some(b),
-                None => break,
-            }
-        }
-        let batch = pending.as_ref().expect("filled above");
+        let Some(batch) = fill(&shared, &mut pending).await else {
+            break;
+        };
         let stored = deliver(sink.as_mut(), &shared, &batch.records).await?;
         acknowledge(&shared, batch, stored);
         *pending = None;
@@ -208,14 +213,11 @@ pub(crate) async fn drain_to_dead_letters(shared: Arc<SinkShared>, reason: Strin
     shared.set_status(SinkStatus::Quarantined);
     loop {
         let mut pending = shared.pending.lock().await;
-        if pending.is_none() {
-            match next_batch(&shared).await {
-                Some(b) => *pending = Some(b),
-                None => break,
-            }
-        }
-        let batch = pending.take().expect("filled above");
+        let Some(batch) = fill(&shared, &mut pending).await else {
+            break;
+        };
         shared.dead_letter(&batch.records, &reason).await;
-        acknowledge(&shared, &batch, 0);
+        acknowledge(&shared, batch, 0);
+        *pending = None;
     }
 }

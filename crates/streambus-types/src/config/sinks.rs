@@ -399,4 +399,23 @@ mod tests {
                 .is_err()
         );
     }
+
+    /// The commented sink examples of the sample file parse and validate once
+    /// uncommented.
+    #[test]
+    fn sample_sinks_are_valid() {
+        let sample = include_str!("../../../../streambus.example.toml");
+        let start = sample.find("# [[sinks]]").unwrap();
+        let text: String = sample[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").or_else(|| (l == "#").then_some("")))
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let cfg: BusConfig = toml::from_str(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.sinks.len(), 3);
+        assert_eq!(cfg.sinks[0].options["table"], "streambus_events");
+        assert_eq!(cfg.sinks[1].kind, "file");
+    }
 }
