@@ -37,6 +37,8 @@ async fn main() -> Result<()> {
         .option("table", "iot_readings")
         .option("idempotent", true);
     sink.batch.max_events = 5000;
+    // Never drop a reading: if PostgreSQL falls behind, the devices are held back.
+    sink.buffer.when_full = streambus::types::config::WhenFull::Block;
     let config = BusConfig {
         sinks: vec![sink],
         ..BusConfig::default()

@@ -21,6 +21,7 @@ use served::Served;
 use streambus::client::{Client, ClientOptions};
 use streambus_core::{BusConfig, Event, Message, SinkStatus, SubscriptionOptions, Topic};
 use streambus_types::SinkConfig;
+use streambus_types::config::WhenFull;
 
 /// Sink tests wait longer than the harness: a debug build writes 100k rows in seconds.
 const SINK_PATIENCE: Duration = Duration::from_secs(120);
@@ -45,6 +46,8 @@ fn pg_sink(name: &str, url: &str, table: &str, idempotent: bool) -> SinkConfig {
         .option("connect_timeout_ms", 1000);
     s.batch.max_events = 5000;
     s.batch.max_delay_ms = 20;
+    // Exact row counts: nothing may be dropped while a debug build's sink lags.
+    s.buffer.when_full = WhenFull::Block;
     s.retry.initial_backoff_ms = 20;
     s.retry.max_backoff_ms = 250;
     s

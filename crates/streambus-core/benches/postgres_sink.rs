@@ -113,6 +113,7 @@ async fn through_bus(url: &str, rows: usize) {
     sink.batch.max_events = BATCH;
     sink.batch.max_bytes = 64 << 20;
     sink.batch.max_delay_ms = 50;
+    sink.buffer.when_full = streambus_types::config::WhenFull::Block;
     let bus = Bus::start(BusConfig {
         sinks: vec![sink],
         ..BusConfig::default()

@@ -192,6 +192,44 @@ async fn failing_sink_does_not_stall_others() {
     bus.shutdown().await;
 }
 
+/// A stuck sink with a full buffer (default `when_full = "drop_newest"`) stalls neither
+/// the topic's live subscribers nor another sink; its drops are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_sink_drops_instead_of_stalling() {
+    let stuck = Collector::new();
+    let healthy = Collector::new();
+    let mut reg = registry(&stuck);
+    let h = healthy.clone();
+    reg.register("healthy", move |_| {
+        Ok(Box::new(CollectingSink(h.clone())) as Box<dyn Sink>)
+    });
+    let mut s = sink("stuck", "block", &["t"]);
+    s.buffer.max_events = 100;
+    s.batch.max_events = 10;
+    let mut config = BusConfig {
+        sinks: vec![s, sink("up", "healthy", &["t"])],
+        ..BusConfig::default()
+    };
+    config.shutdown.drain_timeout_ms = 200;
+    let bus = Bus::start_with_sinks(config, reg).await.unwrap();
+    let mut live = bus
+        .subscribe(
+            "t",
+            SubscriptionOptions::default().overflow(streambus_core::OverflowPolicy::Block),
+        )
+        .await
+        .unwrap();
+    publish(&bus, "t", numbered(0..5000)).await;
+    assert_eq!(payloads(&mut live, 5000).await.len(), 5000);
+    wait_records(&healthy, 5000).await;
+    let snap = bus.snapshot().await.unwrap();
+    let s = snap.sink("stuck").unwrap();
+    // Bounded: the subscription buffer, one run in the intake channel, one batch taken.
+    assert!(s.pending <= 3 * 100 && s.dropped + s.pending == 5000, "{s:?}");
+    assert_eq!(s.written, 0);
+    bus.shutdown().await;
+}
+
 /// A panicking sink is restarted with backoff and writes the batch it panicked on; a
 /// fatal error restarts it too; restarts are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,8 +81,10 @@ pub(crate) struct MemorySource {
 }
 
 /// Delivery runs in flight between a memory sink's intake and its worker; the real
-/// backlog waits in the subscription buffer in front.
-pub(crate) const MEMORY_CHANNEL_CHUNKS: usize = 4;
+/// backlog waits in the subscription buffer in front. A run is at most a subscription
+/// buffer's worth, so a memory sink holds at most about twice `buffer.max_events`
+/// (plus the batch being written).
+pub(crate) const MEMORY_CHANNEL_CHUNKS: usize = 1;
 
 /// A batch taken from the source: its records and, for a disk source, the highest id.
 #[derive(Debug, Clone)]

@@ -125,13 +125,19 @@ pub enum BufferKind {
 }
 
 /// What a full sink buffer does.
+///
+/// The default is `drop_newest`: a sink that is down for longer than its buffer lasts
+/// must not stall the topics it reads, and with them every other sink and subscriber.
+/// Every drop is counted in the sink's snapshot and logged at ERROR, and a durable
+/// publish that could not be buffered is refused. Choose `block` for a sink that must
+/// never miss a record, at the price of holding its topics (and their publishers) back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
-    /// Hold the topic back (and with it its publishers) until there is room.
-    #[default]
+    /// Hold the topics back (and with them their publishers) until there is room.
     Block,
-    /// Refuse the new records, count them, and report them as a gap.
+    /// Refuse the new records, count them, and log the loss.
+    #[default]
     DropNewest,
 }
 
@@ -156,7 +162,8 @@ pub struct SinkBufferConfig {
     /// `memory` or `disk`.
     #[serde(rename = "type")]
     pub kind: BufferKind,
-    /// Most records buffered in memory (`memory` only).
+    /// Records the sink's subscription buffer holds (`memory` only; with the run on its
+    /// way to the worker, a memory sink holds at most about twice this).
     pub max_events: usize,
     /// Most bytes buffered (memory: payload plus headers; disk: segment files).
     pub max_bytes: u64,
@@ -179,7 +186,7 @@ impl Default for SinkBufferConfig {
             kind: BufferKind::Memory,
             max_events: 100_000,
             max_bytes: 256 * 1024 * 1024,
-            when_full: WhenFull::Block,
+            when_full: WhenFull::DropNewest,
             path: None,
             segment_bytes: 16 * 1024 * 1024,
             fsync: FsyncPolicy::Interval,
@@ -350,7 +357,7 @@ mod tests {
             topics = ["sensors.>"]
             url = "postgres://localhost/test"
             batch = { max_events = 5000 }
-            buffer = { type = "disk", when_full = "drop_newest" }
+            buffer = { type = "disk", when_full = "block" }
             "#,
         )
         .unwrap();
@@ -359,7 +366,7 @@ mod tests {
         assert_eq!(s.batch.max_events, 5000);
         assert_eq!(s.batch.max_delay_ms, 100);
         assert_eq!(s.buffer.kind, BufferKind::Disk);
-        assert_eq!(s.buffer.when_full, WhenFull::DropNewest);
+        assert_eq!(s.buffer.when_full, WhenFull::Block);
         assert_eq!(s.options["url"], "postgres://localhost/test");
         assert_eq!(s.dead_letter_topic().unwrap().as_str(), "$dlq.pg");
         assert_eq!(s.buffer_dir(&cfg.storage), PathBuf::from("streambus-data/sinks/pg"));
