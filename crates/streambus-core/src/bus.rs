@@ -421,7 +421,18 @@ impl Bus {
                 sinks.call(SinkSupervisorMessage::Drain, Some(timeout)).await,
                 Ok(ractor::rpc::CallResult::Success(()))
             ) {
-                tracing::error!("sinks did not drain within the shutdown drain timeout");
+                // Say exactly what is left behind, sink by sink.
+                let snapshots = answered(sinks.call(SinkSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT)).await);
+                for s in snapshots.unwrap_or_default().iter().filter(|s| s.pending > 0) {
+                    match &s.buffer {
+                        Some(_) => {
+                            tracing::warn!(sink = %s.name, records = s.pending, "sink did not drain in time; its records stay in its disk buffer for the next start")
+                        }
+                        None => {
+                            tracing::error!(sink = %s.name, records = s.pending, error = ?s.last_error, "sink did not drain in time; its buffered records are lost")
+                        }
+                    }
+                }
             }
             let _ = sinks.stop_and_wait(Some("shutdown".into()), Some(timeout)).await;
         }

@@ -13,7 +13,7 @@
 //! - [`buffer`]: [`DurableBuffer`], segment files of CRC-framed bincode records with
 //!   acknowledgement and replay, bounded in bytes.
 //! - [`encode`]: the JSON Lines form of a record (the `file` and `stdout` sinks).
-//! - Built-in sinks: [`stdout`]; [`file`] (feature `file`); [`postgres`] (feature
+//! - Built-in sinks: [`stdout`]; [`mod@file`] (feature `file`); [`postgres`] (feature
 //!   `postgres`).
 //! - `testsuite` (feature `testsuite`): failure-mode sinks for tests.
 

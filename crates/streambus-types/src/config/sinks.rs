@@ -232,7 +232,7 @@ impl SinkConfig {
         self
     }
 
-    /// The parsed topic filters (valid after [`validate_sinks`]).
+    /// The parsed topic filters (all of them once the config is validated).
     pub fn filters(&self) -> Vec<TopicFilter> {
         self.topics.iter().filter_map(|t| TopicFilter::new(t).ok()).collect()
     }
