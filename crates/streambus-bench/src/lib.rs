@@ -4,12 +4,18 @@
 //!   over N connections, closed loop with a window of messages in flight per stream.
 //! - [`baseline`]: a minimal tonic echo server for the same proto with no actors, the
 //!   transport ceiling to compare the bus against.
+//! - [`pubsub`]: the `pub`, `sub` and `pubsub` workloads (fan-in, fan-out) against a
+//!   streambus server, an in-process bus, or a nats-server.
+//! - [`plot`]: `--plot FILE.svg`, latency by percentile and throughput over time.
 //! - [`report`]: latency histograms, their merging, the human table and the JSON.
 //! - [`proc_stats`]: peak RSS of a server process and this process's CPU, from /proc.
 //!
-//! It is a client: it talks to servers over gRPC only.
+//! It is a client: it talks to servers over their network protocols (gRPC, NATS), or
+//! to an in-process bus through the public embedding API.
 
 pub mod baseline;
 pub mod echo;
+pub mod plot;
 pub mod proc_stats;
+pub mod pubsub;
 pub mod report;

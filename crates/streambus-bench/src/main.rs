@@ -2,13 +2,24 @@
 //!
 //! ```text
 //! streambus-bench echo --addr 127.0.0.1:50051 --conns 100 --size 1024 --duration 10
+//! streambus-bench pub --addr 127.0.0.1:50051 --conns 4 --size 1024 --msgs 1000000
+//! streambus-bench sub --addr 127.0.0.1:50051 --conns 2 --msgs 1000000
+//! streambus-bench pubsub --pubs 10 --subs 1 --size 1024 --duration 10     # fan-in
+//! streambus-bench pubsub --pubs 1 --subs 10 --embedded --duration 5        # fan-out, in-process
+//! streambus-bench pubsub --target nats --addr 127.0.0.1:4222 --pubs 10 --subs 1 --duration 10
 //! streambus-bench baseline-server --addr 127.0.0.1:50052
 //! ```
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use streambus_bench::{baseline, echo, proc_stats, report::Report};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use streambus_bench::pubsub::{self, Progress, PubSubOptions, Target, Workload};
+use streambus_bench::report::Report;
+use streambus_bench::{baseline, echo, plot, proc_stats};
 
 /// Load generator for streambus and its baselines.
 #[derive(Debug, Parser)]
@@ -37,19 +48,219 @@ enum Command {
         /// Messages in flight per stream (closed loop).
         #[arg(long, default_value_t = 1)]
         window: usize,
-        /// Pid of the server, to report its peak RSS.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Print JSON instead of the table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
+    /// Publishers only: `--conns` publishers.
+    Pub(PubSubArgs),
+    /// Subscribers only (on `bench.>`): `--conns` subscribers; run a `pub` elsewhere.
+    Sub(PubSubArgs),
+    /// Publishers and subscribers in one run: `--pubs` N → `--subs` M.
+    Pubsub(PubSubArgs),
     /// A plain tonic echo server for the same proto, with no actors (the ceiling).
     BaselineServer {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50052")]
         addr: String,
     },
+}
+
+/// What the pub/sub workloads talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TargetKind {
+    /// A streambus server over gRPC.
+    Streambus,
+    /// A nats-server.
+    Nats,
+}
+
+/// Parameters of `pub`, `sub` and `pubsub`.
+#[derive(Debug, Args)]
+struct PubSubArgs {
+    /// Server address (host:port); default 127.0.0.1:50051, or :4222 for nats.
+    #[arg(long)]
+    addr: Option<String>,
+    /// The kind of server at `--addr`.
+    #[arg(long, value_enum, default_value = "streambus")]
+    target: TargetKind,
+    /// Run against a bus inside this process instead of a server.
+    #[arg(long, conflicts_with_all = ["addr", "target"])]
+    embedded: bool,
+    /// Connections of `pub` (publishers) or `sub` (subscribers).
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Publishers of `pubsub`.
+    #[arg(long, default_value_t = 1)]
+    pubs: usize,
+    /// Subscribers of `pubsub`.
+    #[arg(long, default_value_t = 1)]
+    subs: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Seconds of publishing.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Messages to publish in all (`sub`: to receive, each).
+    #[arg(long)]
+    msgs: Option<u64>,
+    /// Open loop: messages per second across all publishers (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Subjects `bench.0` .. `bench.<N-1>`, published round robin.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Messages per publish call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// How results are reported.
+#[derive(Debug, Args)]
+struct Output {
+    /// Pid of the server, to report its peak RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write the latency distribution and throughput over time to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+impl Output {
+    fn emit(
+        &self,
+        mut report: Report,
+        latencies: &streambus_bench::report::Latencies,
+        timeline: &[(f64, u64)],
+    ) -> anyhow::Result<()> {
+        report.server_peak_rss_bytes = self.server_pid.and_then(proc_stats::peak_rss_bytes);
+        report.client_cpu_seconds = proc_stats::own_cpu_seconds();
+        if let Some(file) = &self.plot {
+            let title = format!(
+                "{} · {} conns × {} B · {}",
+                report.workload, report.conns, report.size_bytes, report.target
+            );
+            plot::write_svg(file, &title, latencies, timeline)?;
+        }
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        Ok(())
+    }
+}
+
+fn seconds(value: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match value {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(_) => anyhow::bail!("--duration must be between 0 and 3600 seconds"),
+    }
+}
+
+fn pubsub_options(workload: Workload, args: &PubSubArgs) -> anyhow::Result<(PubSubOptions, String)> {
+    let (target, shown) = if args.embedded {
+        (Target::Embedded, "embedded".to_owned())
+    } else {
+        let addr = args.addr.clone().unwrap_or_else(|| {
+            match args.target {
+                TargetKind::Streambus => "127.0.0.1:50051",
+                TargetKind::Nats => "127.0.0.1:4222",
+            }
+            .to_owned()
+        });
+        match args.target {
+            TargetKind::Streambus => (Target::Grpc(format!("http://{addr}")), addr),
+            TargetKind::Nats => (Target::Nats(format!("nats://{addr}")), format!("nats {addr}")),
+        }
+    };
+    let (pubs, subs) = match workload {
+        Workload::Pub => (args.conns, 0),
+        Workload::Sub => (0, args.conns),
+        Workload::PubSub => (args.pubs, args.subs),
+    };
+    let options = PubSubOptions {
+        workload,
+        target,
+        pubs,
+        subs,
+        size: args.size,
+        duration: seconds(args.duration)?,
+        msgs: args.msgs,
+        rate: args.rate,
+        topics: args.topics,
+        batch: args.batch,
+    };
+    options.validate().map_err(anyhow::Error::msg)?;
+    Ok((options, shown))
+}
+
+/// A progress bar on a terminal (hidden otherwise), fed from the run's counters.
+fn progress_bar(options: &PubSubOptions, progress: Arc<Progress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let by_count = options.msgs.is_some();
+    let total = options
+        .msgs
+        .unwrap_or_else(|| options.duration.map_or(0, |d| d.as_millis() as u64));
+    let bar = ProgressBar::new(total);
+    let template = if by_count {
+        "{elapsed_precise} [{bar:40}] {pos}/{len} msgs  {msg}"
+    } else {
+        "{elapsed_precise} [{bar:40}] {msg}"
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let workload = options.workload;
+    let (b, start) = (bar.clone(), std::time::Instant::now());
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let (p, r) = (
+                progress.published.load(Ordering::Relaxed),
+                progress.received.load(Ordering::Relaxed),
+            );
+            b.set_position(match (by_count, workload) {
+                (true, Workload::Sub) => r,
+                (true, _) => p,
+                (false, _) => start.elapsed().as_millis() as u64,
+            });
+            b.set_message(format!("published {p}  received {r}"));
+        }
+    });
+    (bar, ticker)
+}
+
+async fn run_pubsub(workload: Workload, args: PubSubArgs) -> anyhow::Result<()> {
+    let (options, shown) = pubsub_options(workload, &args)?;
+    let progress = Arc::new(Progress::default());
+    let (bar, ticker) = progress_bar(&options, progress.clone());
+    let run = pubsub::run(&options, progress).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let run = run?;
+    let name = match workload {
+        Workload::Pub => "pub",
+        Workload::Sub => "sub",
+        Workload::PubSub => "pubsub",
+    };
+    let conns = options.pubs + options.subs;
+    let (messages, latencies) = match workload {
+        Workload::Pub => (run.published, &run.publish_latencies),
+        _ => (run.received, &run.latencies),
+    };
+    let mut report = Report::new(name, &shown, conns, options.size, latencies, run.elapsed).counting(messages);
+    report.published_messages = (workload == Workload::PubSub).then_some(run.published);
+    report.errors = run.errors.clone();
+    args.output.emit(report, latencies, &run.timeline)
 }
 
 #[tokio::main]
@@ -61,32 +272,24 @@ async fn main() -> anyhow::Result<()> {
             size,
             duration,
             window,
-            server_pid,
-            json,
+            output,
         } => {
-            if !(duration.is_finite() && duration > 0.0 && duration <= 3600.0) {
-                anyhow::bail!("--duration must be between 0 and 3600 seconds");
-            }
             let options = echo::EchoOptions {
                 url: format!("http://{addr}"),
                 conns,
                 size,
-                duration: Duration::from_secs_f64(duration),
+                duration: seconds(Some(duration))?.expect("given"),
                 window,
             };
             options.validate().map_err(anyhow::Error::msg)?;
             let run = echo::run(&options).await?;
             let mut report = Report::new("echo", &addr, conns, size, &run.latencies, run.elapsed);
             report.errors = run.errors;
-            report.server_peak_rss_bytes = server_pid.and_then(proc_stats::peak_rss_bytes);
-            report.client_cpu_seconds = proc_stats::own_cpu_seconds();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            Ok(())
+            output.emit(report, &run.latencies, &[])
         }
+        Command::Pub(args) => run_pubsub(Workload::Pub, args).await,
+        Command::Sub(args) => run_pubsub(Workload::Sub, args).await,
+        Command::Pubsub(args) => run_pubsub(Workload::PubSub, args).await,
         Command::BaselineServer { addr } => {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             println!("baseline echo server listening on {}", listener.local_addr()?);

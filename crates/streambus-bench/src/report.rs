@@ -48,6 +48,11 @@ impl Latencies {
         self.0.is_empty()
     }
 
+    /// The latency at percentile `p` (0 to 100), in microseconds.
+    pub fn at_percentile(&self, p: f64) -> u64 {
+        self.0.value_at_percentile(p)
+    }
+
     /// The percentiles reported.
     pub fn summary(&self) -> LatencySummary {
         let q = |p: f64| self.0.value_at_quantile(p);
@@ -97,6 +102,9 @@ pub struct Report {
     pub mb_per_sec: f64,
     /// Round-trip latency.
     pub latency_us: LatencySummary,
+    /// Messages published, for runs that report deliveries (`pubsub`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_messages: Option<u64>,
     /// The server's peak resident memory, when `--server-pid` was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_peak_rss_bytes: Option<u64>,
@@ -130,10 +138,20 @@ impl Report {
             msgs_per_sec: messages as f64 / seconds,
             mb_per_sec: (messages as f64 * size as f64) / seconds / 1e6,
             latency_us: latencies.summary(),
+            published_messages: None,
             server_peak_rss_bytes: None,
             client_cpu_seconds: None,
             errors: Vec::new(),
         }
+    }
+
+    /// The same report counting `messages` (not one per latency sample): for runs whose
+    /// latencies are per batch, like `pub`.
+    pub fn counting(mut self, messages: u64) -> Self {
+        self.messages = messages;
+        self.msgs_per_sec = messages as f64 / self.seconds;
+        self.mb_per_sec = messages as f64 * self.size_bytes as f64 / self.seconds / 1e6;
+        self
     }
 
     /// The table printed for people.
@@ -158,6 +176,9 @@ impl Report {
             l.p999,
             l.max,
         );
+        if let Some(p) = self.published_messages {
+            out += &format!("published     {p:>12}   (deliveries above: each subscriber counts)\n");
+        }
         if let Some(rss) = self.server_peak_rss_bytes {
             out += &format!("server peak   {:.1} MB RSS\n", rss as f64 / 1e6);
         }
