@@ -128,7 +128,15 @@ async fn stream(
     let mut echoes = client.bidirectional_chat(ReceiverStream::new(rx)).await?.into_inner();
     let mut tx = Some(tx);
     let mut latencies = Latencies::new();
-    while let Some(echo) = echoes.message().await? {
+    loop {
+        let echo = match echoes.message().await {
+            Ok(Some(echo)) => echo,
+            Ok(None) => break,
+            // Servers written like the article's end a stream by returning the io.EOF
+            // their Recv gave after our CloseSend: grpc-go sends that as UNKNOWN "EOF".
+            Err(status) if tx.is_none() && status.code() == tonic::Code::Unknown && status.message() == "EOF" => break,
+            Err(status) => return Err(status.into()),
+        };
         let now = start.elapsed().as_nanos();
         let sent = stamp_of(&echo.content).ok_or_else(|| anyhow::anyhow!("unexpected echo {:?}", echo.content))?;
         latencies.record(Duration::from_nanos(

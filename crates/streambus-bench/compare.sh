@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Side-by-side runs on loopback: streambus against the raw tonic baseline, the article's
+# Go server (grpc-go) and nats-server, each pair alternated A B A B, with the ratio of
+# each pair. Bounded: every run lasts --duration seconds (default 10), servers are
+# started fresh for each run (so peak RSS is that run's) and stopped after it.
+#
+#   bash crates/streambus-bench/compare.sh            # 10 s runs (about 8 minutes)
+#   bash crates/streambus-bench/compare.sh --quick    # 3 s runs
+#
+# Needs: python3 (the summary); builds the release binaries, the Go server
+# (peers/go-echo/build.sh, Debian packages) and installs nats-server with apt if
+# missing. Results: target/compare/results.jsonl and the table printed at the end.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root"
+
+duration=10
+[ "${1:-}" = "--quick" ] && duration=3
+out=target/compare
+mkdir -p "$out"
+: >"$out/results.jsonl"
+
+cargo build --release -q -p streambus -p streambus-bench
+go_echo=$(bash "$here/peers/go-echo/build.sh")
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get install -y -q nats-server >&2
+fi
+nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+bench=target/release/streambus-bench
+
+pid=""
+stop() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=""
+  fi
+}
+trap stop EXIT
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2
+  exit 1
+}
+
+# start NAME: starts that server in the background, sets $pid and $port.
+start() {
+  case $1 in
+    streambus) port=50061; RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" >/dev/null & ;;
+    tonic) port=50062; $bench baseline-server --addr "127.0.0.1:$port" >/dev/null & ;;
+    grpc-go) port=50063; "$go_echo" -addr "127.0.0.1:$port" >/dev/null & ;;
+    nats) port=4333; "$nats_bin" -a 127.0.0.1 -p "$port" >/dev/null 2>&1 & ;;
+  esac
+  pid=$!
+  wait_port "$port"
+}
+
+# run LABEL SERVER WORKLOAD ARGS...: one measured run against a fresh server.
+run() {
+  local label=$1 server=$2 workload=$3
+  shift 3
+  start "$server"
+  local target=()
+  [ "$server" = nats ] && target=(--target nats)
+  $bench "$workload" --addr "127.0.0.1:$port" "${target[@]}" --server-pid "$pid" --json "$@" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); r["label"]=sys.argv[1]; r["server"]=sys.argv[2]; print(json.dumps(r))' "$label" "$server" \
+      >>"$out/results.jsonl"
+  stop
+  echo "  $label $server done" >&2
+}
+
+# pair LABEL A B WORKLOAD ARGS...: A B A B.
+pair() {
+  local label=$1 a=$2 b=$3
+  shift 3
+  echo "$label: $a vs $b" >&2
+  for _ in 1 2; do
+    run "$label" "$a" "$@"
+    run "$label" "$b" "$@"
+  done
+}
+
+echo1k=(echo --conns 100 --size 1024 --duration "$duration")
+echo4k=(echo --conns 100 --size 4096 --duration "$duration")
+pair "echo 1KB x100" streambus tonic "${echo1k[@]}"
+pair "echo 1KB x100" streambus grpc-go "${echo1k[@]}"
+pair "echo 4KB x100" streambus tonic "${echo4k[@]}"
+pair "echo 4KB x100" streambus grpc-go "${echo4k[@]}"
+pair "fan-in 1KB 10->1" streambus nats pubsub --pubs 10 --subs 1 --size 1024 --batch 100 --duration "$duration"
+pair "fan-out 1KB 1->10" streambus nats pubsub --pubs 1 --subs 10 --size 1024 --batch 100 --duration "$duration"
+
+python3 - "$out/results.jsonl" <<'PY'
+import json, sys
+from collections import defaultdict
+runs = defaultdict(list)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    runs[(r["label"], r["server"])].append(r)
+def mean(xs): return sum(xs) / len(xs)
+print(f"{'workload':<20} {'server':<10} {'msgs/s (runs)':<28} {'p99 µs':>8} {'peak RSS MB':>12}")
+for (label, server), rs in runs.items():
+    rates = [r["msgs_per_sec"] for r in rs]
+    rss = [r.get("server_peak_rss_bytes", 0) / 1e6 for r in rs]
+    errs = sum(len(r.get("errors", [])) for r in rs)
+    shown = " / ".join(f"{x:,.0f}" for x in rates)
+    print(f"{label:<20} {server:<10} {shown:<28} {mean([r['latency_us']['p99'] for r in rs]):>8.0f} {max(rss):>12.1f}" + (f"  errors: {errs}" if errs else ""))
+print()
+print("ratios (streambus / peer, mean of the alternated runs):")
+for (label, server), rs in runs.items():
+    if server == "streambus":
+        continue
+    ours = runs[(label, "streambus")]
+    r_rate = mean([r["msgs_per_sec"] for r in ours]) / mean([r["msgs_per_sec"] for r in rs])
+    r_rss = max(r.get("server_peak_rss_bytes", 0) for r in ours) / max(1, max(r.get("server_peak_rss_bytes", 0) for r in rs))
+    print(f"  {label:<20} vs {server:<8} throughput {r_rate:5.2f}x   peak RSS {r_rss:5.2f}x")
+PY
