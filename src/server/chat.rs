@@ -16,7 +16,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use streambus_core::{BatchEvent, ConnectOptions, SessionHandle, Subscription};
-use streambus_types::{OverflowPolicy, SubscriptionOptions};
+use streambus_types::{Message, OverflowPolicy, SubscriptionOptions, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -64,11 +64,17 @@ impl chat::chat_service_server::ChatService for ChatService {
             .connect(ConnectOptions::named("chat"))
             .await
             .map_err(|e| convert::status(&e))?;
-        let topic = format!("$chat.{}", session.id());
+        let topic = match Topic::new(&format!("$chat.{}", session.id())) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(Status::internal(format!("chat topic: {e}")));
+            }
+        };
         let options = SubscriptionOptions::default()
             .overflow(OverflowPolicy::Block)
             .buffer(CHAT_BUFFER_MESSAGES, context.bus.config().subscriptions.buffer_bytes);
-        let echoes = match session.subscribe(&topic, options).await {
+        let echoes = match session.subscribe(topic.as_str(), options).await {
             Ok(s) => s,
             Err(e) => {
                 let _ = session.close().await;
@@ -88,7 +94,7 @@ impl chat::chat_service_server::ChatService for ChatService {
 async fn read(
     context: Context,
     session: SessionHandle,
-    topic: String,
+    topic: Topic,
     mut inbound: Streaming<chat::Message>,
     out: mpsc::Sender<Result<chat::Message, Status>>,
 ) {
@@ -101,7 +107,10 @@ async fn read(
         };
         match message {
             Ok(Some(message)) => {
-                if let Err(e) = session.publish(&topic, message.content).await {
+                if let Err(e) = session
+                    .publish_message(Message::new(topic.clone(), message.content))
+                    .await
+                {
                     break Some(convert::status(&e));
                 }
             }
@@ -123,7 +132,7 @@ async fn echo(mut echoes: Subscription, out: mpsc::Sender<Result<chat::Message, 
             BatchEvent::Deliveries(run) => {
                 for delivery in run.iter() {
                     let reply = chat::Message {
-                        content: format!("echo: {}", String::from_utf8_lossy(&delivery.payload)),
+                        content: echo_of(&delivery.payload),
                         timestamp: unix_seconds(),
                     };
                     if out.send(Ok(reply)).await.is_err() {
@@ -137,6 +146,21 @@ async fn echo(mut echoes: Subscription, out: mpsc::Sender<Result<chat::Message, 
         }
     }
 }
+
+/// `"echo: " + content`. Contents arrive as UTF-8 (a proto3 string); anything else on
+/// the topic is shown with replacement characters rather than refused.
+fn echo_of(payload: &[u8]) -> String {
+    let mut content = String::with_capacity(ECHO_PREFIX.len() + payload.len());
+    content.push_str(ECHO_PREFIX);
+    match std::str::from_utf8(payload) {
+        Ok(text) => content.push_str(text),
+        Err(_) => content.push_str(&String::from_utf8_lossy(payload)),
+    }
+    content
+}
+
+/// What the article's server puts before each echoed content.
+const ECHO_PREFIX: &str = "echo: ";
 
 fn unix_seconds() -> i64 {
     SystemTime::now()
