@@ -4,7 +4,7 @@
 # each pair. Bounded: every run lasts --duration seconds (default 10), servers are
 # started fresh for each run (so peak RSS is that run's) and stopped after it.
 #
-#   bash crates/streambus-bench/compare.sh            # 10 s runs (about 8 minutes)
+#   bash crates/streambus-bench/compare.sh            # 10 s runs (about 10 minutes)
 #   bash crates/streambus-bench/compare.sh --quick    # 3 s runs
 #
 # Needs: python3 (the summary); builds the release binaries, the Go server
