@@ -34,6 +34,15 @@ fn registry(c: &Arc<Collector>) -> SinkRegistry {
     r
 }
 
+/// `registry` plus a collecting type `healthy` storing into `healthy`.
+fn with_healthy(mut registry: SinkRegistry, healthy: &Arc<Collector>) -> SinkRegistry {
+    let h = healthy.clone();
+    registry.register("healthy", move |_| {
+        Ok(Box::new(CollectingSink(h.clone())) as Box<dyn Sink>)
+    });
+    registry
+}
+
 fn sink(name: &str, kind: &str, topics: &[&str]) -> SinkConfig {
     let mut s = SinkConfig::new(name, kind, topics);
     s.batch.max_delay_ms = 5;
@@ -162,11 +171,7 @@ async fn failing_sink_does_not_stall_others() {
     let failing = Collector::new();
     failing.failing.store(true, Ordering::Release);
     let healthy = Collector::new();
-    let mut reg = registry(&failing);
-    let h = healthy.clone();
-    reg.register("healthy", move |_| {
-        Ok(Box::new(CollectingSink(h.clone())) as Box<dyn Sink>)
-    });
+    let reg = with_healthy(registry(&failing), &healthy);
     let mut down = sink("down", "fail", &["t"]);
     down.buffer.max_events = 100_000;
     let config = BusConfig {
@@ -198,11 +203,7 @@ async fn failing_sink_does_not_stall_others() {
 async fn stuck_sink_drops_instead_of_stalling() {
     let stuck = Collector::new();
     let healthy = Collector::new();
-    let mut reg = registry(&stuck);
-    let h = healthy.clone();
-    reg.register("healthy", move |_| {
-        Ok(Box::new(CollectingSink(h.clone())) as Box<dyn Sink>)
-    });
+    let reg = with_healthy(registry(&stuck), &healthy);
     let mut s = sink("stuck", "block", &["t"]);
     s.buffer.max_events = 100;
     s.batch.max_events = 10;
@@ -268,11 +269,7 @@ async fn panics_and_fatal_errors_restart_the_sink() {
 async fn quarantine_past_the_restart_budget() {
     let c = Collector::new();
     let healthy = Collector::new();
-    let mut reg = registry(&c);
-    let h = healthy.clone();
-    reg.register("healthy", move |_| {
-        Ok(Box::new(CollectingSink(h.clone())) as Box<dyn Sink>)
-    });
+    let reg = with_healthy(registry(&c), &healthy);
     let mut bad = sink("bad", "panic", &["t"]);
     bad.restart.max_restarts = 2;
     let config = BusConfig {
