@@ -240,10 +240,22 @@ impl Bus {
                     (Source::Disk(Arc::new(buffer)), None, OverflowPolicy::Block)
                 }
             };
+            let mut subscriptions = Vec::new();
+            for filter in cfg.filters() {
+                let options = SubscriptionOptions {
+                    queue_group: None,
+                    overflow: Some(overflow),
+                    buffer_messages: (b.kind == BufferKind::Memory).then_some(b.max_events),
+                    buffer_bytes: (b.kind == BufferKind::Memory).then_some(b.max_bytes as usize),
+                };
+                let durable = b.kind == BufferKind::Disk;
+                subscriptions.push(session.subscribe_as(filter, options, durable).await?);
+            }
             let shared = Arc::new(SinkShared {
                 config: cfg.clone(),
                 dlq: cfg.dead_letter_topic()?,
                 source,
+                buffers: subscriptions.iter().map(Subscription::queue).collect(),
                 pending: tokio::sync::Mutex::new(None),
                 session: session.clone(),
                 status: parking_lot::Mutex::new(SinkStatus::Starting),
@@ -256,17 +268,6 @@ impl Bus {
                 received: Default::default(),
                 restarts: Default::default(),
             });
-            let mut subscriptions = Vec::new();
-            for filter in cfg.filters() {
-                let options = SubscriptionOptions {
-                    queue_group: None,
-                    overflow: Some(overflow),
-                    buffer_messages: (b.kind == BufferKind::Memory).then_some(b.max_events),
-                    buffer_bytes: (b.kind == BufferKind::Memory).then_some(b.max_bytes as usize),
-                };
-                let durable = b.kind == BufferKind::Disk;
-                subscriptions.push(session.subscribe_as(filter, options, durable).await?);
-            }
             tokio::spawn(intake::run(shared.clone(), subscriptions, tx));
             tracing::info!(sink = %cfg.name, kind = %cfg.kind, topics = ?cfg.topics, buffer = ?b.kind, "sink started");
             sinks.push(SinkEntryArgs { shared, factory, spec });

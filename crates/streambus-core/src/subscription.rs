@@ -116,6 +116,11 @@ impl Subscription {
         &self.filter
     }
 
+    /// The buffer itself, for observers that outlive this handle's owner.
+    pub(crate) fn queue(&self) -> Arc<SubscriberQueue> {
+        self.queue.clone()
+    }
+
     /// The buffer's current state.
     pub fn buffer(&self) -> QueueSnapshot {
         self.queue.snapshot()

@@ -225,8 +225,9 @@ async fn stuck_sink_drops_instead_of_stalling() {
     wait_records(&healthy, 5000).await;
     let snap = bus.snapshot().await.unwrap();
     let s = snap.sink("stuck").unwrap();
-    // Bounded: the subscription buffer, one run in the intake channel, one batch taken.
-    assert!(s.pending <= 3 * 100 && s.dropped + s.pending == 5000, "{s:?}");
+    // Bounded: the subscription buffer, the run the intake holds, one in its channel,
+    // and the run the worker is batching from; everything else was dropped, counted.
+    assert!(s.pending <= 4 * 100 && s.dropped + s.pending == 5000, "{s:?}");
     assert_eq!(s.written, 0);
     bus.shutdown().await;
 }

@@ -380,14 +380,15 @@ impl Disk {
         })
     }
 
-    fn sync_due(&mut self, file: &File, path: &Path) -> Result<(), BufferError> {
+    /// Syncs the active segment if the policy says it is time.
+    fn sync_due(&mut self, path: &Path) -> Result<(), BufferError> {
         let due = match self.opts.fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
             FsyncPolicy::Never => false,
         };
         if due {
-            file.sync_data().map_err(io_err(path))?;
+            self.active.sync_data().map_err(io_err(path))?;
             self.last_sync = Instant::now();
             self.unsynced = false;
         } else {
@@ -456,8 +457,7 @@ impl Disk {
             self.stats.unacked_records += n as u64;
             written += n;
             self.scratch = out;
-            let file = self.active.try_clone().map_err(io_err(&path))?;
-            self.sync_due(&file, &path)?;
+            self.sync_due(&path)?;
         }
         Ok(written)
     }

@@ -53,9 +53,8 @@ pub(crate) async fn run(
                     }
                 }
             }
+            // Counted by the subscription buffer itself (see the sink snapshot).
             BatchEvent::Gap(gap) => {
-                shared.received.fetch_add(gap.dropped, Ordering::Relaxed);
-                shared.dropped.fetch_add(gap.dropped, Ordering::Relaxed);
                 tracing::error!(sink = %name, topic = %gap.topic, records = gap.dropped, "sink could not keep up (when_full = drop_newest): records dropped");
             }
             BatchEvent::Closed(reason) => {

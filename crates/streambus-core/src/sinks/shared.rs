@@ -13,6 +13,7 @@ use streambus_types::{Message, SinkConfig, Topic};
 use tokio::sync::mpsc;
 
 use crate::bus::SessionHandle;
+use crate::queue::SubscriberQueue;
 
 /// What a sink is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,16 +50,15 @@ pub struct SinkSnapshot {
     pub retries: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
-    /// Records lost before reaching the sink (buffer full under `drop_newest`, disk
+    /// Records lost before reaching the sink (a buffer full under `drop_newest`, disk
     /// errors), each also logged.
     pub dropped: u64,
     /// Restarts after a panic or fatal error.
     pub restarts: u32,
     /// The last failure, if any.
     pub last_error: Option<String>,
-    /// Records received by the intake and not yet written (memory buffers: those in
-    /// the intake's channel and the batch being written; the subscription buffers in
-    /// front are in the session snapshots).
+    /// Records on their way to the sink: in its subscription buffers, its intake
+    /// channel or disk buffer, or the batch being written.
     pub pending: u64,
     /// The disk buffer, for a durable sink.
     pub buffer: Option<BufferSnapshot>,
@@ -82,8 +82,9 @@ pub(crate) struct MemorySource {
 
 /// Delivery runs in flight between a memory sink's intake and its worker; the real
 /// backlog waits in the subscription buffer in front. A run is at most a subscription
-/// buffer's worth, so a memory sink holds at most about twice `buffer.max_events`
-/// (plus the batch being written).
+/// buffer's worth, so a memory sink holds at most four times `buffer.max_events`: the
+/// subscription buffer, the run the intake holds, one in the channel, and the run the
+/// worker is cutting batches from.
 pub(crate) const MEMORY_CHANNEL_CHUNKS: usize = 1;
 
 /// A batch taken from the source: its records and, for a disk source, the highest id.
@@ -98,6 +99,8 @@ pub(crate) struct SinkShared {
     pub(crate) config: SinkConfig,
     pub(crate) dlq: Topic,
     pub(crate) source: Source,
+    /// The sink's subscription buffers (read for snapshots: their drops and backlog).
+    pub(crate) buffers: Vec<Arc<SubscriberQueue>>,
     /// The batch being written; a new incarnation writes it first.
     pub(crate) pending: tokio::sync::Mutex<Option<Batch>>,
     /// Publishes dead letters.
@@ -108,7 +111,10 @@ pub(crate) struct SinkShared {
     pub(crate) batches: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    /// Records lost after the intake took them (disk buffer full or failing, source
+    /// gone); drops in the subscription buffers are counted there.
     pub(crate) dropped: AtomicU64,
+    /// Records the intake took from the subscription buffers.
     pub(crate) received: AtomicU64,
     pub(crate) restarts: AtomicU32,
 }
@@ -145,15 +151,11 @@ impl SinkShared {
             .collect();
         self.dead_lettered.fetch_add(records.len() as u64, Ordering::Relaxed);
         tracing::warn!(sink = %name, records = records.len(), reason, "records sent to the dead-letter topic");
-        for chunk in messages.chunks(self.session_batch_limit()) {
+        for chunk in messages.chunks(self.session.batch_limit()) {
             if let Err(e) = self.session.publish_batch(chunk.to_vec()).await {
                 tracing::error!(sink = %name, records = chunk.len(), error = %e, "dead letters could not be published; they are lost");
             }
         }
-    }
-
-    fn session_batch_limit(&self) -> usize {
-        self.session.batch_limit()
     }
 
     /// Backoff before attempt `attempt` (from 1): between half and all of an exponential
@@ -166,8 +168,13 @@ impl SinkShared {
     pub(crate) fn snapshot(&self) -> SinkSnapshot {
         let written = self.written.load(Ordering::Relaxed);
         let dead = self.dead_lettered.load(Ordering::Relaxed);
-        let dropped = self.dropped.load(Ordering::Relaxed);
+        let lost = self.dropped.load(Ordering::Relaxed);
         let received = self.received.load(Ordering::Relaxed);
+        let (queued, queue_dropped) = self
+            .buffers
+            .iter()
+            .map(|q| q.snapshot())
+            .fold((0, 0), |(m, d), s| (m + s.queued_messages as u64, d + s.dropped));
         SinkSnapshot {
             name: self.config.name.clone(),
             kind: self.config.kind.clone(),
@@ -176,10 +183,10 @@ impl SinkShared {
             batches: self.batches.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             dead_lettered: dead,
-            dropped,
+            dropped: lost + queue_dropped,
             restarts: self.restarts.load(Ordering::Relaxed),
             last_error: self.last_error.lock().clone(),
-            pending: received.saturating_sub(written + dead + dropped),
+            pending: received.saturating_sub(written + dead + lost) + queued,
             buffer: match &self.source {
                 Source::Disk(b) => Some(b.snapshot()),
                 Source::Memory(_) => None,

@@ -1,7 +1,7 @@
 //! The `postgres` sink itself.
 
 use std::error::Error as StdError;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
@@ -96,7 +96,6 @@ fn classify(e: &tokio_postgres::Error, what: &str) -> SinkError {
         }
         // Connection, transaction rollback, resources, operator intervention, system.
         "08" | "40" | "53" | "57" | "58" => SinkError::retryable(message),
-        _ if *db.code() == SqlState::UNDEFINED_TABLE => SinkError::fatal(message),
         _ => SinkError::fatal(message),
     }
 }
@@ -185,11 +184,8 @@ impl PostgresSink {
             .map_err(|e| classify(&e, "copy"))?;
         let writer = BinaryCopyInWriter::new(sink, &TYPES);
         pin_mut!(writer);
-        let mut headers = String::new();
         for r in batch {
             let time = UNIX_EPOCH + Duration::from_nanos(r.timestamp_ns);
-            let time: SystemTime = time;
-            headers.clear();
             let headers = (!r.headers.is_empty()).then(|| {
                 let map: serde_json::Map<String, serde_json::Value> = r
                     .headers

@@ -163,7 +163,7 @@ pub struct SinkBufferConfig {
     #[serde(rename = "type")]
     pub kind: BufferKind,
     /// Records the sink's subscription buffer holds (`memory` only; with the run on its
-    /// way to the worker, a memory sink holds at most about twice this).
+    /// way to the worker, a memory sink holds at most four times this).
     pub max_events: usize,
     /// Most bytes buffered (memory: payload plus headers; disk: segment files).
     pub max_bytes: u64,
