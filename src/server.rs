@@ -35,7 +35,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use streambus_core::Bus;
+use streambus_core::{Bus, BusConfig};
 use streambus_types::config::{GrpcConfig, LimitsConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -48,7 +48,7 @@ use crate::proto::stream::chat_service_server::ChatServiceServer;
 use crate::proto::streambus::v1::bus_server::BusServer;
 
 pub use bus_service::BusService;
-pub use chat::ChatService;
+pub use chat::{ChatService, ChatStream};
 
 /// Bytes a frame may carry beyond its largest message: topics, headers' framing,
 /// protobuf tags. The decode limit is `limits.max_message_bytes` plus this, so a message
@@ -58,6 +58,24 @@ pub const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 /// The largest encoded frame the server decodes, advertised in `welcome`.
 pub fn max_frame_bytes(limits: &LimitsConfig) -> usize {
     limits.max_message_bytes.saturating_add(FRAME_OVERHEAD_BYTES)
+}
+
+/// The HTTP/2 settings [`serve`] uses, for any tonic server that should be compared
+/// like for like with it (the bench's baseline server takes them with `--bus-transport`).
+///
+/// - Windows hold one whole frame per stream: with the 64 KiB default a 1 MiB publish
+///   batch would take 16 WINDOW_UPDATE round trips. The window is also what a stream may
+///   buffer while its reader is held back, so it stays one frame.
+/// - HTTP/2 keepalive pings (`grpc.keepalive_interval_ms`, `grpc.keepalive_timeout_ms`)
+///   find dead peers, whose sessions are then closed.
+pub fn http2_settings(server: Server, config: &BusConfig) -> Server {
+    let keepalive = |ms: u64| Some(Duration::from_millis(ms));
+    let stream_window = u32::try_from(max_frame_bytes(&config.limits)).unwrap_or(u32::MAX);
+    server
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(stream_window.saturating_mul(4))
+        .http2_keepalive_interval(keepalive(config.grpc.keepalive_interval_ms))
+        .http2_keepalive_timeout(keepalive(config.grpc.keepalive_timeout_ms))
 }
 
 /// Why the server stopped with an error.
@@ -142,22 +160,13 @@ pub async fn serve(bus: Bus, listener: TcpListener, signal: impl Future<Output =
         let _ = stop_tx.send(true);
         let _ = fired_tx.send(());
     };
-    let keepalive = |ms: u64| Some(Duration::from_millis(ms));
     // The builder's TCP options do not reach sockets from a given listener: set them
     // here. Without TCP_NODELAY, Nagle's algorithm holds small frames (acks, window
     // updates) back against the peer's delayed ACKs and caps a stream near 17 MB/s.
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(keepalive(config.grpc.keepalive_interval_ms));
-    // HTTP/2 windows hold one whole frame per stream: with the 64 KiB default a 1 MiB
-    // publish batch would take 16 WINDOW_UPDATE round trips. The window is also what a
-    // stream may buffer while its reader is held back, so it stays one frame.
-    let stream_window = u32::try_from(frame_limit).unwrap_or(u32::MAX);
-    let served = Server::builder()
-        .initial_stream_window_size(stream_window)
-        .initial_connection_window_size(stream_window.saturating_mul(4))
-        .http2_keepalive_interval(keepalive(config.grpc.keepalive_interval_ms))
-        .http2_keepalive_timeout(keepalive(config.grpc.keepalive_timeout_ms))
+        .with_keepalive(Some(Duration::from_millis(config.grpc.keepalive_interval_ms)));
+    let served = http2_settings(Server::builder(), &config)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

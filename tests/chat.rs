@@ -104,3 +104,71 @@ async fn each_stream_is_a_session() {
     })
     .await;
 }
+
+/// A client that sends far more than the server buffers before reading anything loses
+/// nothing: the stream is held back (buffer, topic admission, HTTP/2 windows) and every
+/// echo arrives, in order, once the client reads.
+#[tokio::test]
+async fn a_client_that_does_not_read_is_held_back_and_loses_nothing() {
+    const MESSAGES: usize = 20_000;
+    let server = TestServer::start().await;
+    let mut client = ChatServiceClient::new(server.channel().await);
+    let (tx, rx) = mpsc::channel(64);
+    let mut echoes = client
+        .bidirectional_chat(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let padding = "x".repeat(1000);
+    let sender = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            tx.send(Message {
+                content: format!("{n:05}{padding}"),
+                timestamp: 0,
+            })
+            .await
+            .unwrap();
+        }
+    });
+    // 20 MB cannot all be in flight: the sender is held back while nobody reads.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!sender.is_finished(), "nothing held the sender back");
+    let mut n = 0;
+    while let Some(reply) = within("echo", echoes.message()).await.unwrap() {
+        assert_eq!(&reply.content[..11], format!("echo: {n:05}"));
+        n += 1;
+    }
+    assert_eq!(n, MESSAGES);
+    sender.await.unwrap();
+}
+
+/// A server shutting down ends an open chat stream with UNAVAILABLE after the echoes of
+/// what it had read, and its session is gone.
+#[tokio::test]
+async fn shutdown_ends_a_chat_stream_with_unavailable() {
+    let server = TestServer::start().await;
+    let mut client = ChatServiceClient::new(server.channel().await);
+    let (tx, rx) = mpsc::channel(16);
+    let mut echoes = client
+        .bidirectional_chat(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for content in ["one", "two"] {
+        tx.send(Message {
+            content: content.into(),
+            timestamp: 0,
+        })
+        .await
+        .unwrap();
+        let reply = within("echo", echoes.message()).await.unwrap().unwrap();
+        assert_eq!(reply.content, format!("echo: {content}"));
+    }
+    let bus = server.bus().clone();
+    let shutdown = tokio::spawn(server.shutdown());
+    let status = within("end of stream", echoes.message()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    within("shutdown", shutdown).await.unwrap();
+    assert!(matches!(bus.snapshot().await, Err(streambus::BusError::Closed)));
+    drop(tx);
+}

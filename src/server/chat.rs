@@ -10,15 +10,28 @@
 //! reading fills the buffer, which holds the topic, which holds the reader, which
 //! stops reading the client.
 //!
+//! A light reader task publishes what the client sends; the response body itself, a
+//! [`ChatStream`], takes the echoes from the subscription. No task or channel stands
+//! between the topic actor and the transport, and the transport's body is polled once
+//! per echo, as in a plain tonic handler: a message costs the reader's and the topic
+//! actor's wake-ups on top of that path.
+//!
 //! The client ending its stream (`CloseSend`) closes the session gracefully: every
-//! message sent before it is still echoed, then the stream ends OK.
+//! message sent before it is still echoed, then the stream ends OK. A failure (bad
+//! frame, the server shutting down) ends it the same way, with that status last.
 
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use streambus_core::{BatchEvent, ConnectOptions, SessionHandle, Subscription};
-use streambus_types::{Message, OverflowPolicy, SubscriptionOptions, Topic};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::Stream;
+use futures::task::AtomicWaker;
+use streambus_core::{ConnectOptions, SessionHandle, Subscription};
+use streambus_types::{Event, Message, OverflowPolicy, SubscriptionOptions, Topic};
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -26,7 +39,7 @@ use super::Context;
 use crate::convert;
 use crate::proto::stream as chat;
 
-/// Buffered echoes per chat stream (messages) before the topic, and so the reader, waits.
+/// Echoes in flight per chat stream (messages) before the reader waits.
 const CHAT_BUFFER_MESSAGES: usize = 1024;
 
 /// The echo service.
@@ -46,9 +59,6 @@ impl ChatService {
         ChatService { context }
     }
 }
-
-/// A response stream of chat messages.
-type ChatStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<chat::Message, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl chat::chat_service_server::ChatService for ChatService {
@@ -81,68 +91,204 @@ impl chat::chat_service_server::ChatService for ChatService {
                 return Err(convert::status(&e));
             }
         };
-        let (out, rx) = mpsc::channel(context.grpc.outbound_frames);
+        let (failure_tx, failure) = oneshot::channel();
+        let credits = Arc::new(Credits::new(CHAT_BUFFER_MESSAGES));
         let span = tracing::info_span!("chat", session = session.id().0);
-        tokio::spawn(echo(echoes, out.clone()).instrument(span.clone()));
-        tokio::spawn(read(context, session, topic, request.into_inner(), out).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let reader = read(
+            context,
+            session.clone(),
+            topic,
+            request.into_inner(),
+            credits.clone(),
+            failure_tx,
+        );
+        tokio::spawn(reader.instrument(span));
+        Ok(Response::new(ChatStream {
+            echoes,
+            credits,
+            failure,
+            session,
+            ended: false,
+        }))
     }
 }
 
 /// Publishes every chat message on the session's topic; closes the session when the
-/// client is done, gone or the server stops.
+/// client is done or gone, a publish fails or the server stops, and hands the stream's
+/// final status (if it is not OK) to the [`ChatStream`].
 async fn read(
     context: Context,
     session: SessionHandle,
     topic: Topic,
     mut inbound: Streaming<chat::Message>,
-    out: mpsc::Sender<Result<chat::Message, Status>>,
+    credits: Arc<Credits>,
+    failure: oneshot::Sender<Status>,
 ) {
-    let failure = loop {
-        let message = tokio::select! {
-            biased;
-            () = context.stopping() => break Some(Status::unavailable("server shutting down")),
-            () = out.closed() => break None,
-            message = inbound.message() => message,
-        };
-        match message {
-            Ok(Some(message)) => {
-                if let Err(e) = session
-                    .publish_message(Message::new(topic.clone(), message.content))
-                    .await
-                {
-                    break Some(convert::status(&e));
+    let stop = context.stop.clone();
+    let mut stopping = pin!(context.stopping());
+    // Polled once, the stop future keeps this task's waker registered; after that a
+    // version check (one atomic load) tells whether the stop came, without taking the
+    // signal's lock, which every stream shares, for each message.
+    let stopped = poll_fn(|cx| Poll::Ready(stopping.as_mut().poll(cx).is_ready())).await;
+    let status = if stopped {
+        Some(Status::unavailable("server shutting down"))
+    } else {
+        loop {
+            let next = poll_fn(|cx| {
+                if !matches!(stop.has_changed(), Ok(false)) {
+                    return Poll::Ready(None);
                 }
+                Pin::new(&mut inbound).poll_next(cx).map(Some)
+            })
+            .await;
+            match next {
+                None => {
+                    break Some(Status::unavailable("server shutting down"));
+                }
+                Some(Some(Ok(message))) => {
+                    credits.take().await;
+                    if let Err(e) = session
+                        .publish_message(Message::new(topic.clone(), message.content))
+                        .await
+                    {
+                        break Some(convert::status(&e));
+                    }
+                }
+                Some(Some(Err(status))) => break Some(status),
+                Some(None) => break None,
             }
-            Ok(None) => break None,
-            Err(status) => break Some(status),
         }
     };
     // Graceful: everything published is echoed before the stream ends.
     let _ = session.close().await;
-    if let Some(status) = failure {
-        let _ = tokio::time::timeout(context.drain_timeout(), out.send(Err(status))).await;
+    if let Some(status) = status {
+        let _ = failure.send(status);
     }
 }
 
-/// Answers each message published on the session's topic.
-async fn echo(mut echoes: Subscription, out: mpsc::Sender<Result<chat::Message, Status>>) {
-    while let Some(event) = echoes.next_batch().await {
-        match event {
-            BatchEvent::Deliveries(run) => {
-                for delivery in run.iter() {
-                    let reply = chat::Message {
+/// Echoes a chat stream may have in flight (published and not yet handed to the
+/// transport): the reader takes one per message, the response returns one per echo.
+/// This bounds what a client that does not read can leave on the server to
+/// [`CHAT_BUFFER_MESSAGES`] messages plus its HTTP/2 window, far below the topic's own
+/// admission (meant for topics shared by many publishers).
+struct Credits {
+    available: AtomicUsize,
+    capacity: usize,
+    /// The reader, when it waits for a credit.
+    reader: AtomicWaker,
+}
+
+impl Credits {
+    fn new(n: usize) -> Self {
+        Credits {
+            available: AtomicUsize::new(n),
+            capacity: n,
+            reader: AtomicWaker::new(),
+        }
+    }
+
+    /// Takes one credit, waiting until there is one.
+    async fn take(&self) {
+        poll_fn(|cx| {
+            if self.try_take() {
+                return Poll::Ready(());
+            }
+            self.reader.register(cx.waker());
+            // A credit returned between the check and the registration is seen here.
+            if self.try_take() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    fn try_take(&self) -> bool {
+        self.available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Returns one credit. Never beyond the capacity: a delivery the reader did not
+    /// publish (someone else's message on the chat topic) does not widen the bound.
+    fn give_back(&self) {
+        let before = self.available.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.capacity).then_some(n + 1)
+        });
+        if before == Ok(0) {
+            self.reader.wake();
+        }
+    }
+}
+
+/// The response of one chat stream: the echoes, then the reader's failure if any.
+pub struct ChatStream {
+    echoes: Subscription,
+    credits: Arc<Credits>,
+    /// The status to end with after the last echo; closed when the stream ends OK.
+    failure: oneshot::Receiver<Status>,
+    session: SessionHandle,
+    ended: bool,
+}
+
+impl std::fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("session", &self.session.id())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<chat::Message, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            return match Pin::new(&mut this.echoes).poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Event::Delivery(delivery))) => {
+                    this.credits.give_back();
+                    Poll::Ready(Some(Ok(chat::Message {
                         content: echo_of(&delivery.payload),
                         timestamp: unix_seconds(),
-                    };
-                    if out.send(Ok(reply)).await.is_err() {
-                        return;
-                    }
+                    })))
                 }
-            }
-            // Unreachable with the block policy; reported, never silent.
-            BatchEvent::Gap(gap) => tracing::error!(dropped = gap.dropped, "chat echoes lost"),
-            BatchEvent::Closed(_) => return,
+                // Unreachable with the block policy; reported, never silent.
+                Poll::Ready(Some(Event::Gap(gap))) => {
+                    tracing::error!(dropped = gap.dropped, "chat echoes lost");
+                    continue;
+                }
+                // The session closed and every echo is out: end with the reader's status.
+                Poll::Ready(Some(Event::Closed(_)) | None) => match Pin::new(&mut this.failure).poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(status) => {
+                        this.ended = true;
+                        Poll::Ready(status.ok().map(Err))
+                    }
+                },
+            };
+        }
+    }
+}
+
+impl Drop for ChatStream {
+    /// The client went away, or the server dropped the stream: the session closes, which
+    /// also ends the reader.
+    fn drop(&mut self) {
+        if self.ended || !self.session.is_open() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let session = self.session.clone();
+            runtime.spawn(async move {
+                let _ = session.close().await;
+            });
         }
     }
 }
@@ -166,4 +312,42 @@ fn unix_seconds() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Credits run out, a waiting reader is woken by the first one given back, and
+    /// giving back more than was taken never raises the bound.
+    #[tokio::test]
+    async fn credits_bound_the_reader() {
+        let credits = Arc::new(Credits::new(2));
+        credits.take().await;
+        credits.take().await;
+        let waiting = tokio::spawn({
+            let credits = credits.clone();
+            async move { credits.take().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "no credit left");
+        credits.give_back();
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        for _ in 0..5 {
+            credits.give_back();
+        }
+        assert!(credits.try_take() && credits.try_take());
+        assert!(!credits.try_take(), "never more than the capacity");
+    }
+
+    /// The echo is the article's: the prefix, then the content; bytes that are not UTF-8
+    /// are shown, not refused.
+    #[test]
+    fn echo_is_prefix_and_content() {
+        assert_eq!(echo_of(b"hello"), "echo: hello");
+        assert_eq!(echo_of(b""), "echo: ");
+        assert_eq!(echo_of(&[0x66, 0xff]), "echo: f\u{fffd}");
+    }
 }

@@ -4,7 +4,7 @@
 //! timestamp = now in unix seconds), straight from the stream handler.
 
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 use streambus::proto::stream::Message;
@@ -36,10 +36,24 @@ impl ChatService for BaselineChat {
     }
 }
 
-/// Serves the baseline on `listener` until the process ends.
-pub async fn serve(listener: TcpListener) -> Result<(), tonic::transport::Error> {
+/// Serves the baseline on `listener` until the process ends: with tonic's default
+/// HTTP/2 settings, or with `streambus serve`'s (`bus_transport`: its windows and
+/// keepalive, see [`streambus::server::http2_settings`]) so that a comparison measures
+/// the bus's actors and nothing else.
+pub async fn serve(listener: TcpListener, bus_transport: bool) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder();
+    let (incoming, mut builder) = if bus_transport {
+        let config = streambus::BusConfig::default();
+        let keepalive = Duration::from_millis(config.grpc.keepalive_interval_ms);
+        (
+            incoming.with_keepalive(Some(keepalive)),
+            streambus::server::http2_settings(builder, &config),
+        )
+    } else {
+        (incoming, builder)
+    };
+    builder
         .add_service(ChatServiceServer::new(BaselineChat))
         .serve_with_incoming(incoming)
         .await

@@ -198,17 +198,21 @@ mod tests {
         );
     }
 
-    /// A short run against a real bus and against the baseline: every stream finishes,
+    /// A short run against a real bus and against the baseline (with tonic's and with the
+    /// bus's HTTP/2 settings): every stream finishes,
     /// every echo is timed, and nothing fails.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_against_the_bus_and_the_baseline() {
         let bus = streambus::Bus::start(streambus::BusConfig::default()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = streambus::server::start(bus, listener);
-        let baseline = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let baseline_addr = baseline.local_addr().unwrap();
-        tokio::spawn(crate::baseline::serve(baseline));
-        for url in [server.url(), format!("http://{baseline_addr}")] {
+        let mut urls = vec![server.url()];
+        for bus_transport in [false, true] {
+            let baseline = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            urls.push(format!("http://{}", baseline.local_addr().unwrap()));
+            tokio::spawn(crate::baseline::serve(baseline, bus_transport));
+        }
+        for url in urls {
             let options = EchoOptions {
                 url,
                 conns: 3,

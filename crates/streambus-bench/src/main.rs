@@ -62,6 +62,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50052")]
         addr: String,
+        /// Use `streambus serve`'s HTTP/2 settings (windows, keepalive) instead of
+        /// tonic's defaults, so that a comparison isolates the bus's actors.
+        #[arg(long)]
+        bus_transport: bool,
     },
 }
 
@@ -290,10 +294,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Pub(args) => run_pubsub(Workload::Pub, args).await,
         Command::Sub(args) => run_pubsub(Workload::Sub, args).await,
         Command::Pubsub(args) => run_pubsub(Workload::PubSub, args).await,
-        Command::BaselineServer { addr } => {
+        Command::BaselineServer { addr, bus_transport } => {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             println!("baseline echo server listening on {}", listener.local_addr()?);
-            baseline::serve(listener).await?;
+            baseline::serve(listener, bus_transport).await?;
             Ok(())
         }
     }

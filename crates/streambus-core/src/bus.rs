@@ -485,6 +485,25 @@ impl DurableAck {
     }
 }
 
+/// Splits a batch by topic, keeping each topic's order. Most batches have one topic:
+/// then the batch is kept as it is.
+fn group_by_topic(messages: Vec<Message>) -> Vec<(Topic, Vec<Message>)> {
+    let Some(first) = messages.first() else {
+        return Vec::new();
+    };
+    if messages.iter().all(|m| m.topic == first.topic) {
+        return vec![(first.topic.clone(), messages)];
+    }
+    let mut groups: Vec<(Topic, Vec<Message>)> = Vec::new();
+    for m in messages {
+        match groups.iter_mut().find(|(t, _)| *t == m.topic) {
+            Some((_, g)) => g.push(m),
+            None => groups.push((m.topic.clone(), vec![m])),
+        }
+    }
+    groups
+}
+
 /// A session: a client of the bus with its own subscriptions, limits and close.
 ///
 /// Clones share the session. Publishing goes straight to the topic actors; subscribing
@@ -552,15 +571,7 @@ impl SessionHandle {
     ) -> Result<(), BusError> {
         self.check(&messages)?;
         let guards = || [self.shared.inflight.guard(), self.bus.inflight.guard()];
-        // Group by topic, keeping each topic's order; most batches have one topic.
-        let mut groups: Vec<(Topic, Vec<Message>)> = Vec::new();
-        for m in messages {
-            match groups.iter_mut().find(|(t, _)| *t == m.topic) {
-                Some((_, g)) => g.push(m),
-                None => groups.push((m.topic.clone(), vec![m])),
-            }
-        }
-        let mut groups = groups.into_iter();
+        let mut groups = group_by_topic(messages).into_iter();
         while let Some((topic, group)) = groups.next() {
             let (count, bytes) = (group.len(), group.iter().map(Message::byte_len).sum::<usize>());
             match self.bus.directory.send(&topic, group, admit, guards, receipt).await {
