@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Side-by-side runs on loopback: streambus against the raw tonic baseline, the article's
-# Go server (grpc-go) and nats-server, each pair alternated A B A B, with the ratio of
+# Side-by-side runs on loopback: streambus against the raw tonic baseline (with tonic's
+# HTTP/2 defaults, and with streambus's own settings: "tonic-bus"), the article's Go
+# server (grpc-go) and nats-server, each pair alternated A B A B, with the ratio of
 # each pair. Bounded: every run lasts --duration seconds (default 10), servers are
 # started fresh for each run (so peak RSS is that run's) and stopped after it.
 #
-#   bash crates/streambus-bench/compare.sh            # 10 s runs (about 10 minutes)
+#   bash crates/streambus-bench/compare.sh            # 10 s runs (about 15 minutes)
 #   bash crates/streambus-bench/compare.sh --quick    # 3 s runs
 #
 # Needs: python3 (the summary); builds the release binaries, the Go server
@@ -55,6 +56,7 @@ start() {
   case $1 in
     streambus) port=50061; RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" >/dev/null & ;;
     tonic) port=50062; $bench baseline-server --addr "127.0.0.1:$port" >/dev/null & ;;
+    tonic-bus) port=50064; $bench baseline-server --bus-transport --addr "127.0.0.1:$port" >/dev/null & ;;
     grpc-go) port=50063; "$go_echo" -addr "127.0.0.1:$port" >/dev/null & ;;
     nats) port=4333; "$nats_bin" -a 127.0.0.1 -p "$port" >/dev/null 2>&1 & ;;
   esac
@@ -90,11 +92,17 @@ pair() {
 echo1k=(echo --conns 100 --size 1024 --duration "$duration")
 echo4k=(echo --conns 100 --size 4096 --duration "$duration")
 pair "echo 1KB x100" streambus tonic "${echo1k[@]}"
+pair "echo 1KB x100" streambus tonic-bus "${echo1k[@]}"
 pair "echo 1KB x100" streambus grpc-go "${echo1k[@]}"
 pair "echo 4KB x100" streambus tonic "${echo4k[@]}"
 pair "echo 4KB x100" streambus grpc-go "${echo4k[@]}"
 pair "fan-in 1KB 10->1" streambus nats pubsub --pubs 10 --subs 1 --size 1024 --batch 100 --duration "$duration"
 pair "fan-out 1KB 1->10" streambus nats pubsub --pubs 1 --subs 10 --size 1024 --batch 100 --duration "$duration"
+# Open loop: the same fan-in offered at a fixed rate, below and above what one
+# subscriber can take; "delivered" tells who keeps everything.
+for rate in 400000 600000; do
+  pair "fan-in 10->1 @${rate}/s" streambus nats pubsub --pubs 10 --subs 1 --size 1024 --batch 100 --rate "$rate" --duration "$duration"
+done
 
 python3 - "$out/results.jsonl" <<'PY'
 import json, sys
@@ -104,13 +112,15 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     runs[(r["label"], r["server"])].append(r)
 def mean(xs): return sum(xs) / len(xs)
-print(f"{'workload':<20} {'server':<10} {'msgs/s (runs)':<28} {'p99 µs':>8} {'peak RSS MB':>12}")
+print(f"{'workload':<24} {'server':<10} {'msgs/s (runs)':<28} {'p99 µs':>9} {'peak RSS MB':>12} {'delivered':>10}")
 for (label, server), rs in runs.items():
     rates = [r["msgs_per_sec"] for r in rs]
     rss = [r.get("server_peak_rss_bytes", 0) / 1e6 for r in rs]
     errs = sum(len(r.get("errors", [])) for r in rs)
     shown = " / ".join(f"{x:,.0f}" for x in rates)
-    print(f"{label:<20} {server:<10} {shown:<28} {mean([r['latency_us']['p99'] for r in rs]):>8.0f} {max(rss):>12.1f}" + (f"  errors: {errs}" if errs else ""))
+    published = sum(r.get("published_messages", r["messages"]) for r in rs)
+    delivered = f"{100 * sum(r['messages'] for r in rs) / published:.1f}%" if published else "-"
+    print(f"{label:<24} {server:<10} {shown:<28} {mean([r['latency_us']['p99'] for r in rs]):>9.0f} {max(rss):>12.1f} {delivered:>10}" + (f"  errors: {errs}" if errs else ""))
 print()
 print("ratios (streambus / peer, mean of the alternated runs):")
 for (label, server), rs in runs.items():
@@ -119,5 +129,5 @@ for (label, server), rs in runs.items():
     ours = runs[(label, "streambus")]
     r_rate = mean([r["msgs_per_sec"] for r in ours]) / mean([r["msgs_per_sec"] for r in rs])
     r_rss = max(r.get("server_peak_rss_bytes", 0) for r in ours) / max(1, max(r.get("server_peak_rss_bytes", 0) for r in rs))
-    print(f"  {label:<20} vs {server:<8} throughput {r_rate:5.2f}x   peak RSS {r_rss:5.2f}x")
+    print(f"  {label:<24} vs {server:<9} throughput {r_rate:5.2f}x   peak RSS {r_rss:5.2f}x")
 PY

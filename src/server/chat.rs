@@ -334,7 +334,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "no credit left");
         credits.give_back();
-        tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
         for _ in 0..5 {
             credits.give_back();
         }

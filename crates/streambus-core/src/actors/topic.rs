@@ -259,7 +259,8 @@ impl TopicState {
         let messages = std::mem::take(&mut publish.messages);
         let n = messages.len() as u64;
         let first = self.shared.next_sequence.fetch_add(n, Ordering::AcqRel);
-        let deliveries: Vec<Delivery> = messages
+        // Collected straight into the shared slice: one allocation, no copy.
+        let batch: Arc<[Delivery]> = messages
             .into_iter()
             .zip(first..)
             .map(|(m, sequence)| {
@@ -288,7 +289,6 @@ impl TopicState {
         self.shared
             .last_active_ms
             .store(self.directory.now_ms(), Ordering::Relaxed);
-        let batch: Arc<[Delivery]> = deliveries.into();
         let len = batch.len();
 
         let plain = std::mem::take(&mut self.plain);
