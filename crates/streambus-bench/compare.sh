@@ -72,16 +72,28 @@ run() {
   local target=()
   [ "$server" = nats ] && target=(--target nats)
   $bench "$workload" --addr "127.0.0.1:$port" "${target[@]}" --server-pid "$pid" --json "$@" |
-    python3 -c 'import json,sys; r=json.load(sys.stdin); r["label"]=sys.argv[1]; r["server"]=sys.argv[2]; print(json.dumps(r))' "$label" "$server" \
+    python3 -c 'import json,sys; r=json.load(sys.stdin); r["label"], r["server"], r["pair"], r["subs"] = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]); print(json.dumps(r))' "$label" "$server" "$current_pair" "$(subs_of "$@")" \
       >>"$out/results.jsonl"
   stop
   echo "  $label $server done" >&2
 }
 
+# subs_of ARGS...: the --subs value among a workload's arguments (1 if none).
+subs_of() {
+  local subs=1
+  while [ $# -gt 0 ]; do
+    [ "$1" = --subs ] && subs=$2
+    shift
+  done
+  echo "$subs"
+}
+
 # pair LABEL A B WORKLOAD ARGS...: A B A B.
+current_pair=""
 pair() {
   local label=$1 a=$2 b=$3
   shift 3
+  current_pair="$label: $a vs $b"
   echo "$label: $a vs $b" >&2
   for _ in 1 2; do
     run "$label" "$a" "$@"
@@ -108,26 +120,31 @@ python3 - "$out/results.jsonl" <<'PY'
 import json, sys
 from collections import defaultdict
 runs = defaultdict(list)
+pairs = defaultdict(lambda: defaultdict(list))
 for line in open(sys.argv[1]):
     r = json.loads(line)
     runs[(r["label"], r["server"])].append(r)
+    pairs[r["pair"]][r["server"]].append(r)
 def mean(xs): return sum(xs) / len(xs)
-print(f"{'workload':<24} {'server':<10} {'msgs/s (runs)':<28} {'p99 µs':>9} {'peak RSS MB':>12} {'delivered':>10}")
+print(f"{'workload':<24} {'server':<10} {'msgs/s (runs)':<36} {'p99 µs':>9} {'peak RSS MB':>12} {'delivered':>10}")
 for (label, server), rs in runs.items():
     rates = [r["msgs_per_sec"] for r in rs]
     rss = [r.get("server_peak_rss_bytes", 0) / 1e6 for r in rs]
     errs = sum(len(r.get("errors", [])) for r in rs)
     shown = " / ".join(f"{x:,.0f}" for x in rates)
-    published = sum(r.get("published_messages", r["messages"]) for r in rs)
-    delivered = f"{100 * sum(r['messages'] for r in rs) / published:.1f}%" if published else "-"
-    print(f"{label:<24} {server:<10} {shown:<28} {mean([r['latency_us']['p99'] for r in rs]):>9.0f} {max(rss):>12.1f} {delivered:>10}" + (f"  errors: {errs}" if errs else ""))
+    # Every subscriber should get every published message.
+    expected = sum(r.get("published_messages", r["messages"]) * r.get("subs", 1) for r in rs)
+    delivered = f"{100 * sum(r['messages'] for r in rs) / expected:.1f}%" if expected else "-"
+    print(f"{label:<24} {server:<10} {shown:<36} {mean([r['latency_us']['p99'] for r in rs]):>9.0f} {max(rss):>12.1f} {delivered:>10}" + (f"  errors: {errs}" if errs else ""))
 print()
-print("ratios (streambus / peer, mean of the alternated runs):")
-for (label, server), rs in runs.items():
-    if server == "streambus":
-        continue
-    ours = runs[(label, "streambus")]
-    r_rate = mean([r["msgs_per_sec"] for r in ours]) / mean([r["msgs_per_sec"] for r in rs])
-    r_rss = max(r.get("server_peak_rss_bytes", 0) for r in ours) / max(1, max(r.get("server_peak_rss_bytes", 0) for r in rs))
-    print(f"  {label:<24} vs {server:<9} throughput {r_rate:5.2f}x   peak RSS {r_rss:5.2f}x")
+print("ratios (streambus / peer, mean of the runs alternated with that peer):")
+for pair, by_server in pairs.items():
+    ours = by_server.get("streambus", [])
+    for server, rs in by_server.items():
+        if server == "streambus" or not ours:
+            continue
+        r_rate = mean([r["msgs_per_sec"] for r in ours]) / mean([r["msgs_per_sec"] for r in rs])
+        r_rss = max(r.get("server_peak_rss_bytes", 0) for r in ours) / max(1, max(r.get("server_peak_rss_bytes", 0) for r in rs))
+        label = ours[0]["label"]
+        print(f"  {label:<24} vs {server:<9} throughput {r_rate:5.2f}x   peak RSS {r_rss:5.2f}x")
 PY
