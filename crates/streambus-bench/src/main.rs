@@ -8,6 +8,7 @@
 //! streambus-bench pubsub --pubs 1 --subs 10 --embedded --duration 5        # fan-out, in-process
 //! streambus-bench pubsub --target nats --addr 127.0.0.1:4222 --pubs 10 --subs 1 --duration 10
 //! streambus-bench baseline-server --addr 127.0.0.1:50052
+//! streambus-bench baseline-server --addr 127.0.0.1:50052 --bus-transport   # the bus's HTTP/2 settings
 //! ```
 
 use std::path::PathBuf;
