@@ -2,17 +2,50 @@
 
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use harness::{TestServer, wait_until, within};
+use proxy::Proxy;
 use streambus::proto::stream::Message;
 use streambus::proto::stream::chat_service_client::ChatServiceClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Opens a chat stream on `channel`: the sender of its messages and its echoes.
+async fn open_chat(channel: Channel, buffer: usize) -> (mpsc::Sender<Message>, tonic::Streaming<Message>) {
+    let (tx, rx) = mpsc::channel(buffer);
+    let echoes = ChatServiceClient::new(channel)
+        .bidirectional_chat(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, echoes)
+}
+
+/// Sends `n` numbered messages of 1005 bytes ("00042xxx…") in a task, until done or the
+/// stream is gone; the task returns how many it sent.
+fn flood(tx: mpsc::Sender<Message>, n: usize) -> tokio::task::JoinHandle<usize> {
+    let padding = "x".repeat(1000);
+    tokio::spawn(async move {
+        for i in 0..n {
+            let message = Message {
+                content: format!("{i:05}{padding}"),
+                timestamp: 0,
+            };
+            if tx.send(message).await.is_err() {
+                return i;
+            }
+        }
+        n
+    })
 }
 
 /// Each message is answered with "echo: " + content and the server's unix time in
@@ -60,13 +93,7 @@ async fn each_stream_is_a_session() {
     let channel = server.channel().await;
     let mut streams = Vec::new();
     for i in 0..10 {
-        let mut client = ChatServiceClient::new(channel.clone());
-        let (tx, rx) = mpsc::channel(16);
-        let echoes = client
-            .bidirectional_chat(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, echoes) = open_chat(channel.clone(), 16).await;
         streams.push((i, tx, echoes));
     }
     wait_until("ten chat sessions", || async {
@@ -106,30 +133,14 @@ async fn each_stream_is_a_session() {
 }
 
 /// A client that sends far more than the server buffers before reading anything loses
-/// nothing: the stream is held back (buffer, topic admission, HTTP/2 windows) and every
-/// echo arrives, in order, once the client reads.
+/// nothing: the stream is held back (the stream's echo credits, HTTP/2 windows) and
+/// every echo arrives, in order, once the client reads.
 #[tokio::test]
 async fn a_client_that_does_not_read_is_held_back_and_loses_nothing() {
     const MESSAGES: usize = 20_000;
     let server = TestServer::start().await;
-    let mut client = ChatServiceClient::new(server.channel().await);
-    let (tx, rx) = mpsc::channel(64);
-    let mut echoes = client
-        .bidirectional_chat(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let padding = "x".repeat(1000);
-    let sender = tokio::spawn(async move {
-        for n in 0..MESSAGES {
-            tx.send(Message {
-                content: format!("{n:05}{padding}"),
-                timestamp: 0,
-            })
-            .await
-            .unwrap();
-        }
-    });
+    let (tx, mut echoes) = open_chat(server.channel().await, 64).await;
+    let sender = flood(tx, MESSAGES);
     // 20 MB cannot all be in flight: the sender is held back while nobody reads.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!sender.is_finished(), "nothing held the sender back");
@@ -139,7 +150,7 @@ async fn a_client_that_does_not_read_is_held_back_and_loses_nothing() {
         n += 1;
     }
     assert_eq!(n, MESSAGES);
-    sender.await.unwrap();
+    assert_eq!(sender.await.unwrap(), MESSAGES);
 }
 
 /// A server shutting down ends an open chat stream with UNAVAILABLE after the echoes of
@@ -171,4 +182,59 @@ async fn shutdown_ends_a_chat_stream_with_unavailable() {
     within("shutdown", shutdown).await.unwrap();
     assert!(matches!(bus.snapshot().await, Err(streambus::BusError::Closed)));
     drop(tx);
+}
+
+/// A client held back because it does not read, whose connection then drops, leaves
+/// nothing behind: its session closes and every task of its stream ends (the reader,
+/// waiting for echo credits that will never come back, is let go).
+#[tokio::test]
+async fn a_held_back_client_whose_connection_drops_leaves_nothing() {
+    let mut config = streambus::BusConfig::default();
+    // The chat topic's actor is reaped soon after it goes idle, so that the task count
+    // can come back to where it was.
+    config.topics.idle_timeout_ms = 50;
+    // The server gets a runtime of its own, so that its task count is its alone.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_runtime.spawn(TestServer::start_with(config)).await.unwrap();
+    let tasks = || server_runtime.metrics().num_alive_tasks();
+    let before = tasks();
+
+    let target: std::net::SocketAddr = server.url().trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    // A small receive window: the server can hand few echoes to the transport, so its
+    // reader runs out of echo credits long before the client runs out of sending.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let (tx, _echoes) = open_chat(channel, 64).await;
+    let sender = flood(tx, 20_000);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!sender.is_finished(), "nothing held the sender back");
+    assert!(tasks() > before, "the stream runs tasks on the server");
+    sender.abort();
+
+    proxy.stop();
+    wait_until("no session left", || async {
+        let snapshot = server.snapshot().await;
+        snapshot.sessions.is_empty() && snapshot.session_manager.sessions == 0
+    })
+    .await;
+    wait_until("its topic reaped", || async {
+        server.snapshot().await.topics.is_empty()
+    })
+    .await;
+    wait_until("every task of the stream gone", || async { tasks() <= before }).await;
+    // And it stays so: nothing left waiting wakes up later.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(tasks() <= before, "{} tasks left, {before} before", tasks());
+    drop(server);
+    server_runtime.shutdown_background();
 }

@@ -23,7 +23,7 @@
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -130,23 +130,36 @@ async fn read(
     // version check (one atomic load) tells whether the stop came, without taking the
     // signal's lock, which every stream shares, for each message.
     let stopped = poll_fn(|cx| Poll::Ready(stopping.as_mut().poll(cx).is_ready())).await;
+    let stopping = || !matches!(stop.has_changed(), Ok(false));
+    let shutting_down = || Some(Status::unavailable("server shutting down"));
     let status = if stopped {
-        Some(Status::unavailable("server shutting down"))
+        shutting_down()
     } else {
         loop {
             let next = poll_fn(|cx| {
-                if !matches!(stop.has_changed(), Ok(false)) {
+                if stopping() {
                     return Poll::Ready(None);
                 }
                 Pin::new(&mut inbound).poll_next(cx).map(Some)
             })
             .await;
             match next {
-                None => {
-                    break Some(Status::unavailable("server shutting down"));
-                }
+                None => break shutting_down(),
                 Some(Some(Ok(message))) => {
-                    credits.take().await;
+                    // A client that does not read its echoes is held here.
+                    let credit = poll_fn(|cx| {
+                        if stopping() {
+                            return Poll::Ready(None);
+                        }
+                        credits.poll_take(cx).map(Some)
+                    })
+                    .await;
+                    match credit {
+                        None => break shutting_down(),
+                        // The response is gone, and the client with it.
+                        Some(false) => break None,
+                        Some(true) => {}
+                    }
                     if let Err(e) = session
                         .publish_message(Message::new(topic.clone(), message.content))
                         .await
@@ -176,6 +189,8 @@ struct Credits {
     capacity: usize,
     /// The reader, when it waits for a credit.
     reader: AtomicWaker,
+    /// Set when the response is dropped.
+    closed: AtomicBool,
 }
 
 impl Credits {
@@ -184,24 +199,35 @@ impl Credits {
             available: AtomicUsize::new(n),
             capacity: n,
             reader: AtomicWaker::new(),
+            closed: AtomicBool::new(false),
         }
     }
 
-    /// Takes one credit, waiting until there is one.
-    async fn take(&self) {
-        poll_fn(|cx| {
-            if self.try_take() {
-                return Poll::Ready(());
-            }
-            self.reader.register(cx.waker());
-            // A credit returned between the check and the registration is seen here.
-            if self.try_take() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
+    /// Takes one credit: `Ready(true)`, or `Ready(false)` once the response is gone
+    /// (no credit will come back), or `Pending` until one is given back.
+    fn poll_take(&self, cx: &mut TaskContext<'_>) -> Poll<bool> {
+        if self.try_take() {
+            return Poll::Ready(true);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Poll::Ready(false);
+        }
+        self.reader.register(cx.waker());
+        // A credit returned (or the close) between the check and the registration is
+        // seen here.
+        if self.try_take() {
+            Poll::Ready(true)
+        } else if self.closed.load(Ordering::Acquire) {
+            Poll::Ready(false)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// The response is gone: a waiting reader stops waiting.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.reader.wake();
     }
 
     fn try_take(&self) -> bool {
@@ -281,6 +307,7 @@ impl Drop for ChatStream {
     /// The client went away, or the server dropped the stream: the session closes, which
     /// also ends the reader.
     fn drop(&mut self) {
+        self.credits.close();
         if self.ended || !self.session.is_open() {
             return;
         }
@@ -320,29 +347,39 @@ mod tests {
 
     use super::*;
 
-    /// Credits run out, a waiting reader is woken by the first one given back, and
-    /// giving back more than was taken never raises the bound.
+    /// Credits run out, a waiting reader is woken by the first one given back, giving
+    /// back more than was taken never raises the bound, and closing lets a waiter go.
     #[tokio::test]
     async fn credits_bound_the_reader() {
         let credits = Arc::new(Credits::new(2));
-        credits.take().await;
-        credits.take().await;
-        let waiting = tokio::spawn({
-            let credits = credits.clone();
-            async move { credits.take().await }
-        });
+        let take = |credits: Arc<Credits>| async move { poll_fn(|cx| credits.poll_take(cx)).await };
+        assert!(take(credits.clone()).await && take(credits.clone()).await);
+        let waiting = tokio::spawn(take(credits.clone()));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "no credit left");
         credits.give_back();
-        tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .unwrap()
+                .unwrap()
+        );
         for _ in 0..5 {
             credits.give_back();
         }
         assert!(credits.try_take() && credits.try_take());
         assert!(!credits.try_take(), "never more than the capacity");
+        // Closed (the response is gone): a waiting reader is let go, with no credit.
+        let waiting = tokio::spawn(take(credits.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        credits.close();
+        assert!(
+            !tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .unwrap()
+                .unwrap()
+        );
     }
 
     /// The echo is the article's: the prefix, then the content; bytes that are not UTF-8
