@@ -33,6 +33,8 @@ mod pump;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use streambus_core::{Bus, BusConfig};
@@ -104,15 +106,52 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    /// Resolves when the server is shutting down.
-    pub(crate) async fn stopping(&self) {
+    /// Resolves when the server is shutting down. Keep one across a stream's loop
+    /// rather than making one per message: see [`Stopping`].
+    pub(crate) fn stopping(&self) -> Stopping {
         let mut stop = self.stop.clone();
-        let _ = stop.wait_for(|stopping| *stopping).await;
+        let seen = self.stop.clone();
+        Stopping {
+            seen,
+            wait: Box::pin(async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            }),
+            waker: None,
+        }
     }
 
     /// How long a stream's drain may take.
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.bus.config().shutdown.drain_timeout_ms)
+    }
+}
+
+/// The server's stop signal as a future that is cheap to poll again and again.
+///
+/// Waiting on the signal registers the task's waker under a lock that every stream
+/// shares; polled once per message, that lock would be taken once per message. This
+/// future polls the wait only when the signal has changed (one atomic load tells) or
+/// when it is polled by another task than the one registered: the registration stays in
+/// place between polls, so the stop still wakes an idle stream.
+pub(crate) struct Stopping {
+    /// Tells, with one atomic load, whether the signal changed since the start.
+    seen: watch::Receiver<bool>,
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The waker `wait` was last polled with.
+    waker: Option<Waker>,
+}
+
+impl Future for Stopping {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if registered && matches!(this.seen.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        this.waker = Some(cx.waker().clone());
+        this.wait.as_mut().poll(cx)
     }
 }
 

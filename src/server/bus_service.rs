@@ -2,7 +2,7 @@
 //! three conveniences, `Publish` (unary), `Subscribe` (server streaming) and
 //! `PublishStream` (client streaming).
 
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 
 use futures::Stream;
 use streambus_core::{BusError, ConnectOptions, SessionHandle};
@@ -115,9 +115,10 @@ impl pb::bus_server::Bus for BusService {
         let mut inbound = request.into_inner();
         let session = self.open_session("publish-stream").await?;
         let mut accepted = 0;
+        let mut stopping = pin!(self.context.stopping());
         let result = loop {
             let batch = tokio::select! {
-                () = self.context.stopping() => break Err(Status::unavailable("server shutting down")),
+                () = &mut stopping => break Err(Status::unavailable("server shutting down")),
                 batch = inbound.message() => batch,
             };
             match batch {

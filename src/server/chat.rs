@@ -124,52 +124,43 @@ async fn read(
     credits: Arc<Credits>,
     failure: oneshot::Sender<Status>,
 ) {
-    let stop = context.stop.clone();
+    // Made once for the stream, not once per message (see `Stopping`).
     let mut stopping = pin!(context.stopping());
-    // Polled once, the stop future keeps this task's waker registered; after that a
-    // version check (one atomic load) tells whether the stop came, without taking the
-    // signal's lock, which every stream shares, for each message.
-    let stopped = poll_fn(|cx| Poll::Ready(stopping.as_mut().poll(cx).is_ready())).await;
-    let stopping = || !matches!(stop.has_changed(), Ok(false));
     let shutting_down = || Some(Status::unavailable("server shutting down"));
-    let status = if stopped {
-        shutting_down()
-    } else {
-        loop {
-            let next = poll_fn(|cx| {
-                if stopping() {
-                    return Poll::Ready(None);
-                }
-                Pin::new(&mut inbound).poll_next(cx).map(Some)
-            })
-            .await;
-            match next {
-                None => break shutting_down(),
-                Some(Some(Ok(message))) => {
-                    // A client that does not read its echoes is held here.
-                    let credit = poll_fn(|cx| {
-                        if stopping() {
-                            return Poll::Ready(None);
-                        }
-                        credits.poll_take(cx).map(Some)
-                    })
-                    .await;
-                    match credit {
-                        None => break shutting_down(),
-                        // The response is gone, and the client with it.
-                        Some(false) => break None,
-                        Some(true) => {}
-                    }
-                    if let Err(e) = session
-                        .publish_message(Message::new(topic.clone(), message.content))
-                        .await
-                    {
-                        break Some(convert::status(&e));
-                    }
-                }
-                Some(Some(Err(status))) => break Some(status),
-                Some(None) => break None,
+    let status = loop {
+        let next = poll_fn(|cx| {
+            if stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
             }
+            Pin::new(&mut inbound).poll_next(cx).map(Some)
+        })
+        .await;
+        match next {
+            None => break shutting_down(),
+            Some(Some(Ok(message))) => {
+                // A client that does not read its echoes is held here.
+                let credit = poll_fn(|cx| {
+                    if stopping.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    credits.poll_take(cx).map(Some)
+                })
+                .await;
+                match credit {
+                    None => break shutting_down(),
+                    // The response is gone, and the client with it.
+                    Some(false) => break None,
+                    Some(true) => {}
+                }
+                if let Err(e) = session
+                    .publish_message(Message::new(topic.clone(), message.content))
+                    .await
+                {
+                    break Some(convert::status(&e));
+                }
+            }
+            Some(Some(Err(status))) => break Some(status),
+            Some(None) => break None,
         }
     };
     // Graceful: everything published is echoed before the stream ends.

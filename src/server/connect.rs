@@ -25,6 +25,7 @@
 //! and the stream stays open.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::time::Duration;
 
 use streambus_core::{BusError, ConnectOptions, SessionHandle, SubscriptionId};
@@ -153,10 +154,12 @@ impl Connection {
         let mut deadline = Instant::now() + idle.unwrap_or(far_future);
         let out = self.out.clone();
         let context = self.context.clone();
+        // Made once for the stream, not once per frame (see `Stopping`).
+        let mut stopping = pin!(context.stopping());
         let end = loop {
             let frame = tokio::select! {
                 biased;
-                () = context.stopping() => break End::Status(Status::unavailable("server shutting down")),
+                () = &mut stopping => break End::Status(Status::unavailable("server shutting down")),
                 () = out.closed() => break End::ClientGone,
                 () = tokio::time::sleep_until(deadline) => {
                     break End::Status(Status::unavailable(format!(
