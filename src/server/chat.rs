@@ -7,8 +7,8 @@
 //! and timestamp = now in unix seconds, exactly as the article's Go server does. The
 //! echoes therefore travel the bus's real hot path (session, topic actor, admission,
 //! subscriber buffer), in order, with end-to-end backpressure: a client that stops
-//! reading fills the buffer, which holds the topic, which holds the reader, which
-//! stops reading the client.
+//! reading stops taking echoes, its stream's echo credits run out, the reader stops
+//! reading the client, and HTTP/2 flow control makes the client's sends wait.
 //!
 //! A light reader task publishes what the client sends; the response body itself, a
 //! [`ChatStream`], takes the echoes from the subscription. No task or channel stands
