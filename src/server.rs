@@ -63,7 +63,8 @@ pub fn max_frame_bytes(limits: &LimitsConfig) -> usize {
 }
 
 /// The HTTP/2 settings [`serve`] uses, for any tonic server that should be compared
-/// like for like with it (the bench's baseline server takes them with `--bus-transport`).
+/// like for like with it (the bench's baseline server takes them, with [`tcp_incoming`],
+/// under `--bus-transport`).
 ///
 /// - Windows hold one whole frame per stream: with the 64 KiB default a 1 MiB publish
 ///   batch would take 16 WINDOW_UPDATE round trips. The window is also what a stream may
@@ -78,6 +79,17 @@ pub fn http2_settings(server: Server, config: &BusConfig) -> Server {
         .initial_connection_window_size(stream_window.saturating_mul(4))
         .http2_keepalive_interval(keepalive(config.grpc.keepalive_interval_ms))
         .http2_keepalive_timeout(keepalive(config.grpc.keepalive_timeout_ms))
+}
+
+/// The accepted sockets as [`serve`] sets them up: `TCP_NODELAY` and TCP keepalive
+/// (`grpc.keepalive_interval_ms`). The builder's TCP options do not reach sockets from a
+/// given listener, hence this. Without `TCP_NODELAY`, Nagle's algorithm holds small
+/// frames (acks, window updates) back against the peer's delayed ACKs and caps a stream
+/// near 17 MB/s.
+pub fn tcp_incoming(listener: TcpListener, config: &BusConfig) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_millis(config.grpc.keepalive_interval_ms)))
 }
 
 /// Why the server stopped with an error.
@@ -199,12 +211,7 @@ pub async fn serve(bus: Bus, listener: TcpListener, signal: impl Future<Output =
         let _ = stop_tx.send(true);
         let _ = fired_tx.send(());
     };
-    // The builder's TCP options do not reach sockets from a given listener: set them
-    // here. Without TCP_NODELAY, Nagle's algorithm holds small frames (acks, window
-    // updates) back against the peer's delayed ACKs and caps a stream near 17 MB/s.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_millis(config.grpc.keepalive_interval_ms)));
+    let incoming = tcp_incoming(listener, &config);
     let served = http2_settings(Server::builder(), &config)
         .add_service(health_service)
         .add_service(reflection_v1)

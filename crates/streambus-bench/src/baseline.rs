@@ -4,7 +4,7 @@
 //! timestamp = now in unix seconds), straight from the stream handler.
 
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 use streambus::proto::stream::Message;
@@ -41,17 +41,15 @@ impl ChatService for BaselineChat {
 /// keepalive, see [`streambus::server::http2_settings`]) so that a comparison measures
 /// the bus's actors and nothing else.
 pub async fn serve(listener: TcpListener, bus_transport: bool) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let builder = tonic::transport::Server::builder();
     let (incoming, mut builder) = if bus_transport {
         let config = streambus::BusConfig::default();
-        let keepalive = Duration::from_millis(config.grpc.keepalive_interval_ms);
         (
-            incoming.with_keepalive(Some(keepalive)),
+            streambus::server::tcp_incoming(listener, &config),
             streambus::server::http2_settings(builder, &config),
         )
     } else {
-        (incoming, builder)
+        (TcpIncoming::from(listener).with_nodelay(Some(true)), builder)
     };
     builder
         .add_service(ChatServiceServer::new(BaselineChat))
