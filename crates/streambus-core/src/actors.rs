@@ -1,12 +1,18 @@
-//! Every actor of the bus, one per file.
+//! The session and topic actors, one per file; the sink actors live with the rest of
+//! the sink runtime in [`crate::sinks`].
+//!
+//! The whole supervision tree:
 //!
 //! ```text
-//! Bus (handle; owns the two roots and the one shutdown path)
+//! Bus (handle; owns the three roots and the one shutdown path)
 //! ├── SessionManager ──► Session ×N     one per client connection (in-process or gRPC);
-//! │                                       owns its subscriptions and per-session limits
-//! └── TopicSupervisor ──► Topic ×M      one per concrete topic; started on first publish,
-//!                                         restarted after a panic, reaped when idle;
-//!                                         the supervisor owns the subscription index
+//! │                                       owns its subscriptions and per-session limits;
+//! │                                       a failed session is removed, never restarted
+//! ├── TopicSupervisor ──► Topic ×M      one per concrete topic; started on first publish,
+//! │                                       restarted at once after a panic, reaped when
+//! │                                       idle; the supervisor owns the subscription index
+//! └── SinkSupervisor ──► Sink ×K        one per configured sink (crate::sinks); restarted
+//!                                         with backoff, quarantined past its budget
 //! ```
 //!
 //! Hot path: a [`crate::SessionHandle`] publishes straight to the topic actor (through
@@ -20,7 +26,5 @@
 
 pub(crate) mod session;
 pub(crate) mod session_manager;
-pub(crate) mod sink;
-pub(crate) mod sink_supervisor;
 pub(crate) mod topic;
 pub(crate) mod topic_supervisor;

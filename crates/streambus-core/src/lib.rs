@@ -7,12 +7,17 @@
 //! behave identically.
 //!
 //! Modules:
-//! - [`bus`]: the [`Bus`] and [`SessionHandle`] API, snapshots, shutdown.
+//! - [`bus`]: the [`Bus`]: start, snapshots, the one shutdown path.
+//! - [`session_handle`]: [`SessionHandle`], a client's publish and subscribe API, and
+//!   [`DurableAck`].
 //! - [`subscription`]: [`Subscription`], a stream of events, and its batch API.
 //! - `actors`: the actor tree (session manager, sessions, topic supervisor, topics).
-//! - `directory`: how a publisher finds a topic actor; `admission`: topic mailbox
-//!   bounds; `queue`: subscriber buffers and overflow policies; `index`: the
-//!   subscription index (exact map and wildcard trie).
+//! - [`sinks`]: the sink runtime (intake, worker, sink actors and their supervisor,
+//!   start-up) and its snapshots.
+//! - `router`: the publish path shared by every session handle; `directory`: how a
+//!   publisher finds a topic actor; `admission`: topic mailbox bounds; `queue`:
+//!   subscriber buffers and overflow policies; `index`: the subscription index (exact
+//!   map and wildcard trie); `receipt`: durable acknowledgements.
 //! - [`error`]: the one error type, [`BusError`].
 
 mod actors;
@@ -23,6 +28,8 @@ pub mod error;
 mod index;
 mod queue;
 mod receipt;
+mod router;
+pub mod session_handle;
 pub mod sinks;
 pub mod subscription;
 
@@ -30,9 +37,10 @@ pub use actors::session::{SessionId, SessionSnapshot};
 pub use actors::session_manager::SessionManagerSnapshot;
 pub use actors::topic::TopicSnapshot;
 pub use actors::topic_supervisor::TopicSupervisorSnapshot;
-pub use bus::{Bus, BusSnapshot, ConnectOptions, DurableAck, SessionHandle};
+pub use bus::{Bus, BusSnapshot, ConnectOptions};
 pub use error::BusError;
 pub use queue::{DeliveryRun, QueueSnapshot};
+pub use session_handle::{DurableAck, SessionHandle};
 pub use sinks::{SinkSnapshot, SinkStatus};
 pub use streambus_sinks as sink;
 pub use streambus_types::{

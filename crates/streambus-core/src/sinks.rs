@@ -23,12 +23,104 @@
 //!   isolated (by index, or by splitting the batch) and published to `$dlq.<name>` with
 //!   the reason while the rest lands, then acknowledged. The batch being written is kept
 //!   in the sink's shared state, so the next incarnation writes it first.
-//! - the `Sink` and `SinkSupervisor` actors (in `actors`): restarts with backoff after a
-//!   panic or fatal error, quarantine past the restart budget (the sink's traffic then
-//!   goes to its dead-letter topic), snapshots.
+//! - `actor` and `supervisor`: the `Sink` actor runs one incarnation's worker; the
+//!   `SinkSupervisor` restarts a failed one with backoff after a panic or fatal error,
+//!   quarantines it past the restart budget (its traffic then goes to its dead-letter
+//!   topic), and answers snapshots.
+//! - `start`: checks every entry before the bus starts, then opens each sink's source
+//!   and subscriptions, makes its shared state (`shared`) and spawns its intake.
+//!
+//! The bus holds the runtime through [`SinkRuntime`], a handle on the supervisor; the
+//! runtime publishes dead letters through a [`crate::SessionHandle`] it is given, so
+//! nothing here reaches back into the bus.
+//!
+//! ## Supervision
+//!
+//! ```text
+//! SinkSupervisor ──► Sink ×K     restarted with backoff; quarantined past its budget
+//! (intake ×K: plain tasks, one per sink, outliving every incarnation)
+//! ```
 
-pub(crate) mod intake;
-pub(crate) mod shared;
-pub(crate) mod worker;
+mod actor;
+mod intake;
+mod shared;
+mod start;
+mod supervisor;
+mod worker;
+
+use std::time::Duration;
+
+use ractor::ActorRef;
 
 pub use shared::{SinkSnapshot, SinkStatus};
+pub(crate) use start::{PreparedSink, prepare};
+use supervisor::SinkSupervisorMessage;
+
+use crate::error::{BusError, answered};
+use crate::session_handle::SessionHandle;
+
+/// How long the supervisor gets to answer an `Observe`.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The running sink runtime: a handle on its supervisor.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkRuntime {
+    /// The sink supervisor. Calls only (observe, drain); stopped by [`Self::shutdown`].
+    /// Dropping the handle stops nothing.
+    supervisor: ActorRef<SinkSupervisorMessage>,
+}
+
+impl SinkRuntime {
+    /// Starts the sinks of `config` that [`prepare`] checked, subscribing and publishing
+    /// dead letters through `session`.
+    pub(crate) async fn start(
+        config: &streambus_types::BusConfig,
+        prepared: Vec<PreparedSink>,
+        session: SessionHandle,
+    ) -> Result<SinkRuntime, BusError> {
+        let supervisor = start::start(config, prepared, session).await?;
+        Ok(SinkRuntime { supervisor })
+    }
+
+    /// Every sink's snapshot, in name order.
+    pub(crate) async fn snapshots(&self) -> Result<Vec<SinkSnapshot>, BusError> {
+        answered(
+            self.supervisor
+                .call(SinkSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT))
+                .await,
+        )
+    }
+
+    /// Waits (up to `timeout`) for every sink to write what its source holds and stop,
+    /// then stops the supervisor. The sinks' subscriptions must be closed first (that
+    /// ends their sources). Whatever is left is named, sink by sink: kept on disk for
+    /// the next start (WARN) or lost (ERROR).
+    pub(crate) async fn shutdown(&self, timeout: Duration) {
+        let drained = matches!(
+            self.supervisor.call(SinkSupervisorMessage::Drain, Some(timeout)).await,
+            Ok(ractor::rpc::CallResult::Success(()))
+        );
+        if !drained {
+            for s in self
+                .snapshots()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| s.pending > 0)
+            {
+                match &s.buffer {
+                    Some(_) => {
+                        tracing::warn!(sink = %s.name, records = s.pending, "sink did not drain in time; its records stay in its disk buffer for the next start")
+                    }
+                    None => {
+                        tracing::error!(sink = %s.name, records = s.pending, error = ?s.last_error, "sink did not drain in time; its buffered records are lost")
+                    }
+                }
+            }
+        }
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(timeout))
+            .await;
+    }
+}

@@ -54,12 +54,10 @@ use tokio::sync::Notify;
 
 use crate::record::Record;
 
-/// Format version written in every frame.
-const VERSION: u8 = 1;
-/// Length, CRC and version.
-const HEADER: usize = 9;
-/// Larger frames are taken as corruption (the bus's message limit is far below).
-const MAX_FRAME: usize = 256 * 1024 * 1024;
+mod frame;
+
+use frame::{HEADER, Scan, VERSION, decode_record, encode_frame, scan};
+
 /// Most bytes read from a segment at once (more when one frame is larger).
 const READ_CHUNK: usize = 4 * 1024 * 1024;
 const ACK_FILE: &str = "ack";
@@ -160,88 +158,6 @@ pub struct Appended {
     pub written: usize,
     /// Records refused because the buffer was full (`drop_newest` only).
     pub dropped: usize,
-}
-
-/// What scanning the start of a byte slice found.
-#[derive(Debug, PartialEq, Eq)]
-enum Scan<'a> {
-    /// A valid frame: its record id, its record bytes, its whole length.
-    Frame { id: u64, body: &'a [u8], len: usize },
-    /// A complete, checksummed frame of another format version.
-    Version(u8),
-    /// Not a valid frame: skip this many bytes to the next valid frame (or the end).
-    Corrupt(usize),
-    /// The frame is not complete in this slice.
-    Incomplete,
-}
-
-fn frame_at(buf: &[u8]) -> Option<(u32, u8, &[u8])> {
-    let len = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
-    if !(8..=MAX_FRAME).contains(&len) {
-        return None;
-    }
-    let checked = buf.get(8..HEADER + len)?;
-    (crc32fast::hash(checked) == crc).then(|| (crc, checked[0], &checked[1..]))
-}
-
-fn scan(buf: &[u8]) -> Scan<'_> {
-    if buf.len() < HEADER {
-        return Scan::Incomplete;
-    }
-    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-    let plausible = (8..=MAX_FRAME).contains(&len) && buf[8] == VERSION;
-    if plausible && buf.len() < HEADER + len {
-        // A frame cut by the end of what is written, or a damaged length: only a valid
-        // frame further on tells the two apart.
-        return match (1..buf.len()).find(|&k| frame_at(&buf[k..]).is_some()) {
-            Some(skip) => Scan::Corrupt(skip),
-            None => Scan::Incomplete,
-        };
-    }
-    if let Some((_, version, body)) = frame_at(buf) {
-        if version != VERSION {
-            return Scan::Version(version);
-        }
-        let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-        return Scan::Frame {
-            id,
-            body: &body[8..],
-            len: HEADER + len,
-        };
-    }
-    // A flipped byte in the body: the length is right if a valid frame (or the end)
-    // follows. Otherwise the length itself is damaged: search for the next frame.
-    if plausible {
-        let next = HEADER + len;
-        if next == buf.len() || frame_at(&buf[next..]).is_some() {
-            return Scan::Corrupt(next);
-        }
-    }
-    let skip = (1..buf.len())
-        .find(|&k| frame_at(&buf[k..]).is_some())
-        .unwrap_or(buf.len());
-    Scan::Corrupt(skip)
-}
-
-fn encode_frame(id: u64, record: &Record, out: &mut Vec<u8>) -> Result<(), BufferError> {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER]);
-    out[start + 8] = VERSION;
-    out.extend_from_slice(&id.to_le_bytes());
-    bincode::serde::encode_into_std_write(record, out, bincode::config::standard())
-        .map_err(|e| BufferError::Encode(e.to_string()))?;
-    let len = (out.len() - start - HEADER) as u32;
-    let crc = crc32fast::hash(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
-}
-
-fn decode_record(body: &[u8]) -> Option<Record> {
-    bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .ok()
-        .map(|(r, _)| r)
 }
 
 #[derive(Debug)]
@@ -430,7 +346,7 @@ impl Disk {
             let mut n = 0;
             for r in &records[written..] {
                 let before = out.len();
-                encode_frame(self.next_id + n as u64, r, &mut out)?;
+                encode_frame(self.next_id + n as u64, r, &mut out).map_err(|e| BufferError::Encode(e.to_string()))?;
                 let total = self.stats.bytes + out.len() as u64;
                 let empty = self.stats.unacked_records == 0 && n == 0;
                 if total > self.opts.max_bytes && !empty {
@@ -716,34 +632,6 @@ mod tests {
             .collect();
         v.sort();
         v
-    }
-
-    /// Frames round-trip; a flipped body byte and a damaged length are both skipped to
-    /// the next frame; a cut frame is incomplete.
-    #[test]
-    fn frame_scanning() {
-        let mut buf = Vec::new();
-        for i in 1..=3 {
-            encode_frame(i, &record(i), &mut buf).unwrap();
-        }
-        let Scan::Frame { id, body, len } = scan(&buf) else {
-            panic!("no frame")
-        };
-        assert_eq!((id, decode_record(body).unwrap()), (1, record(1)));
-        let second = len;
-        let mut flipped = buf.clone();
-        flipped[HEADER + 10] ^= 0xff;
-        assert_eq!(scan(&flipped), Scan::Corrupt(second));
-        let mut bad_len = buf.clone();
-        bad_len[1] ^= 0x40;
-        assert_eq!(scan(&bad_len), Scan::Corrupt(second));
-        assert_eq!(scan(&buf[..second - 1]), Scan::Incomplete);
-        let mut future = Vec::new();
-        encode_frame(9, &record(9), &mut future).unwrap();
-        future[8] = 2;
-        let crc = crc32fast::hash(&future[8..]);
-        future[4..8].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(scan(&future), Scan::Version(2));
     }
 
     /// Records come back in order across segments; acknowledged ones are never read

@@ -7,7 +7,8 @@
 //! a sink is testable with a plain `#[tokio::test]`.
 //!
 //! Modules:
-//! - [`sink`]: the [`Sink`] trait and its [`SinkError`] (retryable, fatal, poison record).
+//! - [`sink`]: the [`Sink`] trait, its [`SinkError`] (retryable, fatal, poison record),
+//!   and how a sink is built from its config entry ([`SinkSpec`], [`SinkFactory`]).
 //! - [`record`]: [`Record`], what a sink receives, and its message id.
 //! - [`registry`]: [`SinkRegistry`], sink types by name, for `[[sinks]]` config entries.
 //! - [`buffer`]: [`DurableBuffer`], segment files of CRC-framed bincode records with
@@ -32,8 +33,8 @@ pub mod testsuite;
 
 pub use buffer::{BufferError, BufferOptions, BufferSnapshot, DurableBuffer, FsyncPolicy};
 pub use record::{MESSAGE_ID_HEADER, Record};
-pub use registry::{SinkFactory, SinkRegistry, SinkSpec};
-pub use sink::{Sink, SinkError, SinkErrorKind};
+pub use registry::SinkRegistry;
+pub use sink::{Sink, SinkError, SinkErrorKind, SinkFactory, SinkSpec};
 
 /// Re-exported so that sink crates implement [`Sink`] with the same macro.
 pub use async_trait::async_trait;

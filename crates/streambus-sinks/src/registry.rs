@@ -2,7 +2,7 @@
 //!
 //! Each `[[sinks]]` entry of the configuration names a `type`; the registry maps that
 //! name to a [`SinkFactory`], which turns the entry's type-specific fields (a
-//! [`SinkSpec`]) into a fresh sink. The runtime calls the factory once at start-up to
+//! [`crate::SinkSpec`]) into a fresh sink. The runtime calls the factory once at start-up to
 //! validate the entry, and again for every restart, so an incarnation never inherits a
 //! broken connection or half-written state from the previous one.
 //!
@@ -12,50 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use streambus_types::ConfigError;
 
-use crate::sink::Sink;
-
-/// Builds a sink from its configuration entry.
-pub type SinkFactory = Arc<dyn Fn(&SinkSpec) -> Result<Box<dyn Sink>, ConfigError> + Send + Sync>;
-
-/// One configured sink, as its factory sees it.
-#[derive(Debug, Clone)]
-pub struct SinkSpec {
-    /// The sink's name (unique in the configuration).
-    pub name: String,
-    /// The fields of the entry that the runtime does not own.
-    pub options: serde_json::Map<String, serde_json::Value>,
-}
-
-impl SinkSpec {
-    /// Parses the type-specific fields into `T`. Errors name the field as
-    /// `sinks.<name>.<field>`; use `#[serde(deny_unknown_fields)]` on `T` so that a
-    /// misspelt field is refused.
-    pub fn options<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        let value = serde_json::Value::Object(self.options.clone());
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError {
-                field: if path == "." {
-                    format!("sinks.{}", self.name)
-                } else {
-                    format!("sinks.{}.{path}", self.name)
-                },
-                reason: e.into_inner().to_string(),
-            }
-        })
-    }
-
-    /// An error about `field` of this sink.
-    pub fn error(&self, field: &str, reason: impl Into<String>) -> ConfigError {
-        ConfigError {
-            field: format!("sinks.{}.{field}", self.name),
-            reason: reason.into(),
-        }
-    }
-}
+use crate::sink::{Sink, SinkFactory, SinkSpec};
 
 /// Sink types by name.
 #[derive(Clone, Default)]

@@ -11,6 +11,13 @@
 //! events, bytes and delay), retries with backoff and jitter, dead-lettering poison
 //! records, restarts after a panic or a fatal error, quarantine, the disk buffer.
 //!
+//! # Construction
+//!
+//! A [`SinkFactory`] turns one `[[sinks]]` entry (its [`SinkSpec`]: the name and the
+//! type-specific fields) into a fresh sink. The runtime calls it once at start-up to
+//! validate the entry and again for every restart; the [`crate::SinkRegistry`] maps type
+//! names to factories.
+//!
 //! # Errors
 //!
 //! A [`SinkError`] says what the runtime should do: [`SinkErrorKind::Retryable`] (the
@@ -27,7 +34,11 @@
 //! store part of a batch before failing will see those records again (deduplicate on
 //! [`crate::Record::message_id`] where that matters).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use streambus_types::ConfigError;
 
 use crate::record::Record;
 
@@ -136,5 +147,45 @@ pub trait Sink: Send + 'static {
     /// Whether the destination is reachable now.
     async fn health(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// Builds a sink from its configuration entry.
+pub type SinkFactory = Arc<dyn Fn(&SinkSpec) -> Result<Box<dyn Sink>, ConfigError> + Send + Sync>;
+
+/// One configured sink, as its factory sees it.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// The sink's name (unique in the configuration).
+    pub name: String,
+    /// The fields of the entry that the runtime does not own.
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SinkSpec {
+    /// Parses the type-specific fields into `T`. Errors name the field as
+    /// `sinks.<name>.<field>`; use `#[serde(deny_unknown_fields)]` on `T` so that a
+    /// misspelt field is refused.
+    pub fn options<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let value = serde_json::Value::Object(self.options.clone());
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError {
+                field: if path == "." {
+                    format!("sinks.{}", self.name)
+                } else {
+                    format!("sinks.{}.{path}", self.name)
+                },
+                reason: e.into_inner().to_string(),
+            }
+        })
+    }
+
+    /// An error about `field` of this sink.
+    pub fn error(&self, field: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: format!("sinks.{}.{field}", self.name),
+            reason: reason.into(),
+        }
     }
 }

@@ -14,8 +14,7 @@ use tokio::io::{AsyncWriteExt, Stdout};
 
 use crate::encode::json_line;
 use crate::record::Record;
-use crate::registry::SinkSpec;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Sink, SinkError, SinkSpec};
 
 /// The `stdout` sink has no options of its own.
 #[derive(Debug, Default, Deserialize)]

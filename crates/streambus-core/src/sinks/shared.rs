@@ -12,8 +12,8 @@ use streambus_sinks::{BufferSnapshot, DurableBuffer, Record};
 use streambus_types::{Message, SinkConfig, Topic};
 use tokio::sync::mpsc;
 
-use crate::bus::SessionHandle;
 use crate::queue::SubscriberQueue;
+use crate::session_handle::SessionHandle;
 
 /// What a sink is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,8 +75,13 @@ pub(crate) enum Source {
 /// The receiving end of a memory sink's intake channel, with what was received beyond
 /// the last batch.
 pub(crate) struct MemorySource {
-    /// From the intake task; capacity [`MEMORY_CHANNEL_CHUNKS`] delivery runs.
+    /// Delivery runs from the intake task, the only sender; capacity
+    /// [`MEMORY_CHANNEL_CHUNKS`]. Only the running worker receives (it holds the
+    /// source's lock while cutting a batch). `None` from `recv`: the intake ended
+    /// (shutdown) and everything it sent has been received.
     pub(crate) rx: mpsc::Receiver<Vec<Record>>,
+    /// Records received beyond the last batch's `batch.max_events`; the next batch
+    /// starts with them. At most one run's worth.
     pub(crate) carry: Vec<Record>,
 }
 
@@ -94,32 +99,78 @@ pub(crate) struct Batch {
     pub(crate) last_id: Option<u64>,
 }
 
-/// One sink's shared state.
+/// One sink's shared state: made once at start-up by [`SinkShared::new`], then held by
+/// its supervisor entry, its intake task, each incarnation's worker, and the quarantine
+/// drain. It outlives every incarnation, which is what lets a restart resume where the
+/// last one stopped.
 pub(crate) struct SinkShared {
+    /// The sink's `[[sinks]]` entry (name, type, batching, retry, restart budget).
     pub(crate) config: SinkConfig,
+    /// `$dlq.<name>`: where poison records and a quarantined sink's traffic are
+    /// published.
     pub(crate) dlq: Topic,
+    /// Where the worker takes records from; the intake is the only writer.
     pub(crate) source: Source,
-    /// The sink's subscription buffers (read for snapshots: their drops and backlog).
+    /// The sink's subscription buffers, read for snapshots only (their backlog and
+    /// drops); the intake task owns the subscriptions themselves.
     pub(crate) buffers: Vec<Arc<SubscriberQueue>>,
-    /// The batch being written; a new incarnation writes it first.
+    /// The batch being written, taken from the source and not yet acknowledged. A new
+    /// incarnation (or the quarantine drain) writes it before taking anything else, so a
+    /// crash mid-write loses nothing.
     pub(crate) pending: tokio::sync::Mutex<Option<Batch>>,
-    /// Publishes dead letters.
+    /// The bus's `sinks` session, shared by every sink: publishes dead letters. Never
+    /// closed by a sink; the bus closes it at shutdown.
     pub(crate) session: SessionHandle,
+    /// What the sink is doing, for snapshots; written by the worker and the supervisor.
     pub(crate) status: Mutex<SinkStatus>,
+    /// The last failure's message, for snapshots.
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Records written and acknowledged.
     pub(crate) written: AtomicU64,
+    /// Successful batch writes.
     pub(crate) batches: AtomicU64,
+    /// Failed write attempts that were retried.
     pub(crate) retries: AtomicU64,
+    /// Records sent to the dead-letter topic.
     pub(crate) dead_lettered: AtomicU64,
     /// Records lost after the intake took them (disk buffer full or failing, source
     /// gone); drops in the subscription buffers are counted there.
     pub(crate) dropped: AtomicU64,
     /// Records the intake took from the subscription buffers.
     pub(crate) received: AtomicU64,
+    /// Restarts after a panic or a fatal error.
     pub(crate) restarts: AtomicU32,
 }
 
 impl SinkShared {
+    /// The shared state of the sink configured by `config`, reading from `source`, with
+    /// its subscriptions' buffers and the session that publishes its dead letters.
+    pub(crate) fn new(
+        config: SinkConfig,
+        dlq: Topic,
+        source: Source,
+        buffers: Vec<Arc<SubscriberQueue>>,
+        session: SessionHandle,
+    ) -> Arc<Self> {
+        Arc::new(SinkShared {
+            config,
+            dlq,
+            source,
+            buffers,
+            pending: tokio::sync::Mutex::new(None),
+            session,
+            status: Mutex::new(SinkStatus::Starting),
+            last_error: Mutex::new(None),
+            written: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            restarts: AtomicU32::new(0),
+        })
+    }
+
     pub(crate) fn set_status(&self, status: SinkStatus) {
         *self.status.lock() = status;
     }

@@ -10,8 +10,7 @@ use tokio::io::AsyncWriteExt;
 use super::config::FileConfig;
 use crate::encode::json_line;
 use crate::record::Record;
-use crate::registry::SinkSpec;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Sink, SinkError, SinkSpec};
 
 /// Writes records as JSON lines into size-rotated files.
 #[derive(Debug)]

@@ -16,8 +16,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use super::config::{PostgresConfig, valid_identifier};
 use crate::record::Record;
-use crate::registry::SinkSpec;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Sink, SinkError, SinkSpec};
 
 const COLUMNS: &str = "time, topic, sequence, message_id, headers, payload_json, payload_bytes";
 const TYPES: [Type; 7] = [

@@ -14,8 +14,8 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use streambus_sinks::{SinkFactory, SinkSpec};
 
-use crate::sinks::shared::SinkShared;
-use crate::sinks::worker;
+use super::shared::SinkShared;
+use super::worker;
 
 /// What a sink actor is told.
 #[derive(Debug)]

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use streambus_sinks::{SinkFactory, SinkSpec};
 
-use crate::actors::sink::{SinkActor, SinkArgs, SinkMessage};
-use crate::sinks::shared::{SinkShared, SinkSnapshot, SinkStatus};
-use crate::sinks::worker;
+use super::actor::{SinkActor, SinkArgs, SinkMessage};
+use super::shared::{SinkShared, SinkSnapshot, SinkStatus};
+use super::worker;
 
 /// What the sink supervisor is asked to do.
 pub(crate) enum SinkSupervisorMessage {

@@ -1,0 +1,194 @@
+//! The publish path: what every [`crate::SessionHandle`] shares to hand batches to topic
+//! actors, and the checks a batch passes first.
+//!
+//! A [`Router`] is made once by [`crate::Bus::start`] and shared (behind an `Arc`) by
+//! the bus and every session handle. It holds only what publishing needs: the topic
+//! directory, the bus-wide in-flight count that shutdown waits on, the closing flag, and
+//! the size limits. Keeping it apart from the bus's own state means the hot path never
+//! reaches the actor roots, the sink runtime or the configuration as a whole.
+//!
+//! A batch is checked (open, count, sizes), split by topic (keeping each topic's order),
+//! and each topic's part goes through the [`Directory`]: admission permit, then one
+//! actor message. The in-flight guards of the session and of the bus travel inside that
+//! message and are dropped when the topic has fanned the batch out.
+//!
+//! # Invariants
+//!
+//! - Once `closing` is set it is never cleared; every publish checks it first, so after
+//!   [`Router::close`] no new batch enters and `inflight` only falls.
+//! - A batch refused by a check publishes nothing; a batch that runs into a full topic
+//!   under [`Admit::Try`] publishes exactly its admitted prefix and hands back the rest,
+//!   in order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use streambus_types::config::LimitsConfig;
+use streambus_types::{Message, Topic};
+
+use crate::actors::session::SessionShared;
+use crate::admission::Inflight;
+use crate::directory::{Admit, Directory};
+use crate::error::BusError;
+use crate::receipt::ReceiptToken;
+
+/// The routing state shared by the bus and its session handles.
+#[derive(Debug)]
+pub(crate) struct Router {
+    /// Live topics and the route to the topic supervisor for misses. Written only by the
+    /// supervisor; read here on every publish.
+    pub(crate) directory: Arc<Directory>,
+    /// Publish batches admitted bus-wide and not yet fanned out. Each batch holds one
+    /// guard (dropped with its permit); shutdown waits for the count to reach zero.
+    pub(crate) inflight: Arc<Inflight>,
+    /// Set once by shutdown: from then on every publish and subscribe is refused with
+    /// [`BusError::Closed`].
+    closing: AtomicBool,
+    /// `limits.max_batch_messages`: most messages in one publish batch.
+    max_batch_messages: usize,
+    /// `limits.max_message_bytes`: largest message, payload plus headers.
+    max_message_bytes: usize,
+    /// `shutdown.drain_timeout_ms`: how long a closing session waits for its publishes.
+    pub(crate) drain_timeout: Duration,
+}
+
+impl Router {
+    /// A router over `directory`, with the limits of `limits`.
+    pub(crate) fn new(directory: Arc<Directory>, limits: &LimitsConfig, drain_timeout: Duration) -> Arc<Self> {
+        Arc::new(Router {
+            directory,
+            inflight: Inflight::new(),
+            closing: AtomicBool::new(false),
+            max_batch_messages: limits.max_batch_messages,
+            max_message_bytes: limits.max_message_bytes,
+            drain_timeout,
+        })
+    }
+
+    /// Most messages in one publish batch.
+    pub(crate) fn batch_limit(&self) -> usize {
+        self.max_batch_messages
+    }
+
+    /// Whether the bus is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Refuses every publish from now on; returns whether it was already closing.
+    pub(crate) fn close(&self) -> bool {
+        self.closing.swap(true, Ordering::AcqRel)
+    }
+
+    /// The checks every batch passes before anything of it is published.
+    fn check(&self, messages: &[Message]) -> Result<(), BusError> {
+        if messages.len() > self.max_batch_messages {
+            return Err(BusError::BatchTooLarge {
+                len: messages.len(),
+                max: self.max_batch_messages,
+            });
+        }
+        if let Some(m) = messages.iter().find(|m| m.byte_len() > self.max_message_bytes) {
+            return Err(BusError::MessageTooLarge {
+                size: m.byte_len(),
+                max: self.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes `messages` for `session`: checks them, then hands each topic's part to
+    /// its actor, waiting for admission (`Admit::Wait`) or not (`Admit::Try`).
+    ///
+    /// Counts what was admitted in the session's counters. On [`BusError::Full`] the
+    /// messages not admitted come back inside the error, in order.
+    pub(crate) async fn route(
+        &self,
+        session: &Arc<SessionShared>,
+        messages: Vec<Message>,
+        admit: Admit,
+        receipt: Option<&Arc<ReceiptToken>>,
+    ) -> Result<(), BusError> {
+        self.check(&messages)?;
+        let guards = || [session.inflight.guard(), self.inflight.guard()];
+        let mut groups = group_by_topic(messages).into_iter();
+        while let Some((topic, group)) = groups.next() {
+            let (count, bytes) = (group.len(), group.iter().map(Message::byte_len).sum::<usize>());
+            match self.directory.send(&topic, group, admit, guards, receipt).await {
+                Ok(()) => {
+                    session.published_messages.fetch_add(count as u64, Ordering::Relaxed);
+                    session.published_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                }
+                Err(BusError::Full(mut rest)) => {
+                    let admitted = count - rest.len();
+                    session.published_messages.fetch_add(admitted as u64, Ordering::Relaxed);
+                    rest.extend(groups.flat_map(|(_, g)| g));
+                    return Err(BusError::Full(rest));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a batch by topic, keeping each topic's order. Most batches have one topic:
+/// then the batch is kept as it is, with no copy.
+fn group_by_topic(messages: Vec<Message>) -> Vec<(Topic, Vec<Message>)> {
+    let Some(first) = messages.first() else {
+        return Vec::new();
+    };
+    if messages.iter().all(|m| m.topic == first.topic) {
+        return vec![(first.topic.clone(), messages)];
+    }
+    let mut groups: Vec<(Topic, Vec<Message>)> = Vec::new();
+    for m in messages {
+        match groups.iter_mut().find(|(t, _)| *t == m.topic) {
+            Some((_, g)) => g.push(m),
+            None => groups.push((m.topic.clone(), vec![m])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn message(topic: &str, payload: u32) -> Message {
+        Message::new(Topic::new(topic).unwrap(), payload.to_le_bytes().to_vec())
+    }
+
+    /// One topic stays one group, untouched; several topics keep their first-seen order.
+    #[test]
+    fn groups_keep_first_seen_order() {
+        assert!(group_by_topic(Vec::new()).is_empty());
+        let one = group_by_topic(vec![message("a", 1), message("a", 2)]);
+        assert_eq!(one.len(), 1);
+        let mixed = group_by_topic(vec![message("b", 1), message("a", 2), message("b", 3)]);
+        let names: Vec<&str> = mixed.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(mixed[0].1.len(), 2);
+    }
+
+    proptest! {
+        /// Grouping loses nothing, adds nothing, and keeps every topic's own order.
+        #[test]
+        fn grouping_keeps_each_topics_order(picks in proptest::collection::vec(0usize..4, 0..64)) {
+            let topics = ["t.a", "t.b", "t.c", "t.d"];
+            let messages: Vec<Message> =
+                picks.iter().enumerate().map(|(i, &t)| message(topics[t], i as u32)).collect();
+            let groups = group_by_topic(messages.clone());
+            prop_assert_eq!(groups.iter().map(|(_, g)| g.len()).sum::<usize>(), messages.len());
+            for (topic, group) in &groups {
+                prop_assert!(group.iter().all(|m| &m.topic == topic));
+                let expected: Vec<&Message> = messages.iter().filter(|m| &m.topic == topic).collect();
+                let got: Vec<&Message> = group.iter().collect();
+                prop_assert_eq!(got, expected);
+            }
+        }
+    }
+}
