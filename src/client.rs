@@ -22,7 +22,7 @@
 //!   [`Client::publish_batch`] with `acked` wait for the server's ack or refusal.
 //!   Publishes wait while the connection is being re-established or the stream is full
 //!   (backpressure).
-//! - **Subscribing**: a [`ClientSubscription`] is a `Stream` of [`Event`]s; dropping it
+//! - **Subscribing**: a [`ClientSubscription`] is a `Stream` of [`crate::Event`]s; dropping it
 //!   unsubscribes.
 //! - **Flow control** ([`Credit`]): unlimited, a window the SDK replenishes as the
 //!   application consumes deliveries, or manual grants with [`Client::grant`].
@@ -32,6 +32,17 @@
 //!   (per-topic sequence numbers show the jump). Acked publishes in flight at the loss
 //!   fail with [`ClientError::Disconnected`] and can be retried.
 //!
+//! # Layout
+//!
+//! - this module: the public API ([`Client`], [`ClientOptions`], [`ClientError`]);
+//! - `shared`: what the client's clones, subscriptions and tasks share (the current
+//!   request queue, pending requests, live subscriptions);
+//! - `connection`: the connection and reconnect loop (hello, welcome, resubscribe,
+//!   backoff, pings);
+//! - `router`: each server frame to what it answers, one function per frame kind;
+//! - `subscription`: [`ClientSubscription`];
+//! - `publish`: cutting a batch into frames within the server's limits.
+//!
 //! # Invariants
 //!
 //! - One driver task per client owns the connection attempts; one reader task per
@@ -39,32 +50,31 @@
 //! - Every pending request is answered exactly once: by its reply frame, or with
 //!   `Disconnected` when its connection is lost.
 
-use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+mod connection;
+mod publish;
+mod router;
+mod shared;
+mod subscription;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::Stream;
-use streambus_types::{CloseReason, ErrorCode, Event, Message, SubscriptionOptions, Topic, TopicError};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use streambus_types::{ErrorCode, Message, SubscriptionOptions, Topic, TopicError};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Endpoint;
 
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
-use pb::bus_client::BusClient;
 use pb::client_frame::Frame as Out;
-use pb::server_frame::Frame as In;
+use shared::{LiveSubscription, Pending, Shared};
+pub use subscription::ClientSubscription;
 
 /// Frames queued to the server per connection before publishers wait.
 const REQUEST_QUEUE_FRAMES: usize = 1024;
 /// HTTP/2 receive window per stream: the server's frames are up to about 1 MiB.
 const CLIENT_STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
-/// Bytes of a publish frame kept for its own fields when the SDK splits batches.
-const FRAME_SLACK_BYTES: u64 = 4096;
 /// Event batches buffered per subscription before the connection's reader waits (and
 /// with it, through HTTP/2 flow control, the server).
 const SUBSCRIPTION_QUEUE_BATCHES: usize = 64;
@@ -180,127 +190,16 @@ pub struct Welcome {
     pub max_subscriptions_per_session: u64,
 }
 
-/// A request waiting for its reply frame.
-enum Pending {
-    Subscribe {
-        local: u64,
-        reply: oneshot::Sender<Result<(), ClientError>>,
-    },
-    Unsubscribe(oneshot::Sender<Result<(), ClientError>>),
-    Publish(oneshot::Sender<Result<u64, ClientError>>),
-    Ping(oneshot::Sender<()>),
-}
-
-/// A subscription as the client remembers it, to resubscribe after a reconnect.
-struct LiveSubscription {
-    request: pb::Subscribe,
-    /// Sends event batches to the [`ClientSubscription`]; bounded.
-    events: mpsc::Sender<Vec<Event>>,
-    /// The server's id on the current connection, once subscribed.
-    server_id: Option<u64>,
-}
-
-#[derive(Default)]
-struct State {
-    /// By request id (subscribe, unsubscribe, ping) or publish id.
-    pending: HashMap<u64, Pending>,
-    /// By the client's own subscription id, stable across reconnects.
-    subscriptions: HashMap<u64, LiveSubscription>,
-    /// Server subscription id → client subscription id, for the current connection.
-    by_server_id: HashMap<u64, u64>,
-    welcome: Option<Welcome>,
-}
-
-struct Shared {
-    options: ClientOptions,
-    next_id: AtomicU64,
-    state: Mutex<State>,
-    /// The current connection's request queue; `None` while (re)connecting. Publishers
-    /// wait on it; the driver replaces it.
-    frames: watch::Sender<Option<mpsc::Sender<pb::ClientFrame>>>,
-    closed: AtomicBool,
-    /// Deliveries taken by the application since the last window grant.
-    consumed: AtomicU64,
-    refused: AtomicU64,
-    reconnects: AtomicU64,
-}
-
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        // Dropping the request queue ends the request stream (CloseSend).
-        self.frames.send_replace(None);
-    }
-
-    fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queues a frame on the current connection, waiting for one if reconnecting.
-    async fn send(&self, frame: Out) -> Result<(), ClientError> {
-        let mut frames = self.frames.subscribe();
-        let mut frame = pb::ClientFrame { frame: Some(frame) };
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(ClientError::Closed);
-            }
-            let current = {
-                let guard = frames
-                    .wait_for(Option::is_some)
-                    .await
-                    .map_err(|_| ClientError::Closed)?;
-                guard.clone()
-            };
-            let Some(tx) = current else { continue };
-            match tx.send(frame).await {
-                Ok(()) => return Ok(()),
-                // That connection died meanwhile; wait for the next one.
-                Err(mpsc::error::SendError(f)) => {
-                    frame = f;
-                    let _ = frames.changed().await;
-                }
-            }
-        }
-    }
-
-    /// Sends a request and waits for its reply.
-    async fn request<T>(
-        &self,
-        id: u64,
-        pending: impl FnOnce(oneshot::Sender<T>) -> Pending,
-        frame: Out,
-    ) -> Result<T, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.state().pending.insert(id, pending(tx));
-        if let Err(e) = self.send(frame).await {
-            self.state().pending.remove(&id);
-            return Err(e);
-        }
-        rx.await.map_err(|_| ClientError::Disconnected)
-    }
-
-    /// Counts a delivery taken by the application; with a credit window, grants credit
-    /// back once half the window is used.
-    fn consumed(self: &Arc<Self>, n: u64) {
-        let Credit::Window(window) = self.options.credit else {
-            return;
-        };
-        let total = self.consumed.fetch_add(n, Ordering::AcqRel) + n;
-        let half = (window / 2).max(1);
-        if total >= half
-            && self
-                .consumed
-                .compare_exchange(total, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            let shared = self.clone();
-            tokio::spawn(async move {
-                let _ = shared.send(Out::Credit(pb::CreditGrant { credits: total })).await;
-            });
+impl Welcome {
+    /// The client's view of a `welcome` frame.
+    fn from_wire(welcome: &pb::Welcome) -> Self {
+        let limits = welcome.limits.unwrap_or_default();
+        Welcome {
+            session_id: welcome.session_id,
+            max_message_bytes: limits.max_message_bytes,
+            max_frame_bytes: limits.max_frame_bytes,
+            max_batch_messages: limits.max_batch_messages,
+            max_subscriptions_per_session: limits.max_subscriptions_per_session,
         }
     }
 }
@@ -309,12 +208,15 @@ impl Shared {
 /// the session as [`Client::close`] does.
 #[derive(Clone)]
 pub struct Client {
+    /// Shared with the driver task, the reader, and every subscription.
     shared: Arc<Shared>,
     /// Closes the session when the last clone is dropped.
     _last: Arc<CloseOnDrop>,
 }
 
-/// Held by every [`Client`] clone (not by subscriptions or internal tasks).
+/// Held by every [`Client`] clone (not by subscriptions or internal tasks), so that the
+/// session ends when the application lets go of the last clone, even though the
+/// client's own tasks still hold the shared state.
 struct CloseOnDrop(Arc<Shared>);
 
 impl Drop for CloseOnDrop {
@@ -337,17 +239,7 @@ impl Client {
 
     /// Connects; fails if the first connection cannot be made.
     pub async fn connect_with(options: ClientOptions) -> Result<Client, ClientError> {
-        let (frames, _) = watch::channel(None);
-        let shared = Arc::new(Shared {
-            options,
-            next_id: AtomicU64::new(1),
-            state: Mutex::new(State::default()),
-            frames,
-            closed: AtomicBool::new(false),
-            consumed: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-        });
+        let shared = Shared::new(options);
         let channel = Endpoint::from_shared(shared.options.url.clone())
             .map_err(ClientError::Connect)?
             .tcp_nodelay(true)
@@ -357,8 +249,8 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .connect_lazy();
-        let first = connect_once(&shared, channel.clone()).await?;
-        tokio::spawn(drive(shared.clone(), channel, first));
+        let first = connection::connect_once(&shared, channel.clone()).await?;
+        tokio::spawn(connection::drive(shared.clone(), channel, first));
         Ok(Client {
             _last: Arc::new(CloseOnDrop(shared.clone())),
             shared,
@@ -414,36 +306,7 @@ impl Client {
     }
 
     async fn send_batch(&self, messages: Vec<Message>, acked: bool, durable: bool) -> Result<u64, ClientError> {
-        let limits = self.welcome();
-        let (max_message, max_frame, max_batch) = limits.as_ref().map_or((u64::MAX, u64::MAX, u64::MAX), |w| {
-            (w.max_message_bytes, w.max_frame_bytes, w.max_batch_messages.max(1))
-        });
-        if let Some(m) = messages.iter().find(|m| m.byte_len() as u64 > max_message) {
-            return Err(ClientError::Refused {
-                code: ErrorCode::InvalidArgument,
-                message: format!(
-                    "message of {} bytes exceeds the server's limit of {max_message} bytes",
-                    m.byte_len()
-                ),
-            });
-        }
-        // Leave room for the frame's own fields beside the messages' bytes.
-        let frame_budget = max_frame.saturating_sub(FRAME_SLACK_BYTES).max(1);
-        let mut frames: Vec<Vec<pb::PublishMessage>> = vec![Vec::new()];
-        let mut bytes = 0u64;
-        for m in &messages {
-            let cost = (m.byte_len() + m.topic.as_str().len() + 16) as u64;
-            let current = frames.last_mut().expect("never empty");
-            if !current.is_empty() && (current.len() as u64 >= max_batch || bytes + cost > frame_budget) {
-                frames.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += cost;
-            frames
-                .last_mut()
-                .expect("never empty")
-                .push(convert::publish_message(m));
-        }
+        let frames = publish::frames(&messages, self.welcome().as_ref())?;
         if !acked {
             for messages in frames {
                 let batch = pb::PublishBatch {
@@ -455,6 +318,7 @@ impl Client {
             }
             return Ok(messages.len() as u64);
         }
+        // Every frame is sent before any ack is awaited, so the frames pipeline.
         let mut acks = Vec::with_capacity(frames.len());
         for messages in frames {
             let id = self.shared.next_id();
@@ -517,13 +381,7 @@ impl Client {
             self.shared.state().subscriptions.remove(&local);
             return Err(e);
         }
-        Ok(ClientSubscription {
-            local,
-            shared: self.shared.clone(),
-            events: rx,
-            current: VecDeque::new(),
-            done: false,
-        })
+        Ok(ClientSubscription::new(local, self.shared.clone(), rx))
     }
 
     /// Grants `credits` more deliveries (with [`Credit::Manual`]).
@@ -546,380 +404,4 @@ impl Client {
     pub fn close(&self) {
         self.shared.close();
     }
-}
-
-/// A subscription through a [`Client`]: a `Stream` of events. Dropping it unsubscribes.
-pub struct ClientSubscription {
-    local: u64,
-    shared: Arc<Shared>,
-    events: mpsc::Receiver<Vec<Event>>,
-    current: VecDeque<Event>,
-    done: bool,
-}
-
-impl std::fmt::Debug for ClientSubscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientSubscription").field("id", &self.local).finish()
-    }
-}
-
-impl ClientSubscription {
-    /// Unsubscribes and waits for the server's confirmation.
-    pub async fn unsubscribe(mut self) -> Result<(), ClientError> {
-        self.done = true;
-        let entry = self.shared.state().subscriptions.remove(&self.local);
-        let Some(server_id) = entry.and_then(|e| e.server_id) else {
-            return Ok(());
-        };
-        self.shared.state().by_server_id.remove(&server_id);
-        let id = self.shared.next_id();
-        let frame = Out::Unsubscribe(pb::Unsubscribe {
-            request_id: id,
-            subscription_id: server_id,
-        });
-        self.shared.request(id, Pending::Unsubscribe, frame).await?
-    }
-
-    /// The next batch of events as the server sent them (one frame's worth).
-    pub async fn next_batch(&mut self) -> Option<Vec<Event>> {
-        if !self.current.is_empty() {
-            let batch: Vec<Event> = self.current.drain(..).collect();
-            self.shared.consumed(count_deliveries(&batch));
-            return Some(batch);
-        }
-        let batch = self.events.recv().await?;
-        self.shared.consumed(count_deliveries(&batch));
-        Some(batch)
-    }
-}
-
-fn count_deliveries(events: &[Event]) -> u64 {
-    events.iter().filter(|e| matches!(e, Event::Delivery(_))).count() as u64
-}
-
-impl Stream for ClientSubscription {
-    type Item = Event;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(event) = this.current.pop_front() {
-                if matches!(event, Event::Delivery(_)) {
-                    this.shared.consumed(1);
-                }
-                return Poll::Ready(Some(event));
-            }
-            match this.events.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => this.current.extend(batch),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl Drop for ClientSubscription {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let mut state = self.shared.state();
-        let Some(server_id) = state.subscriptions.remove(&self.local).and_then(|e| e.server_id) else {
-            return;
-        };
-        state.by_server_id.remove(&server_id);
-        drop(state);
-        let shared = self.shared.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let frame = Out::Unsubscribe(pb::Unsubscribe {
-                    request_id: 0,
-                    subscription_id: server_id,
-                });
-                let _ = shared.send(frame).await;
-            });
-        }
-    }
-}
-
-// ------------------------------------------------------------------ connection
-
-/// An established connection: its response stream, ready to be read.
-struct Connected {
-    responses: tonic::Streaming<pb::ServerFrame>,
-}
-
-/// Opens the stream, says hello, waits for welcome, resubscribes, and publishes the
-/// request queue for senders.
-async fn connect_once(shared: &Arc<Shared>, channel: Channel) -> Result<Connected, ClientError> {
-    let (tx, rx) = mpsc::channel(REQUEST_QUEUE_FRAMES);
-    let initial_credit = match shared.options.credit {
-        Credit::Unlimited => None,
-        Credit::Window(n) | Credit::Manual(n) => Some(n),
-    };
-    let hello = pb::ClientFrame {
-        frame: Some(Out::Hello(pb::Hello {
-            client_name: shared.options.name.clone(),
-            initial_credit,
-        })),
-    };
-    tx.send(hello).await.map_err(|_| ClientError::Closed)?;
-    let mut client = BusClient::new(channel).max_decoding_message_size(usize::MAX);
-    let mut responses = client.connect(ReceiverStream::new(rx)).await?.into_inner();
-    let welcome = match responses.message().await? {
-        Some(pb::ServerFrame {
-            frame: Some(In::Welcome(w)),
-        }) => w,
-        other => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
-    };
-    let limits = welcome.limits.unwrap_or_default();
-    shared.consumed.store(0, Ordering::Release);
-    let resubscribe: Vec<(u64, pb::Subscribe)> = {
-        let mut state = shared.state();
-        state.welcome = Some(Welcome {
-            session_id: welcome.session_id,
-            max_message_bytes: limits.max_message_bytes,
-            max_frame_bytes: limits.max_frame_bytes,
-            max_batch_messages: limits.max_batch_messages,
-            max_subscriptions_per_session: limits.max_subscriptions_per_session,
-        });
-        state.by_server_id.clear();
-        let subs: Vec<_> = state
-            .subscriptions
-            .iter_mut()
-            .map(|(local, s)| {
-                s.server_id = None;
-                (*local, s.request.clone())
-            })
-            .collect();
-        subs.into_iter()
-            .map(|(local, request)| {
-                let id = shared.next_id();
-                let (reply, _) = oneshot::channel();
-                state.pending.insert(id, Pending::Subscribe { local, reply });
-                (id, request)
-            })
-            .collect()
-    };
-    for (id, request) in resubscribe {
-        let frame = pb::ClientFrame {
-            frame: Some(Out::Subscribe(pb::Subscribe {
-                request_id: id,
-                ..request
-            })),
-        };
-        tx.send(frame).await.map_err(|_| ClientError::Disconnected)?;
-    }
-    if shared.closed.load(Ordering::Acquire) {
-        return Err(ClientError::Closed);
-    }
-    shared.frames.send_replace(Some(tx));
-    Ok(Connected { responses })
-}
-
-/// The driver: reads each connection until it ends, then reconnects with backoff.
-async fn drive(shared: Arc<Shared>, channel: Channel, first: Connected) {
-    let mut connection = Some(first);
-    let mut delay = shared.options.reconnect_initial;
-    loop {
-        if let Some(c) = connection.take() {
-            delay = shared.options.reconnect_initial;
-            let pinger = tokio::spawn(ping(shared.clone()));
-            let ended = read(&shared, c.responses).await;
-            pinger.abort();
-            shared.frames.send_replace(None);
-            fail_pending(&shared);
-            if shared.closed.load(Ordering::Acquire) || !shared.options.reconnect {
-                close_subscriptions(&shared, CloseReason::SessionClosed);
-                return;
-            }
-            tracing::warn!(error = %ended, url = %shared.options.url, "connection lost; reconnecting");
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(shared.options.reconnect_max);
-        match connect_once(&shared, channel.clone()).await {
-            Ok(c) => {
-                shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(url = %shared.options.url, "reconnected");
-                connection = Some(c);
-            }
-            Err(ClientError::Closed) => {
-                close_subscriptions(&shared, CloseReason::SessionClosed);
-                return;
-            }
-            Err(e) => tracing::debug!(error = %e, "reconnect failed"),
-        }
-    }
-}
-
-async fn ping(shared: Arc<Shared>) {
-    let mut interval = tokio::time::interval(shared.options.ping_interval);
-    interval.tick().await;
-    loop {
-        interval.tick().await;
-        let nonce = shared.next_id();
-        if shared.send(Out::Ping(pb::Ping { nonce })).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Answers every pending request with `Disconnected`.
-fn fail_pending(shared: &Shared) {
-    let pending: Vec<Pending> = shared.state().pending.drain().map(|(_, p)| p).collect();
-    for p in pending {
-        match p {
-            Pending::Subscribe { reply, .. } | Pending::Unsubscribe(reply) => {
-                let _ = reply.send(Err(ClientError::Disconnected));
-            }
-            Pending::Publish(reply) => {
-                let _ = reply.send(Err(ClientError::Disconnected));
-            }
-            Pending::Ping(_) => {}
-        }
-    }
-}
-
-/// Ends every subscription stream with `reason`.
-fn close_subscriptions(shared: &Shared, reason: CloseReason) {
-    let subscriptions: Vec<LiveSubscription> = shared.state().subscriptions.drain().map(|(_, s)| s).collect();
-    for s in subscriptions {
-        let _ = s.events.try_send(vec![Event::Closed(reason)]);
-    }
-}
-
-/// Reads one connection's server frames until it ends; returns why it ended.
-async fn read(shared: &Arc<Shared>, mut responses: tonic::Streaming<pb::ServerFrame>) -> ClientError {
-    loop {
-        let frame = match responses.message().await {
-            Ok(Some(pb::ServerFrame { frame: Some(frame) })) => frame,
-            Ok(Some(_)) => continue,
-            Ok(None) => return ClientError::Closed,
-            Err(status) => return ClientError::Status(status),
-        };
-        if let Err(e) = route(shared, frame).await {
-            return e;
-        }
-    }
-}
-
-fn refused(code: i32, message: String) -> ClientError {
-    let code = pb::ErrorCode::try_from(code)
-        .ok()
-        .and_then(convert::domain_code)
-        .unwrap_or(ErrorCode::Internal);
-    ClientError::Refused { code, message }
-}
-
-/// Routes one server frame.
-async fn route(shared: &Arc<Shared>, frame: In) -> Result<(), ClientError> {
-    let (events, server_id) = match frame {
-        In::Welcome(_) => return Err(ClientError::Protocol("welcome sent twice".into())),
-        In::Subscribed(s) => {
-            let orphan = {
-                let mut state = shared.state();
-                match state.pending.remove(&s.request_id) {
-                    Some(Pending::Subscribe { local, reply }) => match state.subscriptions.get_mut(&local) {
-                        Some(live) => {
-                            live.server_id = Some(s.subscription_id);
-                            state.by_server_id.insert(s.subscription_id, local);
-                            let _ = reply.send(Ok(()));
-                            false
-                        }
-                        // Dropped while subscribing: undo on the server.
-                        None => true,
-                    },
-                    _ => false,
-                }
-            };
-            if orphan {
-                let frame = Out::Unsubscribe(pb::Unsubscribe {
-                    request_id: 0,
-                    subscription_id: s.subscription_id,
-                });
-                let shared = shared.clone();
-                tokio::spawn(async move { shared.send(frame).await });
-            }
-            return Ok(());
-        }
-        In::Unsubscribed(u) => {
-            if let Some(Pending::Unsubscribe(reply)) = shared.state().pending.remove(&u.request_id) {
-                let _ = reply.send(Ok(()));
-            }
-            return Ok(());
-        }
-        In::PublishAck(ack) => {
-            if let Some(Pending::Publish(reply)) = shared.state().pending.remove(&ack.publish_id) {
-                let _ = reply.send(Ok(ack.accepted));
-            }
-            return Ok(());
-        }
-        In::PublishRefused(r) => {
-            if let Some(Pending::Publish(reply)) = shared.state().pending.remove(&r.publish_id) {
-                let _ = reply.send(Err(refused(r.code, r.message)));
-            }
-            return Ok(());
-        }
-        In::Error(e) => {
-            let pending = shared.state().pending.remove(&e.request_id);
-            match pending {
-                Some(Pending::Subscribe { local, reply }) => {
-                    shared.state().subscriptions.remove(&local);
-                    let _ = reply.send(Err(refused(e.code, e.message)));
-                }
-                Some(Pending::Unsubscribe(reply)) => {
-                    let _ = reply.send(Err(refused(e.code, e.message)));
-                }
-                Some(Pending::Publish(reply)) => {
-                    let _ = reply.send(Err(refused(e.code, e.message)));
-                }
-                Some(Pending::Ping(_)) | None => {
-                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(request = e.request_id, error = %e.message, "server refused a frame");
-                }
-            }
-            return Ok(());
-        }
-        In::Pong(p) => {
-            if let Some(Pending::Ping(reply)) = shared.state().pending.remove(&p.nonce) {
-                let _ = reply.send(());
-            }
-            return Ok(());
-        }
-        In::Deliveries(batch) => {
-            let id = batch.subscription_id;
-            let deliveries = convert::deliveries_from_wire(batch).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            (deliveries.into_iter().map(Event::Delivery).collect::<Vec<_>>(), id)
-        }
-        In::Gap(g) => {
-            let id = g.subscription_id;
-            let gap = convert::gap_from_wire(g).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            (vec![Event::Gap(gap)], id)
-        }
-        In::SubscriptionClosed(c) => {
-            let reason = convert::close_reason_from_wire(c.reason);
-            let live = {
-                let mut state = shared.state();
-                let local = state.by_server_id.remove(&c.subscription_id);
-                local.and_then(|l| state.subscriptions.remove(&l))
-            };
-            if let Some(live) = live {
-                let _ = live.events.send(vec![Event::Closed(reason)]).await;
-            }
-            return Ok(());
-        }
-    };
-    let sender = {
-        let state = shared.state();
-        state
-            .by_server_id
-            .get(&server_id)
-            .and_then(|local| state.subscriptions.get(local))
-            .map(|s| s.events.clone())
-    };
-    if let Some(sender) = sender {
-        // Waiting here is the client's backpressure: the server sees it through HTTP/2.
-        let _ = sender.send(events).await;
-    }
-    Ok(())
 }

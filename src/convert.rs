@@ -40,6 +40,30 @@ pub fn frame(frame: pb::server_frame::Frame) -> pb::ServerFrame {
     pb::ServerFrame { frame: Some(frame) }
 }
 
+/// The in-band refusal of one frame: it names the frame's request id (0 when the frame
+/// had none) and the stream stays open.
+pub fn error_frame(request_id: u64, code: ErrorCode, message: &str) -> pb::server_frame::Frame {
+    pb::server_frame::Frame::Error(pb::Error {
+        request_id,
+        code: wire_code(code) as i32,
+        message: message.to_owned(),
+    })
+}
+
+/// [`error_frame`] for a bus error.
+pub fn bus_error_frame(request_id: u64, error: &BusError) -> pb::server_frame::Frame {
+    error_frame(request_id, error.code(), &error.to_string())
+}
+
+/// The refusal of acked publish `publish_id`: nothing of its batch was published.
+pub fn refused_frame(publish_id: u64, error: &BusError) -> pb::server_frame::Frame {
+    pb::server_frame::Frame::PublishRefused(pb::PublishRefused {
+        publish_id,
+        code: wire_code(error.code()) as i32,
+        message: error.to_string(),
+    })
+}
+
 // ------------------------------------------------------------------ inbound
 
 fn headers_from_wire(headers: Vec<pb::Header>) -> Headers {

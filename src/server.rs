@@ -49,7 +49,7 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::stream::chat_service_server::ChatServiceServer;
 use crate::proto::streambus::v1::bus_server::BusServer;
 
-pub use bus_service::BusService;
+pub use bus_service::{BusService, SUBSCRIPTION_ID_HEADER};
 pub use chat::{ChatService, ChatStream};
 
 /// Bytes a frame may carry beyond its largest message: topics, headers' framing,

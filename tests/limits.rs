@@ -93,7 +93,7 @@ async fn bad_frames_get_in_band_errors() {
     }))
     .await;
     assert!(
-        expect_refused(&mut raw, 1, pb::ErrorCode::InvalidArgument)
+        expect_refused(&mut raw, 1, pb::ErrorCode::ResourceExhausted)
             .await
             .contains("1024")
     );
@@ -102,7 +102,7 @@ async fn bad_frames_get_in_band_errors() {
     // Batch over max_batch_messages.
     raw.send(harness::publish(Some(2), "a", &["x"; 9])).await;
     assert!(
-        expect_refused(&mut raw, 2, pb::ErrorCode::InvalidArgument)
+        expect_refused(&mut raw, 2, pb::ErrorCode::ResourceExhausted)
             .await
             .contains("limit of 8")
     );

@@ -159,7 +159,7 @@ async fn acks_and_refusals() {
     }
     let oversize = Message::new(Topic::new("a.b").unwrap(), vec![0u8; 1024 * 1024 + 1]);
     match client.publish_batch(vec![oversize], true).await {
-        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::InvalidArgument),
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::ResourceExhausted),
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A batch larger than one frame is split, and every message is admitted.
@@ -227,4 +227,49 @@ async fn the_other_three_modes() {
         "{}",
         status.message()
     );
+}
+
+/// `Subscribe` answers once its subscription is in place: a publish made from another
+/// connection right after the call returns (the response headers, which carry the
+/// subscription id) is always delivered.
+#[tokio::test]
+async fn subscribe_is_ready_when_the_call_returns() {
+    let server = TestServer::start().await;
+    let mut listener = pb::bus_client::BusClient::new(server.channel().await);
+    let mut publisher = pb::bus_client::BusClient::new(server.channel().await);
+    let mut ids = HashSet::new();
+    for round in 0..50 {
+        let topic = format!("ready.r{round}");
+        let response = listener
+            .subscribe(pb::Subscribe {
+                filter: topic.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let id = response
+            .metadata()
+            .get(streambus::server::SUBSCRIPTION_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("the subscription id header");
+        assert!(ids.insert(id), "subscription ids are unique");
+        let mut stream = response.into_inner();
+        let batch = match harness::publish(Some(round), &topic, &["now"]) {
+            harness::Out::Publish(b) => b,
+            _ => unreachable!(),
+        };
+        publisher.publish(batch).await.unwrap();
+        match within("the delivery", stream.message())
+            .await
+            .unwrap()
+            .and_then(|f| f.frame)
+        {
+            Some(In::Deliveries(b)) => {
+                assert_eq!((b.topic.as_str(), b.subscription_id), (topic.as_str(), id));
+                assert_eq!(&b.deliveries[0].payload[..], b"now");
+            }
+            other => panic!("round {round}: expected the delivery, got {other:?}"),
+        }
+    }
 }

@@ -1,6 +1,11 @@
 //! `streambus.v1.Bus`: the session stream (`Connect`, see [`super::connect`]) and the
 //! three conveniences, `Publish` (unary), `Subscribe` (server streaming) and
 //! `PublishStream` (client streaming).
+//!
+//! `Subscribe` answers only once its subscription is in place: the response headers,
+//! which carry [`SUBSCRIPTION_ID_HEADER`], are that signal. A client that has them (in
+//! tonic, the call has returned; in grpc-go, `Header()` has returned) is sure to get
+//! everything published after that moment, from any connection.
 
 use std::pin::{Pin, pin};
 
@@ -15,6 +20,9 @@ use super::Context;
 use super::pump;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
+
+/// Response header of `Subscribe`: the subscription's id, sent once it is in place.
+pub const SUBSCRIPTION_ID_HEADER: &str = "streambus-subscription-id";
 
 /// A response stream of server frames.
 pub(crate) type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send + 'static>>;
@@ -87,6 +95,7 @@ impl pb::bus_server::Bus for BusService {
                 return Err(convert::status(&e));
             }
         };
+        let subscription_id = subscription.id();
         let (out, rx) = mpsc::channel(self.context.grpc.outbound_frames);
         let context = self.context.clone();
         let span = tracing::info_span!("subscribe", session = session.id().0, filter = %filter);
@@ -105,7 +114,13 @@ impl pb::bus_server::Bus for BusService {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The subscription is in the index and in every live matching topic: the
+        // headers say so.
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as FrameStream);
+        response
+            .metadata_mut()
+            .insert(SUBSCRIPTION_ID_HEADER, subscription_id.0.into());
+        Ok(response)
     }
 
     async fn publish_stream(

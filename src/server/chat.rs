@@ -92,7 +92,7 @@ impl chat::chat_service_server::ChatService for ChatService {
             }
         };
         let (failure_tx, failure) = oneshot::channel();
-        let credits = Arc::new(Credits::new(CHAT_BUFFER_MESSAGES));
+        let credits = Arc::new(EchoCredits::new(CHAT_BUFFER_MESSAGES));
         let span = tracing::info_span!("chat", session = session.id().0);
         let reader = read(
             context,
@@ -121,7 +121,7 @@ async fn read(
     session: SessionHandle,
     topic: Topic,
     mut inbound: Streaming<chat::Message>,
-    credits: Arc<Credits>,
+    credits: Arc<EchoCredits>,
     failure: oneshot::Sender<Status>,
 ) {
     // Made once for the stream, not once per message (see `Stopping`).
@@ -175,7 +175,7 @@ async fn read(
 /// This bounds what a client that does not read can leave on the server to
 /// [`CHAT_BUFFER_MESSAGES`] messages plus its HTTP/2 window, far below the topic's own
 /// admission (meant for topics shared by many publishers).
-struct Credits {
+struct EchoCredits {
     available: AtomicUsize,
     capacity: usize,
     /// The reader, when it waits for a credit.
@@ -184,9 +184,9 @@ struct Credits {
     closed: AtomicBool,
 }
 
-impl Credits {
+impl EchoCredits {
     fn new(n: usize) -> Self {
-        Credits {
+        EchoCredits {
             available: AtomicUsize::new(n),
             capacity: n,
             reader: AtomicWaker::new(),
@@ -242,7 +242,7 @@ impl Credits {
 /// The response of one chat stream: the echoes, then the reader's failure if any.
 pub struct ChatStream {
     echoes: Subscription,
-    credits: Arc<Credits>,
+    credits: Arc<EchoCredits>,
     /// The status to end with after the last echo; closed when the stream ends OK.
     failure: oneshot::Receiver<Status>,
     session: SessionHandle,
@@ -338,12 +338,12 @@ mod tests {
 
     use super::*;
 
-    /// Credits run out, a waiting reader is woken by the first one given back, giving
+    /// Echo credits run out, a waiting reader is woken by the first one given back, giving
     /// back more than was taken never raises the bound, and closing lets a waiter go.
     #[tokio::test]
     async fn credits_bound_the_reader() {
-        let credits = Arc::new(Credits::new(2));
-        let take = |credits: Arc<Credits>| async move { poll_fn(|cx| credits.poll_take(cx)).await };
+        let credits = Arc::new(EchoCredits::new(2));
+        let take = |credits: Arc<EchoCredits>| async move { poll_fn(|cx| credits.poll_take(cx)).await };
         assert!(take(credits.clone()).await && take(credits.clone()).await);
         let waiting = tokio::spawn(take(credits.clone()));
         tokio::time::sleep(Duration::from_millis(50)).await;

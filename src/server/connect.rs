@@ -37,7 +37,7 @@ use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
 use super::Context;
-use super::pump::{self, Credits, Outbound};
+use super::pump::{self, DeliveryCredits, Outbound};
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
 use pb::client_frame::Frame as In;
@@ -87,7 +87,7 @@ pub(crate) async fn open(
     let _ = out.try_send(Ok(convert::frame(Out::Welcome(welcome))));
     let span = tracing::info_span!("connect", session = session.id().0, client = %name);
     let connection = Connection {
-        credits: hello.initial_credit.map(Credits::new),
+        credits: hello.initial_credit.map(DeliveryCredits::new),
         session,
         out,
         pumps: HashMap::new(),
@@ -136,7 +136,7 @@ struct Connection {
     /// The outbound queue (see [`Outbound`]); the reader sends replies on it.
     out: Outbound,
     /// Flow control, if the client's hello asked for it.
-    credits: Option<Credits>,
+    credits: Option<DeliveryCredits>,
     /// Each live subscription's pump. Aborting a pump drops its `Subscription`, which
     /// unsubscribes it.
     pumps: HashMap<SubscriptionId, JoinHandle<()>>,
@@ -232,7 +232,7 @@ impl Connection {
                         continue;
                     }
                     Some(In::Ping(ping)) => Out::Pong(pb::Pong { nonce: ping.nonce }),
-                    _ => error(0, ErrorCode::Unavailable, "the session is closing"),
+                    _ => convert::error_frame(0, ErrorCode::Unavailable, "the session is closing"),
                 };
                 let _ = out.send(Ok(convert::frame(reply))).await;
             }
@@ -264,8 +264,12 @@ impl Connection {
     async fn handle(&mut self, frame: pb::ClientFrame) -> Result<(), Status> {
         match frame.frame {
             None => {
-                self.reply(error(0, ErrorCode::InvalidArgument, "empty or unknown frame"))
-                    .await;
+                self.reply(convert::error_frame(
+                    0,
+                    ErrorCode::InvalidArgument,
+                    "empty or unknown frame",
+                ))
+                .await;
             }
             Some(In::Hello(_)) => return Err(Status::invalid_argument("hello sent twice")),
             Some(In::Publish(batch)) => self.publish(batch).await,
@@ -275,7 +279,8 @@ impl Connection {
                 Some(credits) => credits.grant(grant.credits),
                 None => {
                     let message = "flow control is off: the hello frame had no initial_credit";
-                    self.reply(error(0, ErrorCode::InvalidArgument, message)).await;
+                    self.reply(convert::error_frame(0, ErrorCode::InvalidArgument, message))
+                        .await;
                 }
             },
             Some(In::Ping(ping)) => self.reply(Out::Pong(pb::Pong { nonce: ping.nonce })).await,
@@ -304,13 +309,13 @@ impl Connection {
                                 publish_id,
                                 accepted: count,
                             }),
-                            Err(e) => refused(publish_id, &e),
+                            Err(e) => convert::refused_frame(publish_id, &e),
                         };
                         let _ = out.send(Ok(convert::frame(frame))).await;
                     });
                     return;
                 }
-                Err(e) => refused(publish_id, &e),
+                Err(e) => convert::refused_frame(publish_id, &e),
             };
             self.reply(refusal).await;
             return;
@@ -328,8 +333,8 @@ impl Connection {
                 .await;
             }
             (Ok(()), None) => {}
-            (Err(e), Some(publish_id)) => self.reply(refused(publish_id, &e)).await,
-            (Err(e), None) => self.reply(bus_error(0, &e)).await,
+            (Err(e), Some(publish_id)) => self.reply(convert::refused_frame(publish_id, &e)).await,
+            (Err(e), None) => self.reply(convert::bus_error_frame(0, &e)).await,
         }
     }
 
@@ -340,7 +345,7 @@ impl Connection {
         };
         let subscription = match subscribed {
             Ok(s) => s,
-            Err(e) => return self.reply(bus_error(request.request_id, &e)).await,
+            Err(e) => return self.reply(convert::bus_error_frame(request.request_id, &e)).await,
         };
         let id = subscription.id();
         // `subscribed` goes out before any delivery: the pump starts after it is queued.
@@ -363,7 +368,7 @@ impl Connection {
         let id = SubscriptionId(request.subscription_id);
         let Some(pump) = self.pumps.remove(&id) else {
             let e = BusError::UnknownSubscription(id.0);
-            return self.reply(bus_error(request.request_id, &e)).await;
+            return self.reply(convert::bus_error_frame(request.request_id, &e)).await;
         };
         // Wait for the pump to be gone so nothing of this subscription follows the reply.
         pump.abort();
@@ -374,25 +379,4 @@ impl Connection {
         }))
         .await;
     }
-}
-
-fn error(request_id: u64, code: ErrorCode, message: &str) -> Out {
-    Out::Error(pb::Error {
-        request_id,
-        code: convert::wire_code(code) as i32,
-        message: message.to_owned(),
-    })
-}
-
-fn bus_error(request_id: u64, e: &BusError) -> Out {
-    error(request_id, e.code(), &e.to_string())
-}
-
-/// The refusal of publish `publish_id`.
-fn refused(publish_id: u64, e: &BusError) -> Out {
-    Out::PublishRefused(pb::PublishRefused {
-        publish_id,
-        code: convert::wire_code(e.code()) as i32,
-        message: e.to_string(),
-    })
 }

@@ -9,7 +9,8 @@
 //! # Invariants
 //!
 //! - With flow control on, every delivery sent takes one credit from the stream's
-//!   [`Credits`] first: the server never has more deliveries out than the client granted.
+//!   [`DeliveryCredits`] first: the server never has more deliveries out than the client
+//!   granted.
 //! - A pump ends when its subscription ends (after sending `subscription_closed` if the
 //!   bus ended this subscription alone: a slow consumer), when the client is gone (the outbound queue is
 //!   closed), or when it is aborted by an `unsubscribe`.
@@ -33,11 +34,11 @@ pub(crate) type Outbound = mpsc::Sender<Result<pb::ServerFrame, Status>>;
 /// Delivery credits granted by a client: one permit per delivery the server may still
 /// send. Pumps take permits and forget them; `credit` frames add permits.
 #[derive(Debug, Clone)]
-pub(crate) struct Credits(Arc<Semaphore>);
+pub(crate) struct DeliveryCredits(Arc<Semaphore>);
 
-impl Credits {
+impl DeliveryCredits {
     pub(crate) fn new(initial: u64) -> Self {
-        let credits = Credits(Arc::new(Semaphore::new(0)));
+        let credits = DeliveryCredits(Arc::new(Semaphore::new(0)));
         credits.grant(initial);
         credits
     }
@@ -77,7 +78,7 @@ fn frame_cost(d: &pb::Delivery) -> usize {
 pub(crate) async fn run(
     mut subscription: Subscription,
     out: Outbound,
-    credits: Option<Credits>,
+    credits: Option<DeliveryCredits>,
     max_frame_bytes: usize,
 ) {
     let id = subscription.id();
@@ -126,7 +127,7 @@ async fn send(out: &Outbound, frame: Frame) -> bool {
 async fn send_batch(
     mut batch: pb::DeliveryBatch,
     out: &Outbound,
-    credits: Option<&Credits>,
+    credits: Option<&DeliveryCredits>,
     max_frame_bytes: usize,
 ) -> bool {
     let mut rest = std::mem::take(&mut batch.deliveries);
@@ -165,10 +166,10 @@ async fn send_batch(
 mod tests {
     use super::*;
 
-    /// Credits are never over-taken: takes add up to exactly what was granted.
+    /// Delivery credits are never over-taken: takes add up to exactly what was granted.
     #[tokio::test]
     async fn credits_take_at_most_granted() {
-        let credits = Credits::new(5);
+        let credits = DeliveryCredits::new(5);
         assert_eq!(credits.take(3).await, 3);
         assert_eq!(credits.take(10).await, 2);
         credits.grant(4);

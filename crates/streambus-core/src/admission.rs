@@ -38,8 +38,11 @@ pub(crate) struct AdmissionClosed;
 /// A counting gate of messages and bytes, shared by a topic and its publishers.
 #[derive(Debug)]
 pub(crate) struct Admission {
+    /// What is left, taken and given back under one short lock (see the module doc).
     state: Mutex<Available>,
+    /// The topic's mailbox bound in messages (`topics.mailbox_messages`).
     capacity_messages: usize,
+    /// The topic's mailbox bound in bytes (`topics.mailbox_bytes`).
     capacity_bytes: usize,
     /// Woken (one waiter: the turnstile holder) when capacity returns or on close.
     released: Notify,
@@ -53,8 +56,11 @@ pub(crate) struct Admission {
 
 #[derive(Debug)]
 struct Available {
+    /// Messages that may still be admitted.
     messages: usize,
+    /// Bytes that may still be admitted.
     bytes: usize,
+    /// The topic is being reaped: nothing is admitted any more.
     closed: bool,
 }
 
@@ -199,8 +205,11 @@ impl Drop for DecrementOnDrop<'_> {
 /// It travels with the batch it admitted, inside the topic actor's message.
 #[derive(Debug)]
 pub(crate) struct Permit {
+    /// The admission the capacity came from and goes back to.
     admission: Arc<Admission>,
+    /// Messages taken.
     messages: usize,
+    /// Bytes taken.
     bytes: usize,
     /// Set once the batch is in the topic's mailbox: from then on, a drop without
     /// `complete` is a loss.
@@ -237,7 +246,9 @@ impl Drop for Permit {
 /// that count to reach zero (the drain of a session or of the whole bus).
 #[derive(Debug, Default)]
 pub(crate) struct Inflight {
+    /// Live guards.
     count: AtomicUsize,
+    /// Woken when `count` reaches zero; every waiter re-checks the count.
     idle: Notify,
 }
 

@@ -70,14 +70,17 @@ pub enum BusError {
 
 impl BusError {
     /// The error's category, which fixes its gRPC and HTTP status.
+    ///
+    /// The rule: a request that breaks the protocol's fixed rules (topic syntax, an
+    /// unusable option) is `INVALID_ARGUMENT`; a valid request past a limit the server is
+    /// configured with (message, batch or frame size; sessions, subscriptions, topics) or
+    /// past its capacity right now (a full mailbox) is `RESOURCE_EXHAUSTED`.
     pub fn code(&self) -> ErrorCode {
         match self {
-            BusError::InvalidTopic(_)
+            BusError::InvalidTopic(_) | BusError::InvalidOption(_) | BusError::Config(_) => ErrorCode::InvalidArgument,
+            BusError::Full(_)
             | BusError::MessageTooLarge { .. }
             | BusError::BatchTooLarge { .. }
-            | BusError::InvalidOption(_)
-            | BusError::Config(_) => ErrorCode::InvalidArgument,
-            BusError::Full(_)
             | BusError::TooManySubscriptions { .. }
             | BusError::TooManySessions { .. }
             | BusError::TooManyTopics { .. } => ErrorCode::ResourceExhausted,
@@ -101,11 +104,22 @@ pub(crate) fn answered<T, M>(result: Result<CallResult<T>, MessagingErr<M>>) -> 
 mod tests {
     use super::*;
 
-    /// Backpressure and limits are RESOURCE_EXHAUSTED, bad input INVALID_ARGUMENT.
+    /// Backpressure and every configured limit are RESOURCE_EXHAUSTED, input that breaks
+    /// the protocol's rules INVALID_ARGUMENT.
     #[test]
     fn codes() {
         assert_eq!(BusError::Full(vec![]).code().grpc_code(), 8);
         assert_eq!(BusError::TooManySessions { max: 1 }.code().http_status(), 429);
+        let limits = [
+            BusError::MessageTooLarge { size: 2, max: 1 },
+            BusError::BatchTooLarge { len: 2, max: 1 },
+            BusError::TooManySubscriptions { max: 1 },
+            BusError::TooManyTopics { max: 1 },
+        ];
+        for e in limits {
+            assert_eq!(e.code(), ErrorCode::ResourceExhausted, "{e}");
+        }
+        assert_eq!(BusError::InvalidOption("x".into()).code(), ErrorCode::InvalidArgument);
         assert_eq!(
             BusError::InvalidTopic(TopicError::Empty).code(),
             ErrorCode::InvalidArgument

@@ -23,14 +23,21 @@ use streambus_types::{Topic, TopicFilter};
 /// An index from filters to entries of type `T`, keyed by an id of type `K`.
 #[derive(Debug)]
 pub(crate) struct SubscriptionIndex<K, T> {
+    /// Filters without wildcards, by the one topic they match: a hash lookup.
     exact: HashMap<Topic, Vec<(K, T)>>,
+    /// Filters with wildcards, token by token: a lookup walks at most the topic's depth
+    /// times the wildcard branches, whatever the number of filters.
     trie: Node<K, T>,
+    /// Every entry by key, with its filter: what `remove` needs to find it again.
     entries: HashMap<K, (TopicFilter, T)>,
 }
 
+/// One token position of the wildcard trie.
 #[derive(Debug)]
 struct Node<K, T> {
+    /// Children by literal token.
     literal: HashMap<Box<str>, Node<K, T>>,
+    /// The child for `*` (any one token).
     any_one: Option<Box<Node<K, T>>>,
     /// Entries whose filter ends here.
     here: Vec<(K, T)>,

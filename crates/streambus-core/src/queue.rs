@@ -69,7 +69,10 @@ pub(crate) enum Popped {
 /// A run of deliveries sharing one allocation with every other subscriber.
 #[derive(Debug, Clone)]
 pub struct DeliveryRun {
+    /// The topic's fan-out batch (or a queue group's share), shared with every other
+    /// subscriber that got it; never copied per subscriber.
     batch: Arc<[Delivery]>,
+    /// The part of `batch` that belongs to this run.
     range: Range<usize>,
     /// The durable publish these deliveries belong to (durable sink subscriptions only).
     receipt: Option<Arc<ReceiptToken>>,
@@ -145,27 +148,48 @@ pub struct QueueSnapshot {
     pub closed: Option<CloseReason>,
 }
 
+/// The mutable part of a [`SubscriberQueue`], behind its one lock.
 struct State {
+    /// Runs and gaps in push order; the consumer pops from the front.
     entries: VecDeque<Entry>,
+    /// Deliveries held in `entries` (bounded by `capacity_messages`).
     messages: usize,
+    /// Payload and header bytes held in `entries` (bounded by `capacity_bytes`).
     bytes: usize,
+    /// Set once, by the bus (unsubscribe, slow consumer, session end, shutdown); pushes
+    /// are refused from then on and the consumer drains what is left.
     closed: Option<CloseReason>,
+    /// The consumer dropped its `Subscription`: nothing will ever be popped again, so
+    /// pushes are refused rather than buffered.
     detached: bool,
     /// The consumer has been handed the close reason.
     close_seen: bool,
+    /// The consumer's task, when it waits on an empty queue.
     consumer: Option<Waker>,
+    /// Topics parked on this full `block` queue, each woken (it sends itself `Resume`)
+    /// when room returns. At most one per topic that pushes here.
     space_wakers: Vec<SpaceWaker>,
+    /// Highest `messages` seen, for snapshots.
     peak_messages: usize,
+    /// Deliveries handed to the consumer.
     delivered: u64,
+    /// Deliveries the overflow policy dropped (each reported in a gap).
     dropped: u64,
+    /// Gap events handed to the consumer.
     gaps_delivered: u64,
 }
 
 /// A subscription's bounded buffer; shared by the topics that push and the consumer.
 pub(crate) struct SubscriberQueue {
+    /// Entries, counters and wakers; a short parking_lot lock, never held while a
+    /// waker runs (see [`Wake`]).
     state: Mutex<State>,
+    /// What a push into a full queue does.
     policy: OverflowPolicy,
+    /// Most deliveries held at once.
     capacity_messages: usize,
+    /// Most payload and header bytes held at once (a single larger run is still taken
+    /// into an empty queue, so nothing is refused forever).
     capacity_bytes: usize,
 }
 
@@ -191,11 +215,14 @@ fn gap_of(ds: &[Delivery]) -> Gap {
     }
 }
 
-/// Wakers to fire once the lock is released.
+/// Wakers to fire once the lock is released: waking under the lock would let the woken
+/// task contend for it at once (or, for a space waker, run a topic's cast inside it).
 #[derive(Default)]
 #[must_use]
 struct Wake {
+    /// The consumer, when something was pushed or the queue closed.
     consumer: Option<Waker>,
+    /// Parked topics, when room was made.
     space: Vec<SpaceWaker>,
 }
 

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Publishing is the hot path and goes from the caller's task straight to the topic
-//! actors through the bus's [`Router`] (no session actor in between). Subscribing,
+//! actors through the bus's router (`router.rs`; no session actor in between). Subscribing,
 //! unsubscribing, observing and closing are calls to the session actor, which owns the
 //! subscriptions and enforces the per-session limits.
 //!

@@ -30,7 +30,7 @@
 //! - `start`: checks every entry before the bus starts, then opens each sink's source
 //!   and subscriptions, makes its shared state (`shared`) and spawns its intake.
 //!
-//! The bus holds the runtime through [`SinkRuntime`], a handle on the supervisor; the
+//! The bus holds the runtime through `SinkRuntime`, a handle on the supervisor; the
 //! runtime publishes dead letters through a [`crate::SessionHandle`] it is given, so
 //! nothing here reaches back into the bus.
 //!

@@ -34,10 +34,16 @@ impl std::fmt::Display for SubscriptionId {
 /// The routing entry of a subscription: what the index and the topics hold.
 #[derive(Debug)]
 pub(crate) struct Subscriber {
+    /// Unique within the bus; the key of the index and of every topic's subscriber set.
     pub(crate) id: SubscriptionId,
+    /// The owning session, for cleaning up all of a session's subscriptions at once.
     pub(crate) session: SessionId,
+    /// What it matches.
     pub(crate) filter: TopicFilter,
+    /// Its queue group: each message of a topic goes to one member of each group.
     pub(crate) group: Option<Arc<str>>,
+    /// The bounded buffer topics push into and the [`Subscription`] pops from; closing
+    /// it ends the subscription for everyone.
     pub(crate) queue: Arc<SubscriberQueue>,
     /// The owning session, told when the bus ends the subscription on its own.
     pub(crate) session_ref: ActorRef<SessionMessage>,
@@ -84,13 +90,17 @@ pub enum BatchEvent {
 /// A live subscription: a stream of [`Event`]s.
 #[derive(Debug)]
 pub struct Subscription {
+    /// The subscription's id.
     id: SubscriptionId,
+    /// What it matches.
     filter: TopicFilter,
+    /// The buffer it pops from, shared with the topics that push into it.
     queue: Arc<SubscriberQueue>,
     /// The owning session; told to forget the subscription when it is dropped.
     session: ActorRef<SessionMessage>,
     /// Deliveries popped but not yet yielded one by one by the `Stream` impl.
     current: Option<DeliveryRun>,
+    /// The close reason was handed out: the stream is over.
     done: bool,
 }
 

@@ -3,7 +3,12 @@
 //! One table maps each [`ErrorCode`] to its gRPC status code and its HTTP status, side by
 //! side, so the wire protocol, the admin API and the in-process API agree on what a
 //! failure means. The table is pinned by a test: changing a mapping is a breaking change.
-//! Backpressure refusals are `RESOURCE_EXHAUSTED` / 429.
+//!
+//! Which code a refusal gets follows one rule: input that breaks the protocol's fixed
+//! rules (topic syntax, length and depth; an unknown option; frames out of order) is
+//! `INVALID_ARGUMENT` / 400; a valid request past a limit the server is configured with
+//! (message, batch and frame sizes; sessions, subscriptions, topics) or past its
+//! capacity at the moment (backpressure: a full mailbox) is `RESOURCE_EXHAUSTED` / 429.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,11 +16,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// The request is malformed: bad topic, oversize message, unknown frame.
+    /// The request breaks the protocol's fixed rules: bad topic, unknown option or frame.
     InvalidArgument,
     /// The thing named does not exist (an unknown subscription id).
     NotFound,
-    /// A limit or a buffer is full; retrying later may succeed.
+    /// A configured limit (a size or a count) or a buffer is full; retrying later, or
+    /// smaller, may succeed.
     ResourceExhausted,
     /// The caller is not authenticated.
     Unauthenticated,

@@ -68,16 +68,25 @@ pub(crate) enum SessionMessage {
     Crash,
 }
 
-/// Counters shared between a session actor and its handles.
+/// What a session actor shares with its handles and the session manager: identity,
+/// the closed flag and the publish counters (publishes bypass the actor, so their
+/// counters cannot live in its state).
 #[derive(Debug)]
 pub(crate) struct SessionShared {
+    /// Unique within the bus; assigned by the session manager.
     pub(crate) id: SessionId,
+    /// The client's name, for snapshots and logs.
     pub(crate) name: String,
-    /// Set when the session closes or fails; publishes are refused from then on.
+    /// Set when the session closes or fails (by the handle's `close`, the actor's
+    /// `Close` and `post_stop`, or the session manager); never cleared. Publishes and
+    /// subscribes are refused from then on.
     pub(crate) closed: AtomicBool,
-    /// Publish batches handed to topics and not yet fanned out.
+    /// Publish batches handed to topics and not yet fanned out. Each batch carries a
+    /// guard of it; a graceful close waits for it to reach zero.
     pub(crate) inflight: Arc<Inflight>,
+    /// Messages admitted to topics (written by the publishing tasks).
     pub(crate) published_messages: AtomicU64,
+    /// Payload and header bytes of the messages counted above.
     pub(crate) published_bytes: AtomicU64,
 }
 
@@ -98,19 +107,31 @@ pub struct SessionSnapshot {
     pub subscriptions: Vec<SubscriptionSnapshot>,
 }
 
-/// Arguments of a session actor.
+/// Arguments of a session actor, given by the session manager.
 pub(crate) struct SessionArgs {
+    /// Shared with the session's handles and the manager's entry for it.
     pub(crate) shared: Arc<SessionShared>,
+    /// The topic supervisor, which owns the subscription index. The session calls it
+    /// for every subscribe and unsubscribe and waits for the answer, so a subscription
+    /// is in place (or gone) when the session replies to its client.
     pub(crate) topics: ActorRef<TopicSupervisorMessage>,
+    /// The bus's limits; the session enforces `max_subscriptions_per_session`.
     pub(crate) limits: LimitsConfig,
+    /// What a subscription gets when its options leave a field out.
     pub(crate) defaults: SubscriptionDefaults,
+    /// Subscription ids, shared by every session of the bus so that ids are unique
+    /// bus-wide (topics and the index key on them).
     pub(crate) next_subscription: Arc<AtomicU64>,
 }
 
 /// State of a session actor.
 pub(crate) struct SessionState {
+    /// What the session was started with.
     args: SessionArgs,
+    /// The session's live subscriptions. The same `Arc<Subscriber>` sits in the index
+    /// and in every matching topic; the session's copy is what it closes on close.
     subscriptions: HashMap<SubscriptionId, Arc<Subscriber>>,
+    /// The session's span (id and name): the parent of its lifecycle logs.
     span: tracing::Span,
 }
 

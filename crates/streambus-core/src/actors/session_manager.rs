@@ -1,6 +1,13 @@
 //! The `SessionManager` actor: opens sessions, enforces `limits.max_sessions`, and
 //! cleans up after every session that ends, cleanly or by a panic.
 //!
+//! ## Supervision
+//!
+//! Supervises every `Session` (linked at spawn). A session that fails is not restarted:
+//! its client's stream is gone with it. The manager removes it, marks it closed, has the
+//! topic supervisor drop its subscriptions (their buffers close with `session_failed`)
+//! and counts the failure; no other session is touched.
+//!
 //! # Invariants
 //!
 //! - `sessions` holds exactly the live session actors it spawned.
@@ -53,24 +60,37 @@ pub struct SessionManagerSnapshot {
     pub sessions_failed: u64,
 }
 
-/// Arguments of the session manager.
+/// Arguments of the session manager, given by [`crate::Bus::start`].
 pub(crate) struct SessionManagerArgs {
+    /// The topic supervisor: handed to every session, and told (by a cast, no answer
+    /// awaited) to drop a session's subscriptions when the session ends.
     pub(crate) topics: ActorRef<TopicSupervisorMessage>,
+    /// The bus's limits: `max_sessions` here, the rest passed to each session.
     pub(crate) limits: LimitsConfig,
+    /// Subscription defaults, passed to each session.
     pub(crate) defaults: SubscriptionDefaults,
 }
 
+/// One live session, as the manager keeps it.
 struct SessionEntry {
+    /// The session actor, linked to the manager: its end arrives as a supervision event.
     actor: ActorRef<SessionMessage>,
+    /// Its shared state; the manager sets `closed` when the session ends, so handles
+    /// still held by clients refuse work at once.
     shared: Arc<SessionShared>,
 }
 
 /// State of the session manager.
 pub(crate) struct SessionManagerState {
+    /// What the manager was started with.
     args: SessionManagerArgs,
+    /// Live sessions by actor id (the key supervision events carry).
     sessions: HashMap<ActorId, SessionEntry>,
+    /// The next session id; ids are never reused within a bus.
     next_session: u64,
+    /// Subscription ids, shared by every session (see [`SessionArgs`]).
     next_subscription: Arc<AtomicU64>,
+    /// Opened and failed totals; `sessions` is filled in at observe time.
     counters: SessionManagerSnapshot,
 }
 
@@ -162,6 +182,8 @@ impl Actor for SessionManager {
                 let _ = reply.send((actors, counters));
             }
             SessionManagerMessage::CloseAll { reason, reply } => {
+                // One at a time, each bounded: a session stuck in a call cannot hold
+                // shutdown for longer than its own timeout.
                 let actors: Vec<_> = state.sessions.values().map(|e| e.actor.clone()).collect();
                 for actor in actors {
                     let _ = actor
@@ -190,6 +212,8 @@ impl Actor for SessionManager {
                     tracing::warn!(session = id.0, error = %err, "session failed; its subscriptions were removed");
                 }
             }
+            // A clean stop (graceful close, shutdown): its subscriptions are already
+            // closed, and removing them again is harmless.
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 state.ended(cell.get_id(), CloseReason::SessionClosed);
             }

@@ -112,41 +112,66 @@ pub struct TopicSnapshot {
     pub lost_in_crashes: u64,
 }
 
-/// Arguments of a topic actor.
+/// Arguments of a topic actor, given by the topic supervisor.
 pub(crate) struct TopicArgs {
+    /// The state that outlives incarnations (sequence, retained value, admission); a
+    /// restarted actor gets the same one.
     pub(crate) shared: Arc<TopicShared>,
+    /// Every subscription in the index that matches the topic when it starts; later
+    /// ones arrive as `AddSubscriber`.
     pub(crate) subscribers: Vec<Arc<Subscriber>>,
+    /// The directory, for the clock (idleness) and the supervisor's address (to report
+    /// subscribers that ended during a fan-out).
     pub(crate) directory: Arc<Directory>,
 }
 
+/// A queue group as one topic sees it: its members that match this topic.
 #[derive(Debug)]
 struct Group {
+    /// The group's name, shared with its subscribers' options.
     name: Arc<str>,
+    /// Members in arrival order; closed ones are dropped at the next fan-out.
     members: Vec<Arc<Subscriber>>,
+    /// Round-robin position: the member that gets the next message.
     next: usize,
 }
 
 /// A part of a batch a `block` subscriber has not taken yet.
 struct Parked {
+    /// The full subscriber; its buffer's space waker sends `Resume`.
     subscriber: Arc<Subscriber>,
+    /// The batch (or group share) being fanned out, shared with those who have it.
     batch: Arc<[Delivery]>,
+    /// The part of `batch` this subscriber still has to take.
     range: Range<usize>,
+    /// The subscriber's share of a durable receipt, confirmed as it takes the rest.
     receipt: Option<Arc<ReceiptToken>>,
 }
 
 /// State of a topic actor.
 pub(crate) struct TopicState {
+    /// See [`TopicArgs::shared`].
     shared: Arc<TopicShared>,
+    /// See [`TopicArgs::directory`].
     directory: Arc<Directory>,
+    /// Subscribers without a queue group: each gets every message.
     plain: Vec<Arc<Subscriber>>,
+    /// Queue groups: each message goes to one member of each.
     groups: Vec<Group>,
+    /// Remainders that `block` subscribers could not take yet. While it is not empty
+    /// nothing new is fanned out.
     parked: Vec<Parked>,
-    /// The permit of the batch whose fan-out is parked.
+    /// The batch whose fan-out is parked: its permit (and receipt) is completed only
+    /// when every parked remainder is taken.
     parked_batch: Option<PublishBatch>,
+    /// Publish batches that arrived while a fan-out was parked, in mailbox order. Each
+    /// still holds its admission permit, so the backlog is bounded by the admission.
     backlog: VecDeque<PublishBatch>,
     /// Subscribers whose buffer closed during a fan-out; removed right after it.
     ended: Vec<SubscriptionId>,
+    /// Messages this incarnation fanned out (the snapshot's `published`).
     published: u64,
+    /// The topic's span (its name): the parent of its logs.
     span: tracing::Span,
 }
 
@@ -244,6 +269,9 @@ impl TopicState {
         }
     }
 
+    /// A subscriber's buffer ended during a push: it is removed after the current
+    /// fan-out, and the supervisor is told (by a cast, so the topic never waits on it)
+    /// to drop it from the index and every other topic.
     fn subscriber_ended(&mut self, sub: &Arc<Subscriber>, reason: CloseReason) {
         self.ended.push(sub.id);
         let _ = self.directory.supervisor.cast(TopicSupervisorMessage::Unsubscribe {
@@ -318,7 +346,9 @@ impl TopicState {
         }
     }
 
-    /// Each message goes to one live member, round robin.
+    /// Each message goes to one live member, round robin. One member takes the batch as
+    /// it is; several get shares, each its own shared slice, so that no member holds
+    /// another's messages.
     fn fan_out_group(&mut self, group: &mut Group, batch: &Arc<[Delivery]>, myself: &ActorRef<TopicMessage>) {
         group.members.retain(|m| !m.queue.is_closed());
         let members = group.members.len();
@@ -365,6 +395,10 @@ impl TopicState {
     }
 
     /// Reports messages lost in a previous incarnation's crash to every subscriber.
+    ///
+    /// The loss has no sequence numbers of its own (the batches died unstamped), so it
+    /// gets a fresh range, reserved now: the gap then says exactly how many, and the
+    /// sequence stays dense for everyone.
     fn report_crash_loss(&mut self) {
         let lost = self.shared.take_unreported_loss();
         if lost == 0 {

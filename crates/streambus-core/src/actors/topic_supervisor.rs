@@ -6,6 +6,13 @@
 //! subscription resolves it from the index; a subscription added after a topic started
 //! is sent to it. Publishers only read the directory this actor writes.
 //!
+//! ## Supervision
+//!
+//! Supervises every `Topic` (linked at spawn). A topic that fails is restarted at once
+//! with the same shared state, so its sequence, retained value and admission carry on;
+//! the batches that died in its mailbox are counted and reported to subscribers as a
+//! gap by the new incarnation. A topic that stops normally (reaped) is only forgotten.
+//!
 //! # Invariants
 //!
 //! - The directory holds at most one entry per topic name, and that entry's actor is the
@@ -84,9 +91,11 @@ pub struct TopicSupervisorSnapshot {
     pub topics_reaped: u64,
 }
 
-/// Arguments of the topic supervisor.
+/// Arguments of the topic supervisor, given by [`crate::Bus::start`].
 pub(crate) struct TopicSupervisorArgs {
+    /// Each new topic's admission (mailbox messages and bytes) and the idle timeout.
     pub(crate) topics: TopicsConfig,
+    /// `max_topics`: a publish that would start one more topic is refused.
     pub(crate) limits: LimitsConfig,
     /// Filled in by `pre_start`, which is where the directory is created (it needs this
     /// actor's own reference).
@@ -95,12 +104,21 @@ pub(crate) struct TopicSupervisorArgs {
 
 /// State of the topic supervisor.
 pub(crate) struct TopicSupervisorState {
+    /// Live topics by name. Only this actor writes it; publishers read it lock-free
+    /// (sharded map) and come here on a miss.
     directory: Arc<Directory>,
+    /// Every live subscription by filter (exact map and wildcard trie): what a new
+    /// topic's subscribers are resolved from.
     index: SubscriptionIndex<SubscriptionId, Arc<Subscriber>>,
+    /// Each session's subscriptions, so a session that ends is cleaned in one step.
     by_session: HashMap<SessionId, HashSet<SubscriptionId>>,
+    /// Live topic actors by actor id (the key supervision events carry) to their name.
     by_actor: HashMap<ActorId, Topic>,
+    /// See [`TopicSupervisorArgs::topics`].
     topics: TopicsConfig,
+    /// See [`TopicSupervisorArgs::limits`].
     limits: LimitsConfig,
+    /// Restart and reap totals; live counts are filled in at observe time.
     counters: TopicSupervisorSnapshot,
 }
 
@@ -131,6 +149,8 @@ impl TopicSupervisorState {
         Ok(topic_ref)
     }
 
+    /// The live actor of `topic`: the current one, or a successor if it is dead or is
+    /// `stale` (the caller saw it refuse a message), or a new topic within `max_topics`.
     async fn ensure(
         &mut self,
         myself: &ActorRef<TopicSupervisorMessage>,
@@ -168,6 +188,9 @@ impl TopicSupervisorState {
         self.spawn(myself, shared).await
     }
 
+    /// Adds a subscription to the index and to every live topic it matches (one lookup
+    /// for an exact filter). Casts only: a topic busy fanning out never holds this
+    /// actor, and it gets the subscriber before any publish that follows the reply.
     fn subscribe(&mut self, sub: Arc<Subscriber>) {
         self.by_session.entry(sub.session).or_default().insert(sub.id);
         self.index.insert(sub.id, sub.filter.clone(), sub.clone());
@@ -190,6 +213,9 @@ impl TopicSupervisorState {
         }
     }
 
+    /// Removes a subscription from the index, its session's set and every topic, and
+    /// closes its buffer with `reason` (what is buffered stays readable). A slow
+    /// consumer's session is told to forget it, since the session did not ask.
     fn unsubscribe(&mut self, id: SubscriptionId, reason: CloseReason) {
         let Some((filter, sub)) = self.index.remove(id) else {
             return;

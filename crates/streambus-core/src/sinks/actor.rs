@@ -24,22 +24,29 @@ pub(crate) enum SinkMessage {
     WorkerEnded(Result<(), String>),
 }
 
-/// Arguments of a sink actor.
+/// Arguments of a sink actor, given by the sink supervisor for each incarnation.
 pub(crate) struct SinkArgs {
+    /// The sink's state shared across incarnations (source, pending batch, counters).
     pub(crate) shared: Arc<SinkShared>,
+    /// Builds this incarnation's sink (`pre_start` fails, and so counts as a failure,
+    /// if it refuses).
     pub(crate) factory: SinkFactory,
+    /// The entry the factory is called with.
     pub(crate) spec: SinkSpec,
 }
 
 /// State of a sink actor.
 pub(crate) struct SinkState {
-    /// The worker task; aborted when the actor stops.
+    /// The worker task, which sends `WorkerEnded` to this actor when it ends. Aborted
+    /// when the actor stops (a restart, shutdown): its batch in progress stays in the
+    /// shared `pending` slot for the next incarnation.
     worker: tokio::task::JoinHandle<()>,
 }
 
 /// The sink actor.
 pub(crate) struct SinkActor;
 
+/// The message of a caught panic, for the failure reason.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()

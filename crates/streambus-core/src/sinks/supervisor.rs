@@ -9,6 +9,13 @@
 //! the reason, so nothing is lost silently and nothing piles up. Other sinks are never
 //! touched, and the supervisor itself never fails because of a sink.
 //!
+//! ## Supervision
+//!
+//! Supervises every `Sink` actor (linked at spawn): a failure schedules a restart with
+//! backoff or quarantines the sink, as above; a normal stop (its source drained at
+//! shutdown) is only recorded. The sinks' intake tasks are not actors: they run for the
+//! bus's whole life and do not depend on any incarnation.
+//!
 //! # Invariants
 //!
 //! - At most one incarnation of a sink runs at a time (a restart is only scheduled when
@@ -40,30 +47,44 @@ pub(crate) enum SinkSupervisorMessage {
 
 /// One configured sink, as the supervisor starts it.
 pub(crate) struct SinkEntryArgs {
+    /// The sink's state that outlives its incarnations; its intake already runs.
     pub(crate) shared: Arc<SinkShared>,
+    /// Builds each incarnation's sink.
     pub(crate) factory: SinkFactory,
+    /// The entry the factory is called with.
     pub(crate) spec: SinkSpec,
 }
 
-/// Arguments of the sink supervisor.
+/// Arguments of the sink supervisor, given by the sink runtime's start-up.
 pub(crate) struct SinkSupervisorArgs {
+    /// Every configured sink, each started at once.
     pub(crate) sinks: Vec<SinkEntryArgs>,
 }
 
+/// One sink as the supervisor keeps it.
 struct Entry {
+    /// What each incarnation is started from.
     args: SinkEntryArgs,
+    /// The running incarnation, linked to the supervisor; `None` while a restart waits
+    /// or after it stopped or was quarantined.
     actor: Option<ActorRef<SinkMessage>>,
     /// Failure times within the restart window.
     failures: VecDeque<Instant>,
-    /// The dead-letter drain of a quarantined sink.
+    /// The dead-letter drain of a quarantined sink: a task reading the sink's source
+    /// into its dead-letter topic for the bus's whole life. Aborted when the supervisor
+    /// stops.
     quarantine: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// State of the sink supervisor.
 pub(crate) struct SinkSupervisorState {
+    /// Every configured sink by name (snapshots come out in name order).
     entries: BTreeMap<String, Entry>,
+    /// Live sink actors by actor id (the key supervision events carry) to their name.
     by_actor: HashMap<ActorId, String>,
+    /// Set by `Drain` (shutdown): no restart is scheduled or spawned from then on.
     draining: bool,
+    /// `Drain` callers, answered once no sink actor is left running.
     drain_waiters: Vec<RpcReplyPort<()>>,
 }
 
@@ -71,6 +92,7 @@ pub(crate) struct SinkSupervisorState {
 pub(crate) struct SinkSupervisor;
 
 impl SinkSupervisorState {
+    /// Starts an incarnation of sink `name`, unless one runs or it is quarantined.
     async fn spawn(&mut self, myself: &ActorRef<SinkSupervisorMessage>, name: &str) {
         let Some(entry) = self.entries.get_mut(name) else {
             return;
@@ -141,6 +163,7 @@ impl SinkSupervisorState {
         myself.send_after(delay, move || SinkSupervisorMessage::Restart(name));
     }
 
+    /// Answers the `Drain` callers once draining and no sink actor is left.
     fn check_drained(&mut self) {
         if self.draining && self.by_actor.is_empty() {
             for reply in self.drain_waiters.drain(..) {

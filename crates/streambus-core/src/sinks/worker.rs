@@ -4,6 +4,13 @@
 //! written (shutdown), and `Err` with the reason on a fatal error; a panic in the sink
 //! unwinds out of it. Either way the batch being written stays in the sink's `pending`
 //! slot for the next incarnation (or the quarantine drain).
+//!
+//! # Invariants
+//!
+//! - A batch leaves the `pending` slot only after it is acknowledged (written, or
+//!   dead-lettered, or given up and counted): at least once, never silently lost.
+//! - The source is read by one incarnation at a time: the `pending` lock is held from
+//!   taking a batch until it is acknowledged.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -85,6 +92,7 @@ pub(crate) fn acknowledge(shared: &SinkShared, batch: &Batch, written: usize) {
     shared.written.fetch_add(written as u64, Ordering::Relaxed);
 }
 
+/// One attempt: a write and its flush; only both together store a batch.
 async fn write_and_flush(sink: &mut dyn Sink, records: &[Record]) -> Result<(), SinkError> {
     sink.write(records).await?;
     sink.flush().await
@@ -92,6 +100,13 @@ async fn write_and_flush(sink: &mut dyn Sink, records: &[Record]) -> Result<(), 
 
 /// Writes `records`, retrying, isolating poison records and dead-lettering them.
 /// Returns how many records the sink stored, or the fatal error.
+///
+/// The batch is worked as a queue of parts, first the whole of it. A retryable failure
+/// retries the same part after a backoff (and dead-letters it past
+/// `retry.max_attempts`, when that is set). A poison record named by index goes to the
+/// dead-letter topic and the parts on either side of it are written next, in order; an
+/// unnamed poison record is found by halving the part until it stands alone. So the
+/// good records of a batch always land, in their order, whatever is wrong with the rest.
 async fn deliver(sink: &mut dyn Sink, shared: &SinkShared, records: &[Record]) -> Result<usize, String> {
     let retry = &shared.config.retry;
     let mut parts: VecDeque<&[Record]> = VecDeque::from([records]);
@@ -115,6 +130,8 @@ async fn deliver(sink: &mut dyn Sink, shared: &SinkShared, records: &[Record]) -
                 Err(e) => e,
             };
             shared.set_error(error.message.clone());
+            // Each arm either retries this part (loop) or settles it (break), pushing
+            // what is left of it to the front of the queue.
             match error.kind {
                 SinkErrorKind::Retryable => {
                     attempt += 1;
@@ -154,7 +171,9 @@ async fn deliver(sink: &mut dyn Sink, shared: &SinkShared, records: &[Record]) -
     Ok(stored)
 }
 
-/// Opens the sink, retrying retryable failures.
+/// Opens the sink, retrying retryable failures for as long as it takes (a destination
+/// that is down at start must not cost the sink its restart budget); a fatal one ends
+/// the incarnation.
 async fn open(sink: &mut dyn Sink, shared: &SinkShared) -> Result<(), String> {
     let retry = &shared.config.retry;
     let mut attempt = 0;

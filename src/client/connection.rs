@@ -1,0 +1,166 @@
+//! The connection and reconnect loop: one `Connect` stream at a time, re-established
+//! with exponential backoff when it is lost.
+//!
+//! [`connect_once`] opens a stream, says `hello`, waits for `welcome`, resubscribes
+//! every live subscription, and only then publishes the new request queue, so nothing
+//! the application sends can overtake the resubscribes. [`drive`] (one task per client)
+//! reads each connection until it ends, fails what was pending on it, and reconnects
+//! unless the client was closed or asked not to.
+//!
+//! # Invariants
+//!
+//! - At most one connection is current; its request queue is the one in
+//!   [`Shared::frames`], and it is replaced only by [`drive`].
+//! - A ping task lives exactly as long as the connection it pings on.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use streambus_types::CloseReason;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::shared::Shared;
+use super::{ClientError, Credit, REQUEST_QUEUE_FRAMES, Welcome, router};
+use crate::proto::streambus::v1 as pb;
+use pb::bus_client::BusClient;
+use pb::client_frame::Frame as Out;
+use pb::server_frame::Frame as In;
+
+/// An established connection: its response stream, ready to be read.
+pub(super) struct Connected {
+    /// The server's frames, after `welcome`.
+    responses: tonic::Streaming<pb::ServerFrame>,
+}
+
+/// Opens the stream, says hello, waits for welcome, resubscribes, and publishes the
+/// request queue for senders.
+pub(super) async fn connect_once(shared: &Arc<Shared>, channel: Channel) -> Result<Connected, ClientError> {
+    let (tx, rx) = mpsc::channel(REQUEST_QUEUE_FRAMES);
+    let initial_credit = match shared.options.credit {
+        Credit::Unlimited => None,
+        Credit::Window(n) | Credit::Manual(n) => Some(n),
+    };
+    let hello = pb::ClientFrame {
+        frame: Some(Out::Hello(pb::Hello {
+            client_name: shared.options.name.clone(),
+            initial_credit,
+        })),
+    };
+    tx.send(hello).await.map_err(|_| ClientError::Closed)?;
+    let mut client = BusClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut responses = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    let welcome = match responses.message().await? {
+        Some(pb::ServerFrame {
+            frame: Some(In::Welcome(w)),
+        }) => w,
+        other => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
+    };
+    // A new session starts with the whole credit window again.
+    shared.consumed.store(0, Ordering::Release);
+    let resubscribe = shared
+        .state()
+        .begin_connection(Welcome::from_wire(&welcome), || shared.next_id());
+    for request in resubscribe {
+        let frame = pb::ClientFrame {
+            frame: Some(Out::Subscribe(request)),
+        };
+        tx.send(frame).await.map_err(|_| ClientError::Disconnected)?;
+    }
+    if shared.is_closed() {
+        return Err(ClientError::Closed);
+    }
+    shared.frames.send_replace(Some(tx));
+    Ok(Connected { responses })
+}
+
+/// The delay before the reconnect attempt after one that waited `delay`: doubled, at
+/// most `max`.
+pub(super) fn next_delay(delay: Duration, max: Duration) -> Duration {
+    delay.saturating_mul(2).min(max)
+}
+
+/// The driver: reads each connection until it ends, then reconnects with backoff.
+pub(super) async fn drive(shared: Arc<Shared>, channel: Channel, first: Connected) {
+    let mut connection = Some(first);
+    let mut delay = shared.options.reconnect_initial;
+    loop {
+        if let Some(c) = connection.take() {
+            delay = shared.options.reconnect_initial;
+            let pinger = tokio::spawn(ping(shared.clone()));
+            let ended = read(&shared, c.responses).await;
+            pinger.abort();
+            shared.frames.send_replace(None);
+            shared.fail_pending();
+            if shared.is_closed() || !shared.options.reconnect {
+                shared.close_subscriptions(CloseReason::SessionClosed);
+                return;
+            }
+            tracing::warn!(error = %ended, url = %shared.options.url, "connection lost; reconnecting");
+        }
+        tokio::time::sleep(delay).await;
+        delay = next_delay(delay, shared.options.reconnect_max);
+        match connect_once(&shared, channel.clone()).await {
+            Ok(c) => {
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(url = %shared.options.url, "reconnected");
+                connection = Some(c);
+            }
+            Err(ClientError::Closed) => {
+                shared.close_subscriptions(CloseReason::SessionClosed);
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "reconnect failed"),
+        }
+    }
+}
+
+/// Pings every `ping_interval` so the server's idle timeout never fires on a quiet
+/// client; ends when the client is closed (the driver aborts it with its connection).
+async fn ping(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(shared.options.ping_interval);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let nonce = shared.next_id();
+        if shared.send(Out::Ping(pb::Ping { nonce })).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one connection's server frames until it ends; returns why it ended.
+async fn read(shared: &Arc<Shared>, mut responses: tonic::Streaming<pb::ServerFrame>) -> ClientError {
+    loop {
+        let frame = match responses.message().await {
+            Ok(Some(pb::ServerFrame { frame: Some(frame) })) => frame,
+            Ok(Some(_)) => continue,
+            Ok(None) => return ClientError::Closed,
+            Err(status) => return ClientError::Status(status),
+        };
+        if let Err(e) = router::route(shared, frame).await {
+            return e;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reconnect delays double from the first and stay at the maximum.
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let max = Duration::from_millis(1000);
+        let mut delay = Duration::from_millis(100);
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            delay = next_delay(delay, max);
+            seen.push(delay.as_millis());
+        }
+        assert_eq!(seen, [200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(next_delay(Duration::MAX, max), max);
+    }
+}

@@ -1,0 +1,255 @@
+//! What a [`super::Client`], its subscriptions and its tasks share: the request queue of
+//! the current connection, the requests waiting for an answer, and the live
+//! subscriptions with their server ids.
+//!
+//! # Invariants
+//!
+//! - `pending` holds each request id at most once; an entry leaves it exactly once: by
+//!   its reply frame (see [`super::router`]), or through [`Shared::fail_pending`] when
+//!   its connection is lost.
+//! - `by_server_id` maps exactly the subscriptions the current connection's server
+//!   confirmed; [`State::begin_connection`] empties it, and each `subscribed` frame of
+//!   the new connection fills it again.
+//! - The state lock is never held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use streambus_types::{CloseReason, Event};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ClientError, ClientOptions, Credit, Welcome};
+use crate::proto::streambus::v1 as pb;
+use pb::client_frame::Frame as Out;
+
+/// A request waiting for its reply frame; its sender is answered exactly once.
+pub(super) enum Pending {
+    /// A subscribe (or a resubscribe after a reconnect, whose reply nobody awaits) for
+    /// the client's subscription `local`.
+    Subscribe {
+        local: u64,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    /// An unsubscribe the application awaits.
+    Unsubscribe(oneshot::Sender<Result<(), ClientError>>),
+    /// An acked publish: the number of messages admitted, or the refusal.
+    Publish(oneshot::Sender<Result<u64, ClientError>>),
+    /// A ping the application awaits (the keepalive pings register nothing).
+    Ping(oneshot::Sender<()>),
+}
+
+/// A subscription as the client remembers it, to resubscribe after a reconnect.
+pub(super) struct LiveSubscription {
+    /// The subscribe request as first sent (its request id is replaced on each send).
+    pub(super) request: pb::Subscribe,
+    /// Event batches to the [`super::ClientSubscription`], the only receiver; capacity
+    /// [`super::SUBSCRIPTION_QUEUE_BATCHES`]. The connection's reader waits when it is
+    /// full, which is the client's backpressure on the server. A closed receiver (the
+    /// subscription dropped) makes sends fail, and they are ignored.
+    pub(super) events: mpsc::Sender<Vec<Event>>,
+    /// The server's id on the current connection, once subscribed.
+    pub(super) server_id: Option<u64>,
+}
+
+/// The mutable part of [`Shared`], behind one lock.
+#[derive(Default)]
+pub(super) struct State {
+    /// By request id (subscribe, unsubscribe, ping) or publish id.
+    pub(super) pending: HashMap<u64, Pending>,
+    /// By the client's own subscription id, stable across reconnects.
+    pub(super) subscriptions: HashMap<u64, LiveSubscription>,
+    /// Server subscription id → client subscription id, for the current connection.
+    pub(super) by_server_id: HashMap<u64, u64>,
+    /// The current connection's `welcome`.
+    pub(super) welcome: Option<Welcome>,
+}
+
+impl State {
+    /// Starts a new connection's view: its `welcome`, no confirmed subscriptions, and one
+    /// pending subscribe per live subscription, under ids from `next_id`. Returns the
+    /// subscribe frames to send, in no particular order.
+    ///
+    /// The resubscribes' replies are awaited by nobody: a `subscribed` frame maps the
+    /// new server id, an `error` frame ends the subscription's stream.
+    pub(super) fn begin_connection(
+        &mut self,
+        welcome: Welcome,
+        mut next_id: impl FnMut() -> u64,
+    ) -> Vec<pb::Subscribe> {
+        self.welcome = Some(welcome);
+        self.by_server_id.clear();
+        let mut frames = Vec::with_capacity(self.subscriptions.len());
+        for (local, s) in &mut self.subscriptions {
+            s.server_id = None;
+            let request_id = next_id();
+            let (reply, _) = oneshot::channel();
+            self.pending
+                .insert(request_id, Pending::Subscribe { local: *local, reply });
+            frames.push(pb::Subscribe {
+                request_id,
+                ..s.request.clone()
+            });
+        }
+        frames
+    }
+
+    /// The event sender of the subscription the server calls `server_id`, if any.
+    pub(super) fn events_of(&self, server_id: u64) -> Option<mpsc::Sender<Vec<Event>>> {
+        self.by_server_id
+            .get(&server_id)
+            .and_then(|local| self.subscriptions.get(local))
+            .map(|s| s.events.clone())
+    }
+}
+
+/// Everything a client's clones, subscriptions and tasks share.
+pub(super) struct Shared {
+    /// How the client connects (read only).
+    pub(super) options: ClientOptions,
+    /// Request ids, publish ids, client subscription ids and ping nonces: one counter,
+    /// so no two are ever equal.
+    next_id: AtomicU64,
+    /// See [`State`]; a std mutex, held briefly and never across an `.await`.
+    state: Mutex<State>,
+    /// The current connection's request queue (capacity
+    /// [`super::REQUEST_QUEUE_FRAMES`]); `None` while (re)connecting. Publishers and
+    /// requests wait on it; only the driver replaces it. Sending `None` (close, or a lost
+    /// connection) drops the queue's sender, which ends the request stream (CloseSend).
+    pub(super) frames: watch::Sender<Option<mpsc::Sender<pb::ClientFrame>>>,
+    /// Set by [`Shared::close`]; never cleared.
+    pub(super) closed: AtomicBool,
+    /// Deliveries taken by the application since the last window grant.
+    pub(super) consumed: AtomicU64,
+    /// Fire-and-forget publishes (and other id-less frames) the server refused.
+    pub(super) refused: AtomicU64,
+    /// Successful reconnects.
+    pub(super) reconnects: AtomicU64,
+}
+
+impl Shared {
+    /// State for a client with `options`, not connected yet.
+    pub(super) fn new(options: ClientOptions) -> Arc<Self> {
+        let (frames, _) = watch::channel(None);
+        Arc::new(Shared {
+            options,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+            frames,
+            closed: AtomicBool::new(false),
+            consumed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        })
+    }
+
+    /// The state, locked. A panic while it was held cannot leave it half-changed in a
+    /// way that matters (every change is one map operation), so poisoning is ignored.
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the client: no more sends, and the request stream ends.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.frames.send_replace(None);
+    }
+
+    /// Whether [`Shared::close`] was called.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// A fresh id.
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a frame on the current connection, waiting for one if reconnecting.
+    pub(super) async fn send(&self, frame: Out) -> Result<(), ClientError> {
+        let mut frames = self.frames.subscribe();
+        let mut frame = pb::ClientFrame { frame: Some(frame) };
+        loop {
+            if self.is_closed() {
+                return Err(ClientError::Closed);
+            }
+            let current = {
+                let guard = frames
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| ClientError::Closed)?;
+                guard.clone()
+            };
+            let Some(tx) = current else { continue };
+            match tx.send(frame).await {
+                Ok(()) => return Ok(()),
+                // That connection died meanwhile; wait for the next one.
+                Err(mpsc::error::SendError(f)) => {
+                    frame = f;
+                    let _ = frames.changed().await;
+                }
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    pub(super) async fn request<T>(
+        &self,
+        id: u64,
+        pending: impl FnOnce(oneshot::Sender<T>) -> Pending,
+        frame: Out,
+    ) -> Result<T, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.state().pending.insert(id, pending(tx));
+        if let Err(e) = self.send(frame).await {
+            self.state().pending.remove(&id);
+            return Err(e);
+        }
+        rx.await.map_err(|_| ClientError::Disconnected)
+    }
+
+    /// Counts a delivery taken by the application; with a credit window, grants credit
+    /// back once half the window is used.
+    pub(super) fn consumed(self: &Arc<Self>, n: u64) {
+        let Credit::Window(window) = self.options.credit else {
+            return;
+        };
+        let total = self.consumed.fetch_add(n, Ordering::AcqRel) + n;
+        let half = (window / 2).max(1);
+        if total >= half
+            && self
+                .consumed
+                .compare_exchange(total, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let _ = shared.send(Out::Credit(pb::CreditGrant { credits: total })).await;
+            });
+        }
+    }
+
+    /// Answers every pending request with `Disconnected` (the connection is lost).
+    pub(super) fn fail_pending(&self) {
+        let pending: Vec<Pending> = self.state().pending.drain().map(|(_, p)| p).collect();
+        for p in pending {
+            match p {
+                Pending::Subscribe { reply, .. } | Pending::Unsubscribe(reply) => {
+                    let _ = reply.send(Err(ClientError::Disconnected));
+                }
+                Pending::Publish(reply) => {
+                    let _ = reply.send(Err(ClientError::Disconnected));
+                }
+                Pending::Ping(_) => {}
+            }
+        }
+    }
+
+    /// Ends every subscription stream with `reason` (the client is done for good).
+    pub(super) fn close_subscriptions(&self, reason: CloseReason) {
+        let subscriptions: Vec<LiveSubscription> = self.state().subscriptions.drain().map(|(_, s)| s).collect();
+        for s in subscriptions {
+            let _ = s.events.try_send(vec![Event::Closed(reason)]);
+        }
+    }
+}
