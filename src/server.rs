@@ -109,8 +109,11 @@ pub enum ServeError {
 /// What every stream handler shares.
 #[derive(Clone)]
 pub(crate) struct Context {
+    /// The bus every stream opens its session on.
     pub(crate) bus: Bus,
+    /// Listener settings: outbound queue bound, idle timeout, keepalive.
     pub(crate) grpc: GrpcConfig,
+    /// The bus's limits, told to clients in `welcome` and used for frame sizes.
     pub(crate) limits: LimitsConfig,
     /// Turns `true` once, when the server starts shutting down; every stream watches it.
     /// A closed channel (the server is gone) means the same.
@@ -148,6 +151,8 @@ impl Context {
 pub(crate) struct Stopping {
     /// Tells, with one atomic load, whether the signal changed since the start.
     seen: watch::Receiver<bool>,
+    /// Resolves once the signal is `true` (or the sender is gone); polled only as the
+    /// type's doc says.
     wait: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// The waker `wait` was last polled with.
     waker: Option<Waker>,
@@ -242,10 +247,14 @@ pub async fn serve(bus: Bus, listener: TcpListener, signal: impl Future<Output =
 /// A server running in a background task (for embedding and tests).
 #[derive(Debug)]
 pub struct ServerHandle {
+    /// Where the server listens.
     local_addr: SocketAddr,
+    /// The bus it serves (shut down by the server task after the streams drain).
     bus: Bus,
     /// Fires the shutdown; dropping it does too.
     trigger: oneshot::Sender<()>,
+    /// The server task: ends after the drain, with the serve error if any. Dropping the
+    /// handle detaches it (the dropped trigger has already started its shutdown).
     task: JoinHandle<Result<(), ServeError>>,
 }
 

@@ -45,6 +45,7 @@ const CHAT_BUFFER_MESSAGES: usize = 1024;
 /// The echo service.
 #[derive(Clone)]
 pub struct ChatService {
+    /// The bus, the settings and the server's stop signal.
     context: Context,
 }
 
@@ -241,11 +242,17 @@ impl EchoCredits {
 
 /// The response of one chat stream: the echoes, then the reader's failure if any.
 pub struct ChatStream {
+    /// The stream's own `$chat.<id>` subscription (`block`): every message the reader
+    /// published, in order, to be answered.
     echoes: Subscription,
+    /// Shared with the reader: one is given back per echo handed to the transport.
     credits: Arc<EchoCredits>,
-    /// The status to end with after the last echo; closed when the stream ends OK.
+    /// The status to end with after the last echo, from the reader (its only sender);
+    /// closed with nothing sent when the stream ends OK.
     failure: oneshot::Receiver<Status>,
+    /// The stream's session, closed when the response is dropped.
     session: SessionHandle,
+    /// The final item has been returned; the stream yields nothing more.
     ended: bool,
 }
 

@@ -131,7 +131,10 @@ enum End {
 
 /// One `Connect` stream's reader task and what it owns.
 struct Connection {
+    /// The bus, the settings and the server's stop signal.
     context: Context,
+    /// The stream's session: the reader publishes through it and (un)subscribes with
+    /// it; closed gracefully whenever the stream ends.
     session: SessionHandle,
     /// The outbound queue (see [`Outbound`]); the reader sends replies on it.
     out: Outbound,
@@ -140,6 +143,7 @@ struct Connection {
     /// Each live subscription's pump. Aborting a pump drops its `Subscription`, which
     /// unsubscribes it.
     pumps: HashMap<SubscriptionId, JoinHandle<()>>,
+    /// Largest delivery frame a pump cuts (also what the client is told it may send).
     max_frame_bytes: usize,
 }
 

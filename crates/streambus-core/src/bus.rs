@@ -127,6 +127,8 @@ struct BusInner {
 /// A running bus. Clones share it.
 #[derive(Clone)]
 pub struct Bus {
+    /// The actor roots and the shared state; the last clone's drop does not stop the
+    /// actors (call [`Bus::shutdown`]).
     inner: Arc<BusInner>,
 }
 

@@ -35,6 +35,7 @@ const MAX_REROUTES: usize = 8;
 /// same name gets the same sequence counter, retained value and admission.
 #[derive(Debug)]
 pub(crate) struct TopicShared {
+    /// The topic.
     pub(crate) name: Topic,
     /// The topic's mailbox bound, shared with every publisher.
     pub(crate) admission: Arc<Admission>,
@@ -53,6 +54,7 @@ pub(crate) struct TopicShared {
 /// What the directory holds per live topic.
 #[derive(Debug, Clone)]
 pub(crate) struct TopicRef {
+    /// The state that outlives the actor (and its admission, which publishers take).
     pub(crate) shared: Arc<TopicShared>,
     /// The topic actor. Publishers cast [`TopicMessage::Publish`]; a failed cast means
     /// the actor died and the supervisor must be asked for its successor.
@@ -75,9 +77,12 @@ pub(crate) enum Admit {
 /// The map of live topics and the route to the supervisor.
 #[derive(Debug)]
 pub(crate) struct Directory {
+    /// Live topics. Written only by the supervisor (start, restart, reap); read by
+    /// every publisher, sharded so that readers of different topics never contend.
     pub(crate) topics: DashMap<Topic, TopicRef>,
     /// Where misses and dead actors are resolved; calls only, answered promptly.
     pub(crate) supervisor: ActorRef<TopicSupervisorMessage>,
+    /// Origin of [`Directory::now_ms`].
     epoch: Instant,
 }
 

@@ -35,8 +35,11 @@ struct Shared {
 /// One holder's part of a durable publish.
 #[derive(Debug)]
 pub(crate) struct ReceiptToken {
+    /// The publish's failure flag and completion signal, shared by all its tokens.
     shared: Arc<Shared>,
+    /// Deliveries this token covers.
     expected: usize,
+    /// Deliveries confirmed so far; short of `expected` at drop means not durable.
     confirmed: AtomicUsize,
 }
 
@@ -67,7 +70,10 @@ impl Drop for ReceiptToken {
 /// The publisher's end of a durable publish.
 #[derive(Debug)]
 pub(crate) struct Receipt {
+    /// Set by any token dropped short of its confirmations.
     failed: Arc<AtomicBool>,
+    /// Never receives a value: `recv` returns `None` once the last token (the last
+    /// sender) is dropped, which is when the publish is settled.
     done: mpsc::Receiver<()>,
 }
 

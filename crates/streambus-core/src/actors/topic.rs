@@ -41,6 +41,7 @@ use crate::subscription::{Subscriber, SubscriptionId};
 /// A batch of messages for one topic, with the admission it holds.
 #[derive(Debug)]
 pub(crate) struct PublishBatch {
+    /// The messages, all of this topic, in publish order.
     pub(crate) messages: Vec<Message>,
     /// Returned when every subscriber has the batch.
     pub(crate) permit: Permit,

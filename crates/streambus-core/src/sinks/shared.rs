@@ -95,7 +95,10 @@ pub(crate) const MEMORY_CHANNEL_CHUNKS: usize = 1;
 /// A batch taken from the source: its records and, for a disk source, the highest id.
 #[derive(Debug, Clone)]
 pub(crate) struct Batch {
+    /// The records, in source order.
     pub(crate) records: Vec<Record>,
+    /// The disk buffer's id of the last record (what is acknowledged once it is
+    /// written); `None` for a memory source.
     pub(crate) last_id: Option<u64>,
 }
 
