@@ -7,9 +7,15 @@
 //! streambus pub sensors.dev1.temp 21.5     # publish and wait for the ack
 //! streambus chat hello world               # stream.ChatService/BidirectionalChat
 //! ```
+//!
+//! Exit status: 0 when the command did what it was asked (for `serve`: it stopped on a
+//! signal and delivered everything it had admitted), 1 on an error (printed as one line
+//! with its causes, no backtrace), 3 when `serve` stopped but its drain did not complete
+//! (messages were left undelivered; the log says which subscriptions).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -117,8 +123,11 @@ impl From<Overflow> for OverflowPolicy {
     }
 }
 
+/// Exit status of a `serve` whose drain left messages undelivered.
+const EXIT_DRAIN_INCOMPLETE: u8 = 3;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
         "info"
@@ -130,7 +139,19 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            // The chain on one line, as the user needs it; backtraces are for panics.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let done = ExitCode::SUCCESS;
+    match command {
         Command::Serve { grpc_addr, config } => serve(grpc_addr, config).await,
         Command::Pub {
             topic,
@@ -140,23 +161,29 @@ async fn main() -> anyhow::Result<()> {
             retain,
             durable,
             server,
-        } => publish(&server.url, &topic, message, count, headers, retain, durable).await,
+        } => publish(&server.url, &topic, message, count, headers, retain, durable)
+            .await
+            .map(|()| done),
         Command::Sub {
             filter,
             group,
             overflow,
             count,
             server,
-        } => subscribe(&server.url, &filter, group, overflow, count).await,
+        } => subscribe(&server.url, &filter, group, overflow, count)
+            .await
+            .map(|()| done),
         Command::Chat {
             messages,
             interval_ms,
             server,
-        } => chat(&server.url, messages, Duration::from_millis(interval_ms)).await,
+        } => chat(&server.url, messages, Duration::from_millis(interval_ms))
+            .await
+            .map(|()| done),
     }
 }
 
-async fn serve(grpc_addr: Option<SocketAddr>, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(grpc_addr: Option<SocketAddr>, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut config = streambus::config::load(config_file.as_deref())?;
     if let Some(addr) = grpc_addr {
         config.grpc.addr = addr;
@@ -168,8 +195,12 @@ async fn serve(grpc_addr: Option<SocketAddr>, config_file: Option<PathBuf>) -> a
     let bus = Bus::start(config).await?;
     // The one line scripts wait for (the port is real even with `--grpc-addr 127.0.0.1:0`).
     println!("streambus listening on {addr}");
-    streambus::server::serve(bus, listener, shutdown_signal()).await?;
-    Ok(())
+    let report = streambus::server::serve(bus, listener, shutdown_signal()).await?;
+    Ok(if report.complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DRAIN_INCOMPLETE)
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

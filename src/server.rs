@@ -20,27 +20,30 @@
 //! # Shutdown
 //!
 //! One path, whatever triggers it (SIGINT/SIGTERM in the CLI, [`ServerHandle::shutdown`]
-//! when embedded): health turns `NOT_SERVING`, the listener stops accepting, every stream
-//! is told to stop through one `watch` channel, and each closes its session gracefully
-//! (what its client published reaches subscriber buffers, what is buffered for it is
-//! sent), then ends with `UNAVAILABLE`. The whole drain is bounded by
-//! `shutdown.drain_timeout_ms` plus a grace second; then the bus itself shuts down.
+//! when embedded), in the phases of `shutdown.rs`: health turns `NOT_SERVING` and the
+//! listener stops accepting; the bus drains ([`Bus::quiesce`]): no new session, publish
+//! or subscription is taken (`UNAVAILABLE`), while every stream goes on delivering, until
+//! everything admitted is in its subscribers' buffers; then every stream closes its
+//! session, sends what its subscriptions hold (within its client's credits) and ends with
+//! `UNAVAILABLE`. The whole drain is bounded by `shutdown.drain_timeout_ms` plus a grace
+//! second; what is left undelivered then is counted, logged at ERROR per subscription,
+//! and reported in the [`DrainReport`]. Then the bus itself shuts down (sinks drain).
 
 mod bus_service;
 mod chat;
 mod connect;
 mod pump;
+mod shutdown;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll, Waker};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use streambus_core::{Bus, BusConfig};
 use streambus_types::config::{GrpcConfig, LimitsConfig};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -51,6 +54,8 @@ use crate::proto::streambus::v1::bus_server::BusServer;
 
 pub use bus_service::{BusService, SUBSCRIPTION_ID_HEADER};
 pub use chat::{ChatService, ChatStream};
+pub use shutdown::DrainReport;
+use shutdown::{Phase, Shutdown, Stopping};
 
 /// Bytes a frame may carry beyond its largest message: topics, headers' framing,
 /// protobuf tags. The decode limit is `limits.max_message_bytes` plus this, so a message
@@ -115,73 +120,42 @@ pub(crate) struct Context {
     pub(crate) grpc: GrpcConfig,
     /// The bus's limits, told to clients in `welcome` and used for frame sizes.
     pub(crate) limits: LimitsConfig,
-    /// Turns `true` once, when the server starts shutting down; every stream watches it.
-    /// A closed channel (the server is gone) means the same.
-    pub(crate) stop: watch::Receiver<bool>,
+    /// The shutdown phase, drain deadline and undelivered count every stream shares.
+    pub(crate) shutdown: Shutdown,
 }
 
 impl Context {
-    /// Resolves when the server is shutting down. Keep one across a stream's loop
-    /// rather than making one per message: see [`Stopping`].
+    /// Resolves when the server starts shutting down (`Draining`): stop taking new work.
     pub(crate) fn stopping(&self) -> Stopping {
-        let mut stop = self.stop.clone();
-        let seen = self.stop.clone();
-        Stopping {
-            seen,
-            wait: Box::pin(async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            }),
-            waker: None,
-        }
+        self.shutdown.reached(Phase::Draining)
     }
 
-    /// How long a stream's drain may take.
+    /// Resolves when streams must close (`Closing`): everything admitted has reached the
+    /// subscribers' buffers, or the drain ran out of time.
+    pub(crate) fn closing(&self) -> Stopping {
+        self.shutdown.reached(Phase::Closing)
+    }
+
+    /// How long a stream's own drain may take now.
     pub(crate) fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.bus.config().shutdown.drain_timeout_ms)
+        self.shutdown.budget()
     }
 }
 
-/// The server's stop signal as a future that is cheap to poll again and again.
-///
-/// Waiting on the signal registers the task's waker under a lock that every stream
-/// shares; polled once per message, that lock would be taken once per message. This
-/// future polls the wait only when the signal has changed (one atomic load tells) or
-/// when it is polled by another task than the one registered: the registration stays in
-/// place between polls, so the stop still wakes an idle stream.
-pub(crate) struct Stopping {
-    /// Tells, with one atomic load, whether the signal changed since the start.
-    seen: watch::Receiver<bool>,
-    /// Resolves once the signal is `true` (or the sender is gone); polled only as the
-    /// type's doc says.
-    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// The waker `wait` was last polled with.
-    waker: Option<Waker>,
-}
-
-impl Future for Stopping {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-        if registered && matches!(this.seen.has_changed(), Ok(false)) {
-            return Poll::Pending;
-        }
-        this.waker = Some(cx.waker().clone());
-        this.wait.as_mut().poll(cx)
-    }
-}
-
-/// Serves `bus` on `listener` until `signal` resolves, then drains (see the module doc)
-/// and shuts the bus down.
-pub async fn serve(bus: Bus, listener: TcpListener, signal: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+/// Serves `bus` on `listener` until `signal` resolves, then drains (see the module doc),
+/// shuts the bus down and says how the drain went.
+pub async fn serve(
+    bus: Bus,
+    listener: TcpListener,
+    signal: impl Future<Output = ()> + Send,
+) -> Result<DrainReport, ServeError> {
     let config = bus.config().clone();
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (shutdown, phase) = Shutdown::new(Duration::from_millis(config.shutdown.drain_timeout_ms));
     let context = Context {
         bus: bus.clone(),
         grpc: config.grpc.clone(),
         limits: config.limits.clone(),
-        stop: stop_rx,
+        shutdown: shutdown.clone(),
     };
     let frame_limit = max_frame_bytes(&config.limits);
 
@@ -205,15 +179,16 @@ pub async fn serve(bus: Bus, listener: TcpListener, signal: impl Future<Output =
     tracing::info!(addr = ?local_addr, "grpc server listening");
 
     let (fired_tx, fired_rx) = oneshot::channel::<()>();
-    // Borrows `stop_tx`, which outlives the server future: streams read a closed
-    // channel as "stop" too, so it must stay open until then.
-    let stop_tx = &stop_tx;
-    let shutdown_signal = async move {
+    // Borrowed by both futures below; streams read a closed channel as `Closing`, so it
+    // must stay open until the server is done.
+    let phase = &phase;
+    let shutdown_signal = async {
         signal.await;
-        tracing::info!("shutting down: draining streams");
+        shutdown.start_clock();
+        tracing::info!("shutting down: no new streams, publishes or subscriptions; delivering what was admitted");
         health.set_not_serving::<BusServer<BusService>>().await;
         health.set_not_serving::<ChatServiceServer<ChatService>>().await;
-        let _ = stop_tx.send(true);
+        let _ = phase.send(Phase::Draining);
         let _ = fired_tx.send(());
     };
     let incoming = tcp_incoming(listener, &config);
@@ -224,24 +199,46 @@ pub async fn serve(bus: Bus, listener: TcpListener, signal: impl Future<Output =
         .add_service(bus_service)
         .add_service(chat_service)
         .serve_with_incoming_shutdown(incoming, shutdown_signal);
-    // Bounds the drain: once the signal fired, streams get the drain timeout and a grace
-    // second to end on their own.
-    let drain_deadline = async {
+    // Once the signal fired: the bus drains into subscriber buffers, then the streams
+    // close and flush; the whole is bounded by the drain timeout and a grace second.
+    let quiesced = OnceLock::new();
+    let drain = async {
         if fired_rx.await.is_err() {
             return std::future::pending().await;
         }
+        let _ = quiesced.set(bus.quiesce(context.drain_timeout()).await);
+        let _ = phase.send(Phase::Closing);
         tokio::time::sleep(context.drain_timeout() + Duration::from_secs(1)).await;
     };
-    let result = tokio::select! {
-        result = served => result.map_err(ServeError::from),
-        () = drain_deadline => {
+    let (result, streams_ended) = tokio::select! {
+        result = served => (result.map_err(ServeError::from), true),
+        () = drain => {
             tracing::warn!("drain timed out; closing the remaining streams");
-            Ok(())
+            (Ok(()), false)
         }
     };
+    // Every client left before the drain finished: nothing waits on the buffers now.
+    let quiesced = match quiesced.into_inner() {
+        Some(q) => q,
+        None => bus.quiesce(context.drain_timeout()).await,
+    };
+    let undelivered = shutdown.undelivered();
+    let report = DrainReport {
+        complete: quiesced.complete && streams_ended && undelivered == 0,
+        inflight_batches: quiesced.inflight_batches,
+        undelivered,
+    };
     bus.shutdown().await;
-    tracing::info!("grpc server stopped");
-    result
+    if report.complete {
+        tracing::info!("grpc server stopped; everything admitted was delivered");
+    } else {
+        tracing::error!(
+            undelivered = report.undelivered,
+            inflight_batches = report.inflight_batches,
+            "grpc server stopped; the drain did not complete and messages were left undelivered"
+        );
+    }
+    result.map(|()| report)
 }
 
 /// A server running in a background task (for embedding and tests).
@@ -255,7 +252,7 @@ pub struct ServerHandle {
     trigger: oneshot::Sender<()>,
     /// The server task: ends after the drain, with the serve error if any. Dropping the
     /// handle detaches it (the dropped trigger has already started its shutdown).
-    task: JoinHandle<Result<(), ServeError>>,
+    task: JoinHandle<Result<DrainReport, ServeError>>,
 }
 
 /// Starts serving `bus` on an already bound `listener` (bind `127.0.0.1:0` to get a free
@@ -295,7 +292,7 @@ impl ServerHandle {
     }
 
     /// Shuts down gracefully (see the module doc) and waits until it is done.
-    pub async fn shutdown(self) -> Result<(), ServeError> {
+    pub async fn shutdown(self) -> Result<DrainReport, ServeError> {
         let _ = self.trigger.send(());
         self.task.await?
     }

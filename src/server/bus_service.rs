@@ -11,7 +11,7 @@ use std::pin::{Pin, pin};
 
 use futures::Stream;
 use streambus_core::{BusError, ConnectOptions, SessionHandle};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -102,10 +102,25 @@ impl pb::bus_server::Bus for BusService {
         tokio::spawn(
             async move {
                 let max_frame_bytes = super::max_frame_bytes(&context.limits);
+                let (give_up, give_up_rx) = watch::channel(false);
+                let mut pump = pin!(pump::run(subscription, out.clone(), None, max_frame_bytes, give_up_rx));
                 tokio::select! {
-                    () = pump::run(subscription, out.clone(), None, max_frame_bytes) => {}
-                    () = context.stopping() => {
+                    _ = &mut pump => {}
+                    // Everything admitted is buffered: close (the buffer stays readable),
+                    // let the pump send what it holds, then end.
+                    () = context.closing() => {
                         let _ = session.close().await;
+                        let undelivered = match tokio::time::timeout(context.drain_timeout(), &mut pump).await {
+                            Ok(_) => 0,
+                            Err(_) => {
+                                let _ = give_up.send(true);
+                                pump.await
+                            }
+                        };
+                        if undelivered > 0 {
+                            tracing::error!(undelivered, "drain timed out: messages buffered for this subscription were not delivered");
+                            context.shutdown.count_undelivered(undelivered);
+                        }
                         let _ = out.send(Err(Status::unavailable("server shutting down"))).await;
                         return;
                     }

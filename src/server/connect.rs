@@ -16,7 +16,10 @@
 //! - Client ends its request stream: graceful close (its publishes reach subscriber
 //!   buffers, buffered deliveries are sent), then the stream ends OK.
 //! - Client gone (reset, dead peer found by HTTP/2 keepalive): the session closes.
-//! - Server shutdown: graceful close, then `UNAVAILABLE`.
+//! - Server shutdown: while the bus drains the stream goes on delivering (its publishes
+//!   and subscribes are refused with `UNAVAILABLE`); once everything admitted is in
+//!   subscriber buffers, graceful close, then `UNAVAILABLE`. What its subscriptions still
+//!   hold at the drain deadline is counted and logged per subscription.
 //! - Idle timeout (no frame for `grpc.idle_timeout_ms`): graceful close, then `UNAVAILABLE`.
 //! - Protocol violation (second `hello`, undecodable bytes): `INVALID_ARGUMENT`; a frame
 //!   over the size limit: `RESOURCE_EXHAUSTED`.
@@ -30,7 +33,7 @@ use std::time::Duration;
 
 use streambus_core::{BusError, ConnectOptions, SessionHandle, SubscriptionId};
 use streambus_types::ErrorCode;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
@@ -91,6 +94,7 @@ pub(crate) async fn open(
         session,
         out,
         pumps: HashMap::new(),
+        give_up: watch::channel(false).0,
         max_frame_bytes,
         context,
     };
@@ -140,9 +144,13 @@ struct Connection {
     out: Outbound,
     /// Flow control, if the client's hello asked for it.
     credits: Option<DeliveryCredits>,
-    /// Each live subscription's pump. Aborting a pump drops its `Subscription`, which
-    /// unsubscribes it.
-    pumps: HashMap<SubscriptionId, JoinHandle<()>>,
+    /// Each live subscription's pump and its filter (for the drain's report). Aborting a
+    /// pump drops its `Subscription`, which unsubscribes it; a pump that gives up returns
+    /// how many deliveries it leaves behind.
+    pumps: HashMap<SubscriptionId, (JoinHandle<u64>, String)>,
+    /// Tells every pump of the stream to give up (the drain deadline passed); the pumps
+    /// hold the receivers. Sent once, by `finish`.
+    give_up: watch::Sender<bool>,
     /// Largest delivery frame a pump cuts (also what the client is told it may send).
     max_frame_bytes: usize,
 }
@@ -158,12 +166,14 @@ impl Connection {
         let mut deadline = Instant::now() + idle.unwrap_or(far_future);
         let out = self.out.clone();
         let context = self.context.clone();
-        // Made once for the stream, not once per frame (see `Stopping`).
-        let mut stopping = pin!(context.stopping());
+        // Made once for the stream, not once per frame (see `Stopping`). While the server
+        // drains, the stream goes on (publishes and subscribes are refused by the bus,
+        // deliveries flow); it closes when the bus says everything admitted is buffered.
+        let mut closing = pin!(context.closing());
         let end = loop {
             let frame = tokio::select! {
                 biased;
-                () = &mut stopping => break End::Status(Status::unavailable("server shutting down")),
+                () = &mut closing => break End::Status(Status::unavailable("server shutting down")),
                 () = out.closed() => break End::ClientGone,
                 () = tokio::time::sleep_until(deadline) => {
                     break End::Status(Status::unavailable(format!(
@@ -212,13 +222,14 @@ impl Connection {
             out,
             credits,
             mut pumps,
+            give_up,
             ..
         } = self;
         // Closing ends every subscription once its buffer is read; the pumps then send
         // what was buffered and stop.
         let drained = async {
             let _ = session.close().await;
-            for (_, pump) in pumps.iter_mut() {
+            for (pump, _) in pumps.values_mut() {
                 let _ = pump.await;
             }
         };
@@ -251,9 +262,23 @@ impl Connection {
         })
         .await;
         if finished.is_err() {
-            tracing::error!("session drain timed out; what its client did not take is dropped");
-            for (_, pump) in pumps.drain() {
-                pump.abort();
+            // Each pump stops and says what it leaves behind, subscription by subscription.
+            let _ = give_up.send(true);
+            let mut left = 0;
+            for (id, (pump, filter)) in pumps.drain() {
+                let undelivered = pump.await.unwrap_or(0);
+                if undelivered > 0 {
+                    tracing::error!(
+                        subscription = id.0,
+                        %filter,
+                        undelivered,
+                        "drain timed out: messages buffered for this subscription were not delivered"
+                    );
+                }
+                left += undelivered;
+            }
+            if context.shutdown.is_stopping() {
+                context.shutdown.count_undelivered(left);
             }
         }
         if let End::Status(status) = end {
@@ -358,19 +383,21 @@ impl Connection {
             subscription_id: id.0,
         }))
         .await;
-        self.pumps.retain(|_, pump| !pump.is_finished());
+        self.pumps.retain(|_, (pump, _)| !pump.is_finished());
+        let filter = subscription.filter().to_string();
         let pump = pump::run(
             subscription,
             self.out.clone(),
             self.credits.clone(),
             self.max_frame_bytes,
+            self.give_up.subscribe(),
         );
-        self.pumps.insert(id, tokio::spawn(pump.in_current_span()));
+        self.pumps.insert(id, (tokio::spawn(pump.in_current_span()), filter));
     }
 
     async fn unsubscribe(&mut self, request: pb::Unsubscribe) {
         let id = SubscriptionId(request.subscription_id);
-        let Some(pump) = self.pumps.remove(&id) else {
+        let Some((pump, _)) = self.pumps.remove(&id) else {
             let e = BusError::UnknownSubscription(id.0);
             return self.reply(convert::bus_error_frame(request.request_id, &e)).await;
         };

@@ -16,10 +16,11 @@
 //!   closed), or when it is aborted by an `unsubscribe`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use streambus_core::{BatchEvent, Subscription};
 use streambus_types::CloseReason;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::Status;
 
 use crate::convert;
@@ -74,12 +75,37 @@ fn frame_cost(d: &pb::Delivery) -> usize {
     d.payload.len() + d.headers.iter().map(|h| h.key.len() + h.value.len() + 8).sum::<usize>() + 32
 }
 
-/// Runs the pump until its subscription or its stream ends.
+/// Runs the pump until its subscription or its stream ends, or until `give_up` turns
+/// `true`; returns how many deliveries it leaves undelivered (0 unless it gave up).
 pub(crate) async fn run(
     mut subscription: Subscription,
     out: Outbound,
     credits: Option<DeliveryCredits>,
     max_frame_bytes: usize,
+    mut give_up: watch::Receiver<bool>,
+) -> u64 {
+    // Deliveries taken from the subscription and not yet queued on the stream.
+    let in_hand = AtomicU64::new(0);
+    let gave_up = {
+        let pumped = pump(&mut subscription, &out, credits.as_ref(), max_frame_bytes, &in_hand);
+        tokio::select! {
+            () = pumped => false,
+            _ = give_up.wait_for(|g| *g) => true,
+        }
+    };
+    if !gave_up {
+        return 0;
+    }
+    in_hand.load(Ordering::Relaxed) + subscription.buffer().queued_messages as u64
+}
+
+/// Moves the subscription's events to the stream until either ends.
+async fn pump(
+    subscription: &mut Subscription,
+    out: &Outbound,
+    credits: Option<&DeliveryCredits>,
+    max_frame_bytes: usize,
+    in_hand: &AtomicU64,
 ) {
     let id = subscription.id();
     loop {
@@ -90,15 +116,17 @@ pub(crate) async fn run(
         let sent = match event {
             None => return,
             Some(BatchEvent::Deliveries(run)) => {
+                in_hand.store(run.as_slice().len() as u64, Ordering::Relaxed);
                 send_batch(
                     convert::delivery_batch(id, &run),
-                    &out,
-                    credits.as_ref(),
+                    out,
+                    credits,
                     max_frame_bytes,
+                    in_hand,
                 )
                 .await
             }
-            Some(BatchEvent::Gap(gap)) => send(&out, Frame::Gap(convert::gap(id, &gap))).await,
+            Some(BatchEvent::Gap(gap)) => send(out, Frame::Gap(convert::gap(id, &gap))).await,
             Some(BatchEvent::Closed(reason)) => {
                 // Session-wide ends (close, failure, shutdown) are told by the stream's
                 // own end; a client that reconnects resubscribes then.
@@ -107,7 +135,7 @@ pub(crate) async fn run(
                         subscription_id: id.0,
                         reason: convert::close_reason(reason) as i32,
                     };
-                    let _ = send(&out, Frame::SubscriptionClosed(closed)).await;
+                    let _ = send(out, Frame::SubscriptionClosed(closed)).await;
                 }
                 return;
             }
@@ -123,12 +151,14 @@ async fn send(out: &Outbound, frame: Frame) -> bool {
 }
 
 /// Sends a batch as frames of at most `max_frame_bytes` and, with flow control, of at
-/// most the credits available. Returns false once the client is gone.
+/// most the credits available, keeping `in_hand` at what is not queued yet. Returns
+/// false once the client is gone.
 async fn send_batch(
     mut batch: pb::DeliveryBatch,
     out: &Outbound,
     credits: Option<&DeliveryCredits>,
     max_frame_bytes: usize,
+    in_hand: &AtomicU64,
 ) -> bool {
     let mut rest = std::mem::take(&mut batch.deliveries);
     while !rest.is_empty() {
@@ -158,6 +188,7 @@ async fn send_batch(
         if !send(out, Frame::Deliveries(frame)).await {
             return false;
         }
+        in_hand.store(rest.len() as u64, Ordering::Relaxed);
     }
     true
 }

@@ -44,6 +44,24 @@ impl Served {
         self.child.wait().unwrap();
     }
 
+    /// Sends SIGTERM and waits (up to `patience`) for the process to exit; returns its
+    /// status.
+    pub fn terminate_with_status(mut self, patience: Duration) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) {
         let status = Command::new("kill")

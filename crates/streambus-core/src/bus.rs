@@ -103,6 +103,15 @@ impl BusSnapshot {
     }
 }
 
+/// What [`Bus::quiesce`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Quiesced {
+    /// Every admitted message reached its subscribers' buffers in time.
+    pub complete: bool,
+    /// Publish batches still admitted and not fanned out when it returned.
+    pub inflight_batches: usize,
+}
+
 /// What every clone of a [`Bus`] shares.
 struct BusInner {
     /// The validated configuration, as started.
@@ -196,7 +205,8 @@ impl Bus {
     /// Starts the sink runtime; its subscriptions and dead letters go through a session
     /// of its own, called `sinks`.
     async fn start_sinks(&self, prepared: Vec<PreparedSink>) -> Result<(), BusError> {
-        let session = self.connect(ConnectOptions::named("sinks")).await?;
+        let (actor, shared) = self.open("sinks".into(), true).await?;
+        let session = SessionHandle::new(self.inner.router.clone(), actor, shared);
         let runtime = SinkRuntime::start(&self.inner.config, prepared, session).await?;
         let _ = self.inner.sinks.set(runtime);
         Ok(())
@@ -215,21 +225,27 @@ impl Bus {
         &self.inner.config
     }
 
-    async fn open(&self, name: String) -> Result<OpenedSession, BusError> {
-        if self.inner.router.is_closing() {
+    /// Opens a session; an `internal` one is the bus's own (see
+    /// [`Bus::quiesce`]).
+    async fn open(&self, name: String, internal: bool) -> Result<OpenedSession, BusError> {
+        let router = &self.inner.router;
+        if router.is_closing() {
             return Err(BusError::Closed);
+        }
+        if !internal && router.is_draining() {
+            return Err(BusError::Draining);
         }
         answered(
             self.inner
                 .sessions
-                .call(|reply| SessionManagerMessage::Open { name, reply }, None)
+                .call(|reply| SessionManagerMessage::Open { name, internal, reply }, None)
                 .await,
         )?
     }
 
     /// Opens a session.
     pub async fn connect(&self, options: ConnectOptions) -> Result<SessionHandle, BusError> {
-        let (actor, shared) = self.open(options.name).await?;
+        let (actor, shared) = self.open(options.name, false).await?;
         Ok(SessionHandle::new(self.inner.router.clone(), actor, shared))
     }
 
@@ -242,7 +258,7 @@ impl Bus {
                 return Ok(handle);
             }
         }
-        let (actor, shared) = self.open("default".into()).await?;
+        let (actor, shared) = self.open("default".into(), false).await?;
         *slot = Some((actor.clone(), shared.clone()));
         Ok(SessionHandle::new(self.inner.router.clone(), actor, shared))
     }
@@ -303,6 +319,32 @@ impl Bus {
         })
     }
 
+    /// The first half of a graceful stop that delivers: from now on no client session
+    /// may open, publish or subscribe ([`BusError::Draining`]), while everything already
+    /// admitted keeps flowing to its subscribers, whose buffers stay open. Waits (up to
+    /// `timeout`) until every admitted message is in its subscribers' buffers.
+    ///
+    /// A server calls this first, then lets each stream send what its subscriptions
+    /// hold, then calls [`Bus::shutdown`]. Closing sessions before this point would end
+    /// a `block` subscription while publishes of other sessions still wait for it.
+    pub async fn quiesce(&self, timeout: Duration) -> Quiesced {
+        let router = &self.inner.router;
+        router.start_draining();
+        let complete = router.wait_quiet(timeout).await;
+        let inflight_batches = router.inflight.count();
+        if !complete {
+            tracing::error!(
+                inflight_batches,
+                timeout_ms = timeout.as_millis() as u64,
+                "drain: admitted messages did not all reach their subscribers in time (a block subscriber is not reading)"
+            );
+        }
+        Quiesced {
+            complete,
+            inflight_batches,
+        }
+    }
+
     /// Drains and stops the bus. Idempotent.
     pub async fn shutdown(&self) {
         let router = &self.inner.router;
@@ -310,7 +352,7 @@ impl Bus {
             return;
         }
         let timeout = router.drain_timeout;
-        if !router.inflight.wait_idle(timeout).await {
+        if !router.wait_quiet(timeout).await {
             tracing::error!(
                 inflight_batches = router.inflight.count(),
                 "shutdown drain timed out (a block subscriber is not reading); the rest is dropped and counted"

@@ -60,6 +60,10 @@ pub enum BusError {
     /// A durable publish reached live subscribers but not every durable sink's buffer.
     #[error("not durable: a durable sink could not store the message (buffer full or disk error)")]
     NotDurable,
+    /// The bus is draining for shutdown: what was admitted is still delivered, but no
+    /// new publish, subscription or session is taken.
+    #[error("the bus is shutting down: no new publishes or subscriptions")]
+    Draining,
     /// The session or the bus is closed.
     #[error("closed")]
     Closed,
@@ -85,7 +89,7 @@ impl BusError {
             | BusError::TooManySessions { .. }
             | BusError::TooManyTopics { .. } => ErrorCode::ResourceExhausted,
             BusError::UnknownSubscription(_) => ErrorCode::NotFound,
-            BusError::Closed | BusError::NotDurable => ErrorCode::Unavailable,
+            BusError::Closed | BusError::Draining | BusError::NotDurable => ErrorCode::Unavailable,
             BusError::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -37,7 +37,7 @@ pub use actors::session::{SessionId, SessionSnapshot};
 pub use actors::session_manager::SessionManagerSnapshot;
 pub use actors::topic::TopicSnapshot;
 pub use actors::topic_supervisor::TopicSupervisorSnapshot;
-pub use bus::{Bus, BusSnapshot, ConnectOptions};
+pub use bus::{Bus, BusSnapshot, ConnectOptions, Quiesced};
 pub use error::BusError;
 pub use queue::{DeliveryRun, QueueSnapshot};
 pub use session_handle::{DurableAck, SessionHandle};

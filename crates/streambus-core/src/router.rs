@@ -42,9 +42,17 @@ pub(crate) struct Router {
     /// Publish batches admitted bus-wide and not yet fanned out. Each batch holds one
     /// guard (dropped with its permit); shutdown waits for the count to reach zero.
     pub(crate) inflight: Arc<Inflight>,
+    /// Publish calls in progress, from their first check until they return (a call may
+    /// wait for admission before it has any batch in flight). The drain waits for them
+    /// too, so a publish that passed its check before the drain began is not cut off.
+    pub(crate) publishing: Arc<Inflight>,
     /// Set once by shutdown: from then on every publish and subscribe is refused with
     /// [`BusError::Closed`].
     closing: AtomicBool,
+    /// Set once when a shutdown drain starts (before `closing`): client sessions may no
+    /// longer publish, subscribe or open ([`BusError::Draining`]), while deliveries go
+    /// on and the bus's own sessions keep working.
+    draining: AtomicBool,
     /// `limits.max_batch_messages`: most messages in one publish batch.
     max_batch_messages: usize,
     /// `limits.max_message_bytes`: largest message, payload plus headers.
@@ -59,7 +67,9 @@ impl Router {
         Arc::new(Router {
             directory,
             inflight: Inflight::new(),
+            publishing: Inflight::new(),
             closing: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             max_batch_messages: limits.max_batch_messages,
             max_message_bytes: limits.max_message_bytes,
             drain_timeout,
@@ -74,6 +84,32 @@ impl Router {
     /// Whether the bus is shutting down.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// Whether a shutdown drain has started.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts the shutdown drain: client sessions' publishes are refused from now on.
+    ///
+    /// Sequentially consistent with the check in [`Router::route`], which counts its
+    /// call in `publishing` before it reads the flag: either the call sees the flag and
+    /// is refused, or the drain sees the call and waits for it.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Waits (up to `timeout`) until no publish call is in progress and every admitted
+    /// batch is fanned out; returns whether both happened in time.
+    pub(crate) async fn wait_quiet(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.publishing.wait_idle(timeout).await
+            && self
+                .inflight
+                .wait_idle(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await
     }
 
     /// Refuses every publish from now on; returns whether it was already closing.
@@ -110,6 +146,11 @@ impl Router {
         admit: Admit,
         receipt: Option<&Arc<ReceiptToken>>,
     ) -> Result<(), BusError> {
+        let _publishing = self.publishing.guard();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !session.internal && self.is_draining() {
+            return Err(BusError::Draining);
+        }
         self.check(&messages)?;
         let guards = || [session.inflight.guard(), self.inflight.guard()];
         let mut groups = group_by_topic(messages).into_iter();

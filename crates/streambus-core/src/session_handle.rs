@@ -190,6 +190,9 @@ impl SessionHandle {
         if !self.is_open() {
             return Err(BusError::Closed);
         }
+        if !self.shared.internal && self.router.is_draining() {
+            return Err(BusError::Draining);
+        }
         let sub = answered(
             self.actor
                 .call(

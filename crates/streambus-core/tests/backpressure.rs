@@ -118,11 +118,12 @@ async fn block_holds_publisher_until_consumer_reads() {
     });
     // 2 in the subscriber buffer, 1 parked at the topic, 3 in its backlog: the mailbox
     // (4 messages) is full and the 7th publish waits for admission, which only a read
-    // can free.
+    // can free. (The admission counts a batch as soon as it is sent, the backlog once
+    // the actor has taken it from its mailbox: wait for both.)
     let snap = wait_snapshot(&bus, "topic stalled with a full mailbox", |s| {
         done.load(Ordering::SeqCst) == 6
             && s.topic("t")
-                .is_some_and(|t| t.stalled_subscribers == 1 && t.mailbox_messages == 4)
+                .is_some_and(|t| t.stalled_subscribers == 1 && t.mailbox_messages == 4 && t.backlog_batches == 3)
     })
     .await;
     assert_eq!(

@@ -77,6 +77,9 @@ pub(crate) struct SessionShared {
     pub(crate) id: SessionId,
     /// The client's name, for snapshots and logs.
     pub(crate) name: String,
+    /// The bus's own session (the sink runtime's): not refused while the bus drains, so
+    /// that sinks can still publish dead letters.
+    pub(crate) internal: bool,
     /// Set when the session closes or fails (by the handle's `close`, the actor's
     /// `Close` and `post_stop`, or the session manager); never cleared. Publishes and
     /// subscribes are refused from then on.

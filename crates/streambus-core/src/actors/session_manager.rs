@@ -32,9 +32,11 @@ use crate::error::BusError;
 
 /// What the session manager is asked to do.
 pub(crate) enum SessionManagerMessage {
-    /// Open a session for a client called `name`.
+    /// Open a session for a client called `name`; an `internal` one (the bus's own, for
+    /// sinks) keeps working while the bus drains for shutdown.
     Open {
         name: String,
+        internal: bool,
         reply: RpcReplyPort<Result<OpenedSession, BusError>>,
     },
     /// The live session actors and the manager's own counters.
@@ -137,7 +139,7 @@ impl Actor for SessionManager {
         state: &mut SessionManagerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionManagerMessage::Open { name, reply } => {
+            SessionManagerMessage::Open { name, internal, reply } => {
                 let max = state.args.limits.max_sessions;
                 if state.sessions.len() >= max {
                     let _ = reply.send(Err(BusError::TooManySessions { max }));
@@ -146,6 +148,7 @@ impl Actor for SessionManager {
                 let shared = Arc::new(SessionShared {
                     id: SessionId(state.next_session),
                     name,
+                    internal,
                     closed: AtomicBool::new(false),
                     inflight: Inflight::new(),
                     published_messages: AtomicU64::new(0),
