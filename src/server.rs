@@ -32,6 +32,7 @@
 mod bus_service;
 mod chat;
 mod connect;
+mod outbound;
 mod pump;
 mod shutdown;
 
@@ -86,15 +87,36 @@ pub fn http2_settings(server: Server, config: &BusConfig) -> Server {
         .http2_keepalive_timeout(keepalive(config.grpc.keepalive_timeout_ms))
 }
 
-/// The accepted sockets as [`serve`] sets them up: `TCP_NODELAY` and TCP keepalive
-/// (`grpc.keepalive_interval_ms`). The builder's TCP options do not reach sockets from a
+/// The accepted sockets as [`serve`] sets them up: `TCP_NODELAY`, TCP keepalive
+/// (`grpc.keepalive_interval_ms`) and, on Linux, `TCP_USER_TIMEOUT`
+/// (`grpc.write_deadline_ms`). The builder's TCP options do not reach sockets from a
 /// given listener, hence this. Without `TCP_NODELAY`, Nagle's algorithm holds small
 /// frames (acks, window updates) back against the peer's delayed ACKs and caps a stream
-/// near 17 MB/s.
-pub fn tcp_incoming(listener: TcpListener, config: &BusConfig) -> TcpIncoming {
-    TcpIncoming::from(listener)
+/// near 17 MB/s. The user timeout makes the kernel drop a connection whose sent data
+/// stays unacknowledged that long (a peer gone or black-holed), which ends all its
+/// streams and frees what they held.
+pub fn tcp_incoming(
+    listener: TcpListener,
+    config: &BusConfig,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    let user_timeout =
+        (config.grpc.write_deadline_ms > 0).then(|| Duration::from_millis(config.grpc.write_deadline_ms));
+    let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_millis(config.grpc.keepalive_interval_ms)))
+        .with_keepalive(Some(Duration::from_millis(config.grpc.keepalive_interval_ms)));
+    futures::StreamExt::map(incoming, move |accepted| {
+        accepted.inspect(|stream| set_user_timeout(stream, user_timeout))
+    })
+}
+
+/// Sets `TCP_USER_TIMEOUT` where the platform has it; a failure is logged, not fatal.
+fn set_user_timeout(stream: &tokio::net::TcpStream, timeout: Option<Duration>) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(timeout) {
+        tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT on an accepted connection");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "fuchsia")))]
+    let _ = (stream, timeout);
 }
 
 /// Why the server stopped with an error.
@@ -134,6 +156,12 @@ impl Context {
     /// subscribers' buffers, or the drain ran out of time.
     pub(crate) fn closing(&self) -> Stopping {
         self.shutdown.reached(Phase::Closing)
+    }
+
+    /// A new stream's outbound queue, bounded and guarded as configured.
+    pub(crate) fn outbound(&self) -> (outbound::Outbound, outbound::OutboundStream) {
+        let deadline = (self.grpc.write_deadline_ms > 0).then(|| Duration::from_millis(self.grpc.write_deadline_ms));
+        outbound::channel(self.grpc.outbound_frames, self.grpc.outbound_bytes, deadline)
     }
 
     /// How long a stream's own drain may take now.

@@ -10,9 +10,8 @@
 use std::pin::{Pin, pin};
 
 use futures::Stream;
-use streambus_core::{BusError, ConnectOptions, SessionHandle};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use streambus_core::{BusError, CloseReason, ConnectOptions, SessionHandle};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -66,7 +65,7 @@ impl pb::bus_server::Bus for BusService {
 
     async fn connect(&self, request: Request<Streaming<pb::ClientFrame>>) -> Result<Response<FrameStream>, Status> {
         let rx = super::connect::open(self.context.clone(), request.into_inner()).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn publish(&self, request: Request<pb::PublishBatch>) -> Result<Response<pb::PublishAck>, Status> {
@@ -96,7 +95,7 @@ impl pb::bus_server::Bus for BusService {
             }
         };
         let subscription_id = subscription.id();
-        let (out, rx) = mpsc::channel(self.context.grpc.outbound_frames);
+        let (out, rx) = self.context.outbound();
         let context = self.context.clone();
         let span = tracing::info_span!("subscribe", session = session.id().0, filter = %filter);
         tokio::spawn(
@@ -105,7 +104,14 @@ impl pb::bus_server::Bus for BusService {
                 let (give_up, give_up_rx) = watch::channel(false);
                 let mut pump = pin!(pump::run(subscription, out.clone(), None, max_frame_bytes, give_up_rx));
                 tokio::select! {
-                    _ = &mut pump => {}
+                    // The subscription ended on its own, the client left, or it stopped
+                    // reading past the write deadline (its queue was killed).
+                    _ = &mut pump => {
+                        if out.is_killed() {
+                            let _ = session.close_with(CloseReason::SlowConsumer).await;
+                            return;
+                        }
+                    }
                     // Everything admitted is buffered: close (the buffer stays readable),
                     // let the pump send what it holds, then end.
                     () = context.closing() => {
@@ -131,7 +137,7 @@ impl pb::bus_server::Bus for BusService {
         );
         // The subscription is in the index and in every live matching topic: the
         // headers say so.
-        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as FrameStream);
+        let mut response = Response::new(Box::pin(rx) as FrameStream);
         response
             .metadata_mut()
             .insert(SUBSCRIPTION_ID_HEADER, subscription_id.0.into());

@@ -32,15 +32,16 @@ use std::pin::pin;
 use std::time::Duration;
 
 use streambus_core::{BusError, ConnectOptions, SessionHandle, SubscriptionId};
-use streambus_types::ErrorCode;
-use tokio::sync::{mpsc, watch};
+use streambus_types::{CloseReason, ErrorCode};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 
 use super::Context;
-use super::pump::{self, DeliveryCredits, Outbound};
+use super::outbound::{Outbound, OutboundStream};
+use super::pump::{self, DeliveryCredits};
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
 use pb::client_frame::Frame as In;
@@ -50,10 +51,7 @@ use pb::server_frame::Frame as Out;
 const ANONYMOUS: &str = "anonymous";
 
 /// Handshakes and starts a session; returns the outbound queue's receiving end.
-pub(crate) async fn open(
-    context: Context,
-    mut inbound: Streaming<pb::ClientFrame>,
-) -> Result<mpsc::Receiver<Result<pb::ServerFrame, Status>>, Status> {
+pub(crate) async fn open(context: Context, mut inbound: Streaming<pb::ClientFrame>) -> Result<OutboundStream, Status> {
     let hello = match tokio::time::timeout(context.handshake_timeout(), inbound.message()).await {
         Err(_) => return Err(Status::invalid_argument("no hello frame in time")),
         Ok(Err(status)) => return Err(inbound_status(status)),
@@ -73,7 +71,7 @@ pub(crate) async fn open(
         .connect(ConnectOptions::named(name.clone()))
         .await
         .map_err(|e| convert::status(&e))?;
-    let (out, rx) = mpsc::channel(context.grpc.outbound_frames);
+    let (out, rx) = context.outbound();
     let max_frame_bytes = super::max_frame_bytes(&context.limits);
     let limits = &context.limits;
     let welcome = pb::Welcome {
@@ -129,8 +127,23 @@ enum End {
     ClientDone,
     /// The client is gone: nobody to tell.
     ClientGone,
+    /// The client stopped reading for the write deadline: the outbound queue was killed
+    /// (its frames dropped, the body ends with `RESOURCE_EXHAUSTED`); the session closes
+    /// at once, counted as a slow consumer.
+    SlowConsumer,
     /// End the stream with this status, after a graceful close.
     Status(Status),
+}
+
+impl End {
+    /// Why nothing can be sent on `out` any more.
+    fn gone(out: &Outbound) -> End {
+        if out.is_killed() {
+            End::SlowConsumer
+        } else {
+            End::ClientGone
+        }
+    }
 }
 
 /// One `Connect` stream's reader task and what it owns.
@@ -174,7 +187,7 @@ impl Connection {
             let frame = tokio::select! {
                 biased;
                 () = &mut closing => break End::Status(Status::unavailable("server shutting down")),
-                () = out.closed() => break End::ClientGone,
+                () = out.closed() => break End::gone(&out),
                 () = tokio::time::sleep_until(deadline) => {
                     break End::Status(Status::unavailable(format!(
                         "idle timeout: no frame for {} ms",
@@ -194,7 +207,7 @@ impl Connection {
             deadline = Instant::now() + idle.unwrap_or(far_future);
             let handled = tokio::select! {
                 biased;
-                () = out.closed() => break End::ClientGone,
+                () = out.closed() => break End::gone(&out),
                 handled = self.handle(frame) => handled,
             };
             if let Err(status) = handled {
@@ -214,6 +227,7 @@ impl Connection {
         let reason = match &end {
             End::ClientDone => "client done".to_owned(),
             End::ClientGone => "client gone".to_owned(),
+            End::SlowConsumer => "slow consumer: write deadline passed".to_owned(),
             End::Status(s) => format!("{:?}: {}", s.code(), s.message()),
         };
         let Connection {
@@ -226,9 +240,14 @@ impl Connection {
             ..
         } = self;
         // Closing ends every subscription once its buffer is read; the pumps then send
-        // what was buffered and stop.
+        // what was buffered and stop. A slow consumer's pumps fail at once (its queue is
+        // dead), and its buffers go with its subscriptions.
+        let close_reason = match end {
+            End::SlowConsumer => CloseReason::SlowConsumer,
+            _ => CloseReason::SessionClosed,
+        };
         let drained = async {
-            let _ = session.close().await;
+            let _ = session.close_with(close_reason).await;
             for (pump, _) in pumps.values_mut() {
                 let _ = pump.await;
             }
@@ -284,6 +303,8 @@ impl Connection {
         if let End::Status(status) = end {
             let _ = tokio::time::timeout(drain, out.send(Err(status))).await;
             tracing::info!(%reason, "session ended");
+        } else if matches!(end, End::SlowConsumer) {
+            tracing::warn!(%reason, "session ended");
         } else {
             tracing::debug!(%reason, "session ended");
         }

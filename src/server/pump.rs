@@ -20,17 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use streambus_core::{BatchEvent, Subscription};
 use streambus_types::CloseReason;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tonic::Status;
+use tokio::sync::{Semaphore, watch};
 
+use super::outbound::Outbound;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
 use pb::server_frame::Frame;
-
-/// A stream's outbound queue: pumps and the reader send, tonic's response body receives.
-/// Bounded (`grpc.outbound_frames`) so a client that does not read holds back its
-/// pumps, not the server's memory. A send fails once the client is gone.
-pub(crate) type Outbound = mpsc::Sender<Result<pb::ServerFrame, Status>>;
 
 /// Delivery credits granted by a client: one permit per delivery the server may still
 /// send. Pumps take permits and forget them; `credit` frames add permits.
@@ -150,6 +145,11 @@ async fn send(out: &Outbound, frame: Frame) -> bool {
     out.send(Ok(convert::frame(frame))).await.is_ok()
 }
 
+/// Queues a frame counted as `bytes` against the stream's byte bound.
+async fn send_sized(out: &Outbound, frame: Frame, bytes: usize) -> bool {
+    out.send_sized(Ok(convert::frame(frame)), bytes).await.is_ok()
+}
+
 /// Sends a batch as frames of at most `max_frame_bytes` and, with flow control, of at
 /// most the credits available, keeping `in_hand` at what is not queued yet. Returns
 /// false once the client is gone.
@@ -185,7 +185,7 @@ async fn send_batch(
             topic: batch.topic.clone(),
             deliveries: std::mem::replace(&mut rest, tail),
         };
-        if !send(out, Frame::Deliveries(frame)).await {
+        if !send_sized(out, Frame::Deliveries(frame), bytes).await {
             return false;
         }
         in_hand.store(rest.len() as u64, Ordering::Relaxed);

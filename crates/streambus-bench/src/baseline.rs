@@ -42,17 +42,17 @@ impl ChatService for BaselineChat {
 /// the bus's actors and nothing else.
 pub async fn serve(listener: TcpListener, bus_transport: bool) -> Result<(), tonic::transport::Error> {
     let builder = tonic::transport::Server::builder();
-    let (incoming, mut builder) = if bus_transport {
+    if bus_transport {
         let config = streambus::BusConfig::default();
-        (
-            streambus::server::tcp_incoming(listener, &config),
-            streambus::server::http2_settings(builder, &config),
-        )
+        streambus::server::http2_settings(builder, &config)
+            .add_service(ChatServiceServer::new(BaselineChat))
+            .serve_with_incoming(streambus::server::tcp_incoming(listener, &config))
+            .await
     } else {
-        (TcpIncoming::from(listener).with_nodelay(Some(true)), builder)
-    };
-    builder
-        .add_service(ChatServiceServer::new(BaselineChat))
-        .serve_with_incoming(incoming)
-        .await
+        let mut builder = builder;
+        builder
+            .add_service(ChatServiceServer::new(BaselineChat))
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
+            .await
+    }
 }

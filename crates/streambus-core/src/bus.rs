@@ -45,6 +45,7 @@ use crate::actors::topic::{TopicMessage, TopicSnapshot};
 use crate::actors::topic_supervisor::{
     TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot,
 };
+use crate::budget::MemorySnapshot;
 use crate::error::{BusError, answered};
 use crate::router::Router;
 use crate::session_handle::SessionHandle;
@@ -87,6 +88,8 @@ pub struct BusSnapshot {
     pub topics: Vec<TopicSnapshot>,
     /// Publish batches admitted and not yet fanned out, bus-wide.
     pub inflight_batches: usize,
+    /// The bus-wide memory budget: its size, what is admitted, waits and refusals.
+    pub memory: MemorySnapshot,
     /// Every configured sink, by name.
     pub sinks: Vec<SinkSnapshot>,
 }
@@ -315,6 +318,7 @@ impl Bus {
             sessions,
             topics,
             inflight_batches: self.inner.router.inflight.count(),
+            memory: self.inner.router.budget.snapshot(),
             sinks,
         })
     }

@@ -23,6 +23,7 @@ use streambus_types::{Delivery, Message, Topic};
 use crate::actors::topic::{PublishBatch, TopicMessage};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::{Admission, AdmissionClosed, InflightGuard};
+use crate::budget::MemoryBudget;
 use crate::error::{BusError, answered};
 use crate::receipt::ReceiptToken;
 
@@ -124,6 +125,7 @@ impl Directory {
         topic: &Topic,
         mut messages: Vec<Message>,
         admit: Admit,
+        budget: &Arc<MemoryBudget>,
         guards: impl Fn() -> [InflightGuard; 2],
         receipt: Option<&Arc<ReceiptToken>>,
     ) -> Result<(), BusError> {
@@ -132,11 +134,15 @@ impl Directory {
         while !messages.is_empty() {
             let target = self.lookup(topic, stale).await?;
             let admission = &target.shared.admission;
-            // Take the longest prefix that fits in the topic's whole capacity.
+            // Take the longest prefix that fits in the topic's whole capacity and in the
+            // bus's whole budget.
             let (mut n, mut bytes) = (0, 0);
             for m in &messages {
                 let len = m.byte_len();
-                if n > 0 && (n + 1 > admission.capacity_messages() || bytes + len > admission.capacity_bytes()) {
+                let over = n + 1 > admission.capacity_messages()
+                    || bytes + len > admission.capacity_bytes()
+                    || MemoryBudget::cost(n + 1, bytes + len) > budget.capacity();
+                if n > 0 && over {
                     break;
                 }
                 n += 1;
@@ -160,11 +166,22 @@ impl Directory {
                     continue;
                 }
             };
+            // Then the bus-wide budget (see `budget`): waiting for it while holding the
+            // topic's permit cannot deadlock, since fan-outs free it.
+            let cost = MemoryBudget::cost(n, bytes);
+            let share = match admit {
+                Admit::Wait => budget.take(cost).await,
+                Admit::Try => match budget.try_take(cost) {
+                    Some(share) => share,
+                    None => return Err(BusError::Full(messages)),
+                },
+            };
             let rest = messages.split_off(n);
             permit.mark_sent();
             let batch = PublishBatch {
                 messages,
                 permit,
+                _budget: share,
                 _guards: guards(),
                 receipt: receipt.map(|r| r.sibling(1)),
             };

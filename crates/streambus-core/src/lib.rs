@@ -15,13 +15,15 @@
 //! - [`sinks`]: the sink runtime (intake, worker, sink actors and their supervisor,
 //!   start-up) and its snapshots.
 //! - `router`: the publish path shared by every session handle; `directory`: how a
-//!   publisher finds a topic actor; `admission`: topic mailbox bounds; `queue`:
+//!   publisher finds a topic actor; `admission`: topic mailbox bounds; `budget`: the
+//!   bus-wide memory budget over every topic's admission; `queue`:
 //!   subscriber buffers and overflow policies; `index`: the subscription index (exact
 //!   map and wildcard trie); `receipt`: durable acknowledgements.
 //! - [`error`]: the one error type, [`BusError`].
 
 mod actors;
 mod admission;
+mod budget;
 pub mod bus;
 mod directory;
 pub mod error;
@@ -37,6 +39,7 @@ pub use actors::session::{SessionId, SessionSnapshot};
 pub use actors::session_manager::SessionManagerSnapshot;
 pub use actors::topic::TopicSnapshot;
 pub use actors::topic_supervisor::TopicSupervisorSnapshot;
+pub use budget::MemorySnapshot;
 pub use bus::{Bus, BusSnapshot, ConnectOptions, Quiesced};
 pub use error::BusError;
 pub use queue::{DeliveryRun, QueueSnapshot};

@@ -29,6 +29,7 @@ use streambus_types::{Message, Topic};
 
 use crate::actors::session::SessionShared;
 use crate::admission::Inflight;
+use crate::budget::MemoryBudget;
 use crate::directory::{Admit, Directory};
 use crate::error::BusError;
 use crate::receipt::ReceiptToken;
@@ -46,6 +47,9 @@ pub(crate) struct Router {
     /// wait for admission before it has any batch in flight). The drain waits for them
     /// too, so a publish that passed its check before the drain began is not cut off.
     pub(crate) publishing: Arc<Inflight>,
+    /// `limits.max_memory_bytes`: every admitted batch holds a share of it until fanned
+    /// out, whatever its topic.
+    pub(crate) budget: Arc<MemoryBudget>,
     /// Set once by shutdown: from then on every publish and subscribe is refused with
     /// [`BusError::Closed`].
     closing: AtomicBool,
@@ -68,6 +72,7 @@ impl Router {
             directory,
             inflight: Inflight::new(),
             publishing: Inflight::new(),
+            budget: MemoryBudget::new(limits.max_memory_bytes),
             closing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             max_batch_messages: limits.max_batch_messages,
@@ -156,7 +161,11 @@ impl Router {
         let mut groups = group_by_topic(messages).into_iter();
         while let Some((topic, group)) = groups.next() {
             let (count, bytes) = (group.len(), group.iter().map(Message::byte_len).sum::<usize>());
-            match self.directory.send(&topic, group, admit, guards, receipt).await {
+            match self
+                .directory
+                .send(&topic, group, admit, &self.budget, guards, receipt)
+                .await
+            {
                 Ok(()) => {
                     session.published_messages.fetch_add(count as u64, Ordering::Relaxed);
                     session.published_bytes.fetch_add(bytes as u64, Ordering::Relaxed);

@@ -213,8 +213,18 @@ impl SessionHandle {
     /// drain timeout) until everything it published is in subscriber buffers, then ends
     /// its subscriptions (their buffered deliveries stay readable) and stops the actor.
     pub async fn close(&self) -> Result<(), BusError> {
+        self.close_with(CloseReason::SessionClosed).await
+    }
+
+    /// Closes the session as [`Self::close`] does, for `reason`: its subscriptions end
+    /// with it, and a [`CloseReason::SlowConsumer`] close (a client that stopped reading)
+    /// is counted in the session manager's snapshot.
+    pub async fn close_with(&self, reason: CloseReason) -> Result<(), BusError> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if reason == CloseReason::SlowConsumer {
+            self.shared.slow_consumer.store(true, Ordering::Release);
         }
         if !self.shared.inflight.wait_idle(self.router.drain_timeout).await {
             tracing::warn!(
@@ -222,7 +232,6 @@ impl SessionHandle {
                 "session close timed out waiting for its publishes"
             );
         }
-        let reason = CloseReason::SessionClosed;
         let _ = self
             .actor
             .call(|reply| SessionMessage::Close { reason, reply }, None)

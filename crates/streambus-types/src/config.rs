@@ -52,6 +52,11 @@ pub struct LimitsConfig {
     pub max_sessions: usize,
     /// Most topics alive at once (each has an actor and a mailbox).
     pub max_topics: usize,
+    /// The bus-wide memory budget, in bytes: everything admitted to topics and not yet
+    /// fanned out to subscriber buffers, summed over every topic (each message counts
+    /// its payload and headers plus 64 bytes). When it is used up, publishers wait (or
+    /// `try_publish` is refused) as on a full topic. See the README for the whole bound.
+    pub max_memory_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -62,6 +67,7 @@ impl Default for LimitsConfig {
             max_subscriptions_per_session: 1024,
             max_sessions: 100_000,
             max_topics: 100_000,
+            max_memory_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -145,6 +151,13 @@ pub struct GrpcConfig {
     /// Capacity of each stream's outbound queue, in frames. When it is full the
     /// stream's subscriptions stop being read and their overflow policies apply.
     pub outbound_frames: usize,
+    /// Capacity of each stream's outbound queue, in bytes (one frame is always taken
+    /// into an empty queue, whatever its size).
+    pub outbound_bytes: usize,
+    /// A stream whose client takes nothing from its full outbound queue for this long
+    /// is closed as a slow consumer (`RESOURCE_EXHAUSTED`) and its memory released; it
+    /// is also the TCP user timeout of accepted connections. 0 turns both off.
+    pub write_deadline_ms: u64,
 }
 
 impl Default for GrpcConfig {
@@ -155,6 +168,8 @@ impl Default for GrpcConfig {
             keepalive_timeout_ms: 20_000,
             idle_timeout_ms: 300_000,
             outbound_frames: 256,
+            outbound_bytes: 4 * 1024 * 1024,
+            write_deadline_ms: 10_000,
         }
     }
 }
@@ -190,6 +205,16 @@ impl BusConfig {
             l.max_subscriptions_per_session as u64,
         )?;
         positive("limits.max_sessions", l.max_sessions as u64)?;
+        if l.max_memory_bytes < l.max_message_bytes.saturating_mul(2) {
+            return Err(ConfigError {
+                field: "limits.max_memory_bytes".into(),
+                reason: format!(
+                    "{} is less than twice limits.max_message_bytes ({}): a largest message \
+                     could hold the whole budget",
+                    l.max_memory_bytes, l.max_message_bytes
+                ),
+            });
+        }
         positive("limits.max_topics", l.max_topics as u64)?;
         let t = &self.topics;
         positive("topics.mailbox_messages", t.mailbox_messages as u64)?;
@@ -212,6 +237,7 @@ impl BusConfig {
         positive("grpc.keepalive_interval_ms", g.keepalive_interval_ms)?;
         positive("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms)?;
         positive("grpc.outbound_frames", g.outbound_frames as u64)?;
+        positive("grpc.outbound_bytes", g.outbound_bytes as u64)?;
         sinks::validate_sinks(&self.sinks, l.max_message_bytes)
     }
 }

@@ -84,6 +84,9 @@ pub(crate) struct SessionShared {
     /// `Close` and `post_stop`, or the session manager); never cleared. Publishes and
     /// subscribes are refused from then on.
     pub(crate) closed: AtomicBool,
+    /// Closed because its client stopped reading (the server's write deadline); read by
+    /// the session manager when the session ends, to count it.
+    pub(crate) slow_consumer: AtomicBool,
     /// Publish batches handed to topics and not yet fanned out. Each batch carries a
     /// guard of it; a graceful close waits for it to reach zero.
     pub(crate) inflight: Arc<Inflight>,

@@ -60,6 +60,9 @@ pub struct SessionManagerSnapshot {
     pub sessions_opened: u64,
     /// Sessions that ended by a failure, in total.
     pub sessions_failed: u64,
+    /// Sessions closed because their client stopped reading (the server's write
+    /// deadline), in total.
+    pub sessions_slow_consumer: u64,
 }
 
 /// Arguments of the session manager, given by [`crate::Bus::start`].
@@ -150,6 +153,7 @@ impl Actor for SessionManager {
                     name,
                     internal,
                     closed: AtomicBool::new(false),
+                    slow_consumer: AtomicBool::new(false),
                     inflight: Inflight::new(),
                     published_messages: AtomicU64::new(0),
                     published_bytes: AtomicU64::new(0),
@@ -218,7 +222,13 @@ impl Actor for SessionManager {
             // A clean stop (graceful close, shutdown): its subscriptions are already
             // closed, and removing them again is harmless.
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.ended(cell.get_id(), CloseReason::SessionClosed);
+                let slow = state
+                    .sessions
+                    .get(&cell.get_id())
+                    .is_some_and(|e| e.shared.slow_consumer.load(Ordering::Acquire));
+                if state.ended(cell.get_id(), CloseReason::SessionClosed).is_some() && slow {
+                    state.counters.sessions_slow_consumer += 1;
+                }
             }
             _ => {}
         }

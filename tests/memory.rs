@@ -1,0 +1,151 @@
+//! Memory stays bounded whatever the clients do: the bus-wide budget holds publishers
+//! back when a subscriber stalls many topics at once, and a stream whose client stops
+//! reading is closed at the write deadline and its memory released.
+
+#[path = "common/harness.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures::StreamExt;
+use harness::{TestServer, wait_until, within};
+use streambus::client::{Client, ClientOptions};
+use streambus::proto::streambus::v1 as pb;
+use streambus::{BusConfig, Event, Message, OverflowPolicy, SubscriptionOptions, Topic};
+
+const BUDGET: usize = 8 * 1024 * 1024;
+const PAYLOAD: usize = 4 * 1024;
+const TOPICS_PER_PUBLISHER: usize = 10;
+const PUBLISHERS: usize = 5;
+
+/// One `block` subscriber on `t.>` that takes nothing, 5 publishers on 50 topics: the
+/// topics together never hold more than the bus budget (each topic alone could hold
+/// 4 MiB, 200 MiB in all), the publishers are held, and once the subscriber reads it
+/// gets every acked message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_bounds_all_topics_together() {
+    let mut config = BusConfig::default();
+    config.limits.max_message_bytes = 64 * 1024;
+    config.limits.max_memory_bytes = BUDGET;
+    config.topics.mailbox_bytes = 4 * 1024 * 1024;
+    let server = TestServer::start_with(config).await;
+    let subscriber = server.client_with_credit("stuck", 0).await;
+    let mut stuck = subscriber
+        .subscribe(
+            "t.>",
+            SubscriptionOptions::default()
+                .overflow(OverflowPolicy::Block)
+                .buffer(256, 1 << 20),
+        )
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let client = server.client(&format!("pub{p}")).await;
+        let (stop, acked) = (stop.clone(), acked.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let topic = Topic::new(&format!("t.p{p}.k{}", n % TOPICS_PER_PUBLISHER)).unwrap();
+                let batch = (0..8)
+                    .map(|_| Message::new(topic.clone(), vec![p as u8; PAYLOAD]))
+                    .collect();
+                if client.publish_batch(batch, true).await.is_err() {
+                    break;
+                }
+                acked.fetch_add(8, Ordering::Relaxed);
+                n += 1;
+            }
+        }));
+    }
+    // Every publisher has waited, and the topics hold still (a snapshot reads topic
+    // after topic, so it is only a consistent sum once nothing moves).
+    let previous = parking_lot::Mutex::new(usize::MAX);
+    wait_until("every publisher is held by the budget", || async {
+        let s = server.snapshot().await;
+        let in_topics: usize = s.topics.iter().map(|t| t.mailbox_bytes).sum();
+        let still = std::mem::replace(&mut *previous.lock(), in_topics) == in_topics;
+        s.memory.budget_waits >= PUBLISHERS as u64 && still
+    })
+    .await;
+    let snap = server.snapshot().await;
+    let in_topics: usize = snap.topics.iter().map(|t| t.mailbox_bytes).sum();
+    assert!(snap.topics.len() >= 40, "{} topics", snap.topics.len());
+    assert!(snap.memory.admitted_bytes <= BUDGET, "{:?}", snap.memory);
+    // A held publisher has its topic's permit for the batch it waits with: one batch
+    // each beyond the budget.
+    let waiting = PUBLISHERS * 8 * PAYLOAD;
+    assert!(
+        in_topics <= BUDGET + waiting,
+        "{in_topics} bytes in the topics' mailboxes"
+    );
+    // Nothing left the server (no credit): all that was acked sits in the topics and the
+    // subscriber's buffer, within the budget plus that buffer.
+    let acked_bytes = acked.load(Ordering::Relaxed) as usize * PAYLOAD;
+    assert!(
+        acked_bytes <= BUDGET + (1 << 20) + 8 * PAYLOAD,
+        "{acked_bytes} bytes acked"
+    );
+
+    // The subscriber reads: the publishers go on, and nothing acked is lost.
+    stop.store(true, Ordering::Relaxed);
+    subscriber.grant(u64::MAX / 2).await.unwrap();
+    for p in publishers {
+        within("a publisher to finish", p).await.unwrap();
+    }
+    let total = acked.load(Ordering::Relaxed);
+    let mut got = 0;
+    while got < total {
+        match within("deliveries", stuck.next()).await {
+            Some(Event::Delivery(_)) => got += 1,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    assert_eq!(server.snapshot().await.memory.admitted_bytes, 0);
+}
+
+/// A client that subscribes and stops reading: once its outbound queue has been full
+/// for the write deadline, its stream is closed as a slow consumer, its session and
+/// subscription are gone (their memory released), and the stream ends with
+/// RESOURCE_EXHAUSTED; publishers never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_reaped_at_the_write_deadline() {
+    let mut config = BusConfig::default();
+    config.grpc.write_deadline_ms = 300;
+    config.grpc.outbound_frames = 4;
+    config.grpc.outbound_bytes = 256 * 1024;
+    let server = TestServer::start_with(config).await;
+    let mut silent = server.raw(None).await;
+    silent.subscribe(1, "flood", pb::OverflowPolicy::DropOldest, 0).await;
+    let publisher = Client::connect_with(ClientOptions::new(server.url()).name("publisher").reconnect(false))
+        .await
+        .unwrap();
+    let reaped = {
+        let server = &server;
+        let publisher = &publisher;
+        wait_until("the silent client is reaped as a slow consumer", || async move {
+            let batch = (0..16)
+                .map(|_| Message::new(Topic::new("flood").unwrap(), vec![7u8; PAYLOAD]))
+                .collect();
+            publisher.publish_batch(batch, true).await.unwrap();
+            let s = server.snapshot().await;
+            s.session_manager.sessions_slow_consumer == 1 && !s.sessions.iter().any(|s| s.name == "raw")
+        })
+        .await;
+        server.snapshot().await
+    };
+    let flood = reaped.topic("flood").map_or(0, |t| t.subscribers);
+    assert_eq!(flood, 0, "the reaped subscription is gone from its topic");
+    // What the transport still held comes first, then the end.
+    let status = within("the silent stream's end", silent.end_status())
+        .await
+        .expect("ended with a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("slow consumer"), "{}", status.message());
+    // The publisher's own stream is fine.
+    publisher.ping().await.unwrap();
+}
