@@ -19,12 +19,37 @@ pub const ENV_PREFIX: &str = "STREAMBUS_";
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// A source could not be read or does not fit the configuration's shape.
-    #[error("{0}")]
+    /// A source could not be read, or a value does not fit the configuration's shape:
+    /// the field (its dotted path, as in the TOML file), what is wrong, and where the
+    /// value came from.
+    #[error("invalid configuration: {}", describe(.0))]
     Parse(Box<figment::Error>),
     /// The values do not work together.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+}
+
+/// One line per problem: `field: what is wrong (in SOURCE)`. The field is the dotted
+/// path a user writes in the file (environment keys are lowercased to match it).
+fn describe(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let field = e.path.iter().map(|p| p.to_lowercase()).collect::<Vec<_>>().join(".");
+            let origin = e.metadata.as_ref().map(|md| match &md.source {
+                Some(source) => format!(" (in {} {source})", md.name),
+                None => format!(" (in {})", md.name),
+            });
+            let origin = origin.unwrap_or_default();
+            if field.is_empty() {
+                format!("{}{origin}", e.kind)
+            } else {
+                format!("{field}: {}{origin}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Loads the configuration from the defaults, `file` (if any, which must exist) and the
@@ -43,4 +68,33 @@ pub fn load(file: Option<&Path>) -> Result<BusConfig, LoadError> {
         .map_err(|e| LoadError::Parse(Box::new(e)))?;
     config.validate()?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<BusConfig, LoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("streambus.toml");
+        std::fs::write(&path, text).unwrap();
+        load(Some(&path))
+    }
+
+    /// A misspelt or mistyped field is named by its dotted path as written in the file
+    /// (no profile prefix), with the file it came from.
+    #[test]
+    fn parse_errors_name_the_field_and_the_file() {
+        let e = load_toml("[limits]\nmax_mesage_bytes = 3\n").unwrap_err().to_string();
+        assert!(e.contains("limits.max_mesage_bytes: unknown field"), "{e}");
+        assert!(!e.contains("default."), "{e}");
+        assert!(e.contains("streambus.toml"), "{e}");
+        let e = load_toml("[grpc]\noutbound_frames = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("invalid configuration: grpc.outbound_frames: "), "{e}");
+        let e = load_toml("[topics]\nmailbox_messages = 0\n").unwrap_err().to_string();
+        assert!(e.contains("topics.mailbox_messages"), "{e}");
+        load_toml("[limits]\nmax_message_bytes = 4096\n").unwrap();
+    }
 }

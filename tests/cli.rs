@@ -97,3 +97,43 @@ fn bad_config_names_the_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no_such_key"), "{stderr}");
 }
+
+/// Start-up errors name what the user must change, as a one-line chain with no
+/// backtrace even when `RUST_BACKTRACE` is set: a mistyped environment value by its
+/// field (no profile prefix), a data directory that is a file as `storage.data_dir`.
+#[test]
+fn start_up_errors_name_what_to_change() {
+    let serve = |envs: &[(&str, &str)], args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LOG", "error")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = serve(&[("STREAMBUS_LIMITS__MAX_MESSAGE_BYTES", "lots")], &[]);
+    assert!(stderr.contains("limits.max_message_bytes: invalid type"), "{stderr}");
+    assert!(!stderr.contains("default."), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let config = dir.path().join("streambus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = {:?}\n[[sinks]]\nname = \"f\"\ntype = \"file\"\ntopics = [\"a\"]\npath = {:?}\nbuffer = {{ type = \"disk\" }}\n",
+            not_a_dir.display().to_string(),
+            dir.path().join("out").display().to_string()
+        ),
+    )
+    .unwrap();
+    let stderr = serve(&[], &["--config", config.to_str().unwrap()]);
+    assert!(stderr.contains("storage.data_dir"), "{stderr}");
+    assert!(!stderr.contains("internal error"), "{stderr}");
+}

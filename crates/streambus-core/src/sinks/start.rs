@@ -86,14 +86,26 @@ async fn start_one(config: &BusConfig, cfg: &SinkConfig, session: &SessionHandle
             (source, Some(tx), overflow)
         }
         BufferKind::Disk => {
+            let dir = cfg.buffer_dir(&config.storage);
             let buffer = DurableBuffer::open(BufferOptions {
-                dir: cfg.buffer_dir(&config.storage),
+                dir: dir.clone(),
                 max_bytes: b.max_bytes,
                 segment_bytes: b.segment_bytes,
                 fsync: FsyncPolicy::from_setting(b.fsync, b.fsync_interval_ms),
                 when_full: b.when_full,
             })
-            .map_err(|e| BusError::Internal(format!("sink {}: {e}", cfg.name)))?;
+            // Name what the user must change: the buffer's own path, or the data dir.
+            .map_err(|e| ConfigError {
+                field: match b.path {
+                    Some(_) => format!("sinks.{}.buffer.path", cfg.name),
+                    None => "storage.data_dir".into(),
+                },
+                reason: format!(
+                    "sink {} cannot keep its disk buffer in {}: {e}",
+                    cfg.name,
+                    dir.display()
+                ),
+            })?;
             // The intake moves records to disk quickly; the buffer's own `when_full`
             // decides what happens when the disk budget is used up.
             (Source::Disk(Arc::new(buffer)), None, OverflowPolicy::Block)
