@@ -31,6 +31,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::budget::{BudgetShare, MemoryBudget};
+
 /// The admission of one topic was closed (the topic is being stopped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AdmissionClosed;
@@ -52,6 +54,8 @@ pub(crate) struct Admission {
     waiters: AtomicUsize,
     /// Messages whose permit was sent but dropped unhandled.
     lost: AtomicU64,
+    /// The bus-wide budget: a permit that holds a share of it gives it back here.
+    budget: Arc<MemoryBudget>,
 }
 
 #[derive(Debug)]
@@ -65,8 +69,8 @@ struct Available {
 }
 
 impl Admission {
-    /// A gate of `messages` and `bytes` capacity.
-    pub(crate) fn new(messages: usize, bytes: usize) -> Arc<Self> {
+    /// A gate of `messages` and `bytes` capacity, under the bus-wide `budget`.
+    pub(crate) fn new(messages: usize, bytes: usize, budget: Arc<MemoryBudget>) -> Arc<Self> {
         Arc::new(Admission {
             state: Mutex::new(Available {
                 messages,
@@ -79,6 +83,7 @@ impl Admission {
             turnstile: tokio::sync::Mutex::new(()),
             waiters: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
+            budget,
         })
     }
 
@@ -111,6 +116,7 @@ impl Admission {
             admission: self.clone(),
             messages,
             bytes,
+            budget_bytes: 0,
             sent: false,
         }))
     }
@@ -211,12 +217,19 @@ pub(crate) struct Permit {
     messages: usize,
     /// Bytes taken.
     bytes: usize,
+    /// Bytes of the bus-wide budget the batch also holds (see [`Permit::hold`]).
+    budget_bytes: usize,
     /// Set once the batch is in the topic's mailbox: from then on, a drop without
     /// `complete` is a loss.
     sent: bool,
 }
 
 impl Permit {
+    /// Takes over a share of the bus-wide budget, given back with the permit.
+    pub(crate) fn hold(&mut self, share: BudgetShare<'_>) {
+        self.budget_bytes += share.into_bytes();
+    }
+
     /// Marks the permit as handed to the topic actor.
     pub(crate) fn mark_sent(&mut self) {
         self.sent = true;
@@ -239,6 +252,9 @@ impl Drop for Permit {
             self.admission.lost.fetch_add(self.messages as u64, Ordering::Relaxed);
         }
         self.admission.release(self.messages, self.bytes);
+        if self.budget_bytes > 0 {
+            self.admission.budget.release(self.budget_bytes);
+        }
     }
 }
 
@@ -305,7 +321,7 @@ mod tests {
     /// Capacity is taken in messages and bytes at once and returned on drop.
     #[tokio::test]
     async fn take_and_release() {
-        let a = Admission::new(10, 100);
+        let a = Admission::new(10, 100, MemoryBudget::new(1 << 20));
         let p1 = a.try_acquire(4, 60).unwrap().unwrap();
         assert_eq!(a.outstanding(), (4, 60));
         assert!(a.try_acquire(1, 41).unwrap().is_none(), "bytes exhausted");
@@ -321,7 +337,7 @@ mod tests {
     /// served first even when a later one would fit.
     #[tokio::test]
     async fn waiters_are_fair() {
-        let a = Admission::new(10, 100);
+        let a = Admission::new(10, 100, MemoryBudget::new(1 << 20));
         let held = a.try_acquire(10, 10).unwrap().unwrap();
         let big = tokio::spawn({
             let a = a.clone();
@@ -339,7 +355,7 @@ mod tests {
     /// `close_if_idle` refuses while a permit is live, and closing fails waiters.
     #[tokio::test]
     async fn close_only_when_idle() {
-        let a = Admission::new(2, 100);
+        let a = Admission::new(2, 100, MemoryBudget::new(1 << 20));
         let p = a.try_acquire(2, 1).unwrap().unwrap();
         let waiter = tokio::spawn({
             let a = a.clone();
@@ -356,7 +372,7 @@ mod tests {
     /// A sent permit dropped without completion counts its messages as lost.
     #[test]
     fn sent_and_dropped_is_lost() {
-        let a = Admission::new(10, 100);
+        let a = Admission::new(10, 100, MemoryBudget::new(1 << 20));
         let mut p = a.try_acquire(3, 3).unwrap().unwrap();
         p.mark_sent();
         drop(p);

@@ -5,9 +5,10 @@
 //! bounds add up: one `block` subscriber that stops reading on `t.>` would let every
 //! topic it matches fill its mailbox. So a publish takes, after its topic's permit, a
 //! [`BudgetShare`] of this budget for the batch's bytes (payload, headers, and
-//! [`MESSAGE_OVERHEAD_BYTES`] per message for the bus's own bookkeeping). The share
-//! travels inside the batch like the permit and is given back when the topic has
-//! fanned the batch out. When the budget is used up, publishers wait (or `try_publish`
+//! [`MESSAGE_OVERHEAD_BYTES`] per message for the bus's own bookkeeping). The share is
+//! folded into the topic's permit ([`crate::admission::Permit::hold`]), travels inside
+//! the batch with it, and is given back with it when the topic has fanned the batch
+//! out: no reference count is touched per batch. When the budget is used up, publishers wait (or `try_publish`
 //! is refused) exactly as on a full topic.
 //!
 //! Shares are taken after the topic's permit and given back without taking anything,
@@ -22,7 +23,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -33,8 +33,9 @@ pub(crate) const MESSAGE_OVERHEAD_BYTES: usize = 64;
 /// The bus-wide budget of admitted bytes.
 #[derive(Debug)]
 pub(crate) struct MemoryBudget {
-    /// Bytes that may still be admitted.
-    available: Mutex<usize>,
+    /// Bytes that may still be admitted. Taken by compare-and-swap, given back by an
+    /// add: no lock on the hot path.
+    available: AtomicUsize,
     /// `limits.max_memory_bytes`.
     capacity: usize,
     /// Woken (one waiter: the turnstile holder) when bytes are given back.
@@ -66,7 +67,7 @@ impl MemoryBudget {
     /// A budget of `capacity` bytes.
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(MemoryBudget {
-            available: Mutex::new(capacity),
+            available: AtomicUsize::new(capacity),
             capacity,
             released: Notify::new(),
             turnstile: tokio::sync::Mutex::new(()),
@@ -86,21 +87,18 @@ impl MemoryBudget {
         bytes.saturating_add(messages.saturating_mul(MESSAGE_OVERHEAD_BYTES))
     }
 
-    fn grab(self: &Arc<Self>, bytes: usize) -> Option<BudgetShare> {
-        let mut available = self.available.lock();
-        if *available < bytes {
-            return None;
-        }
-        *available -= bytes;
-        Some(BudgetShare {
-            budget: self.clone(),
-            bytes,
-        })
+    fn grab(&self, bytes: usize) -> Option<BudgetShare<'_>> {
+        self.available
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |available| {
+                available.checked_sub(bytes)
+            })
+            .ok()?;
+        Some(BudgetShare { budget: self, bytes })
     }
 
     /// Takes `bytes` now if nobody waits and they are there; counts a refusal if not.
     /// A request over the whole budget is clamped to it, so it can always be granted.
-    pub(crate) fn try_take(self: &Arc<Self>, bytes: usize) -> Option<BudgetShare> {
+    pub(crate) fn try_take(&self, bytes: usize) -> Option<BudgetShare<'_>> {
         let bytes = bytes.min(self.capacity);
         let share = if self.waiters.load(Ordering::Acquire) == 0 {
             self.grab(bytes)
@@ -114,7 +112,7 @@ impl MemoryBudget {
     }
 
     /// Takes `bytes`, waiting in arrival order until they are there.
-    pub(crate) async fn take(self: &Arc<Self>, bytes: usize) -> BudgetShare {
+    pub(crate) async fn take(&self, bytes: usize) -> BudgetShare<'_> {
         let bytes = bytes.min(self.capacity);
         if self.waiters.load(Ordering::Acquire) == 0
             && let Some(share) = self.grab(bytes)
@@ -122,9 +120,13 @@ impl MemoryBudget {
             return share;
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
-        self.waiters.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with `release`: either the releaser sees this waiter and wakes it, or
+        // the `grab` below sees what was released.
+        self.waiters.fetch_add(1, Ordering::SeqCst);
         let _waiting = Decrement(&self.waiters);
         let _turn = self.turnstile.lock().await;
+        // The turnstile holder is the only one waiting on `released`; a wake-up meant
+        // for a waiter before it is not lost, since that one re-checks and leaves.
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -140,15 +142,18 @@ impl MemoryBudget {
     pub(crate) fn snapshot(&self) -> MemorySnapshot {
         MemorySnapshot {
             budget_bytes: self.capacity,
-            admitted_bytes: self.capacity - *self.available.lock(),
+            admitted_bytes: self.capacity - self.available.load(Ordering::Relaxed),
             budget_waits: self.waits.load(Ordering::Relaxed),
             budget_refusals: self.refusals.load(Ordering::Relaxed),
         }
     }
 
-    fn release(&self, bytes: usize) {
-        *self.available.lock() += bytes;
-        self.released.notify_one();
+    /// Gives back `bytes` that a share held (see [`BudgetShare::into_bytes`]).
+    pub(crate) fn release(&self, bytes: usize) {
+        self.available.fetch_add(bytes, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.released.notify_one();
+        }
     }
 }
 
@@ -161,16 +166,26 @@ impl Drop for Decrement<'_> {
     }
 }
 
-/// Bytes of the budget held by one admitted batch; given back on drop.
+/// Bytes of the budget just taken; given back on drop, unless handed over to a permit
+/// with [`BudgetShare::into_bytes`].
 #[derive(Debug)]
-pub(crate) struct BudgetShare {
+pub(crate) struct BudgetShare<'a> {
     /// The budget the bytes came from and go back to.
-    budget: Arc<MemoryBudget>,
+    budget: &'a MemoryBudget,
     /// Bytes held.
     bytes: usize,
 }
 
-impl Drop for BudgetShare {
+impl BudgetShare<'_> {
+    /// The bytes held, now owed by the caller to [`MemoryBudget::release`].
+    pub(crate) fn into_bytes(self) -> usize {
+        let bytes = self.bytes;
+        std::mem::forget(self);
+        bytes
+    }
+}
+
+impl Drop for BudgetShare<'_> {
     fn drop(&mut self) {
         self.budget.release(self.bytes);
     }
@@ -192,7 +207,7 @@ mod tests {
         assert!(budget.try_take(1).is_none());
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.take(500).await }
+            async move { budget.take(500).await.into_bytes() }
         });
         let early = tokio::time::timeout(Duration::from_millis(30), async {
             while !waiting.is_finished() {
@@ -207,7 +222,8 @@ mod tests {
         let c = waiting.await.unwrap();
         assert_eq!(budget.snapshot().admitted_bytes, 900);
         assert_eq!(budget.snapshot().budget_waits, 1);
-        drop((b, c));
+        drop(b);
+        budget.release(c);
         assert_eq!(budget.snapshot().admitted_bytes, 0);
         // Larger than the whole budget: clamped, so it is granted once all is free.
         let huge = budget.take(5000).await;

@@ -45,7 +45,7 @@ use crate::actors::topic::{TopicMessage, TopicSnapshot};
 use crate::actors::topic_supervisor::{
     TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot,
 };
-use crate::budget::MemorySnapshot;
+use crate::budget::{MemoryBudget, MemorySnapshot};
 use crate::error::{BusError, answered};
 use crate::router::Router;
 use crate::session_handle::SessionHandle;
@@ -165,9 +165,11 @@ impl Bus {
         // Every sink entry is checked by its type before anything starts.
         let prepared = sinks::prepare(&config, &registry)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let budget = MemoryBudget::new(config.limits.max_memory_bytes);
         let args = TopicSupervisorArgs {
             topics: config.topics.clone(),
             limits: config.limits.clone(),
+            budget: budget.clone(),
             directory: tx,
         };
         let (topics, _) = Actor::spawn(None, TopicSupervisor, args)
@@ -188,7 +190,7 @@ impl Bus {
         let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);
         let bus = Bus {
             inner: Arc::new(BusInner {
-                router: Router::new(directory, &config.limits, drain_timeout),
+                router: Router::new(directory, budget, &config.limits, drain_timeout),
                 config,
                 sessions,
                 topics,

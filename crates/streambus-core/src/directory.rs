@@ -176,12 +176,12 @@ impl Directory {
                     None => return Err(BusError::Full(messages)),
                 },
             };
+            permit.hold(share);
             let rest = messages.split_off(n);
             permit.mark_sent();
             let batch = PublishBatch {
                 messages,
                 permit,
-                _budget: share,
                 _guards: guards(),
                 receipt: receipt.map(|r| r.sibling(1)),
             };

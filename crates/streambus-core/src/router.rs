@@ -21,7 +21,7 @@
 //!   in order.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use streambus_types::config::LimitsConfig;
@@ -46,7 +46,8 @@ pub(crate) struct Router {
     /// Publish calls in progress, from their first check until they return (a call may
     /// wait for admission before it has any batch in flight). The drain waits for them
     /// too, so a publish that passed its check before the drain began is not cut off.
-    pub(crate) publishing: Arc<Inflight>,
+    /// A bare counter, polled by the drain: the hot path pays two atomic operations.
+    publishing: AtomicUsize,
     /// `limits.max_memory_bytes`: every admitted batch holds a share of it until fanned
     /// out, whatever its topic.
     pub(crate) budget: Arc<MemoryBudget>,
@@ -67,12 +68,17 @@ pub(crate) struct Router {
 
 impl Router {
     /// A router over `directory`, with the limits of `limits`.
-    pub(crate) fn new(directory: Arc<Directory>, limits: &LimitsConfig, drain_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        directory: Arc<Directory>,
+        budget: Arc<MemoryBudget>,
+        limits: &LimitsConfig,
+        drain_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Router {
             directory,
             inflight: Inflight::new(),
-            publishing: Inflight::new(),
-            budget: MemoryBudget::new(limits.max_memory_bytes),
+            publishing: AtomicUsize::new(0),
+            budget,
             closing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             max_batch_messages: limits.max_batch_messages,
@@ -99,22 +105,26 @@ impl Router {
     /// Starts the shutdown drain: client sessions' publishes are refused from now on.
     ///
     /// Sequentially consistent with the check in [`Router::route`], which counts its
-    /// call in `publishing` before it reads the flag: either the call sees the flag and
-    /// is refused, or the drain sees the call and waits for it.
+    /// call in `publishing` before it reads the flag (both `SeqCst`): either the call
+    /// sees the flag and is refused, or the drain sees the call and waits for it.
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Waits (up to `timeout`) until no publish call is in progress and every admitted
     /// batch is fanned out; returns whether both happened in time.
     pub(crate) async fn wait_quiet(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        self.publishing.wait_idle(timeout).await
-            && self
-                .inflight
-                .wait_idle(deadline.saturating_duration_since(tokio::time::Instant::now()))
-                .await
+        // Shutdown only: a short poll keeps the hot path free of any wake-up.
+        while self.publishing.load(Ordering::SeqCst) != 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.inflight
+            .wait_idle(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
     }
 
     /// Refuses every publish from now on; returns whether it was already closing.
@@ -151,8 +161,8 @@ impl Router {
         admit: Admit,
         receipt: Option<&Arc<ReceiptToken>>,
     ) -> Result<(), BusError> {
-        let _publishing = self.publishing.guard();
-        std::sync::atomic::fence(Ordering::SeqCst);
+        self.publishing.fetch_add(1, Ordering::SeqCst);
+        let _publishing = Publishing(&self.publishing);
         if !session.internal && self.is_draining() {
             return Err(BusError::Draining);
         }
@@ -180,6 +190,15 @@ impl Router {
             }
         }
         Ok(())
+    }
+}
+
+/// Counts a publish call out of `Router::publishing` however it ends.
+struct Publishing<'a>(&'a AtomicUsize);
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -33,7 +33,6 @@ use streambus_types::{CloseReason, Delivery, Gap, Message, Topic};
 
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::{InflightGuard, Permit};
-use crate::budget::BudgetShare;
 use crate::directory::{Directory, TopicShared};
 use crate::queue::Push;
 use crate::receipt::ReceiptToken;
@@ -44,11 +43,9 @@ use crate::subscription::{Subscriber, SubscriptionId};
 pub(crate) struct PublishBatch {
     /// The messages, all of this topic, in publish order.
     pub(crate) messages: Vec<Message>,
-    /// Returned when every subscriber has the batch.
+    /// Returned when every subscriber has the batch, with the batch's share of the
+    /// bus-wide memory budget.
     pub(crate) permit: Permit,
-    /// The batch's share of the bus-wide memory budget; given back with the batch
-    /// (fanned out, or lost in a crash).
-    pub(crate) _budget: BudgetShare,
     /// The publishing session's and the bus's in-flight counts; dropped with the permit.
     pub(crate) _guards: [InflightGuard; 2],
     /// A durable publish: confirmed when the batch is in every subscriber buffer, and

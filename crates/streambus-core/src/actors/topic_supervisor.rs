@@ -36,6 +36,7 @@ use streambus_types::{CloseReason, Topic};
 use crate::actors::session::{SessionId, SessionMessage};
 use crate::actors::topic::{TopicActor, TopicArgs, TopicMessage};
 use crate::admission::Admission;
+use crate::budget::MemoryBudget;
 use crate::directory::{Directory, TopicRef, TopicShared};
 use crate::error::BusError;
 use crate::index::SubscriptionIndex;
@@ -97,6 +98,8 @@ pub(crate) struct TopicSupervisorArgs {
     pub(crate) topics: TopicsConfig,
     /// `max_topics`: a publish that would start one more topic is refused.
     pub(crate) limits: LimitsConfig,
+    /// The bus-wide memory budget every topic's admission draws on with its own.
+    pub(crate) budget: Arc<MemoryBudget>,
     /// Filled in by `pre_start`, which is where the directory is created (it needs this
     /// actor's own reference).
     pub(crate) directory: tokio::sync::oneshot::Sender<Arc<Directory>>,
@@ -118,6 +121,8 @@ pub(crate) struct TopicSupervisorState {
     topics: TopicsConfig,
     /// See [`TopicSupervisorArgs::limits`].
     limits: LimitsConfig,
+    /// See [`TopicSupervisorArgs::budget`].
+    budget: Arc<MemoryBudget>,
     /// Restart and reap totals; live counts are filled in at observe time.
     counters: TopicSupervisorSnapshot,
 }
@@ -180,7 +185,11 @@ impl TopicSupervisorState {
                 }
                 TopicShared::new(
                     topic.clone(),
-                    Admission::new(self.topics.mailbox_messages, self.topics.mailbox_bytes),
+                    Admission::new(
+                        self.topics.mailbox_messages,
+                        self.topics.mailbox_bytes,
+                        self.budget.clone(),
+                    ),
                     self.directory.now_ms(),
                 )
             }
@@ -259,6 +268,7 @@ impl Actor for TopicSupervisor {
             by_actor: HashMap::new(),
             topics: args.topics,
             limits: args.limits,
+            budget: args.budget,
             counters: TopicSupervisorSnapshot::default(),
         })
     }
