@@ -123,6 +123,14 @@ impl From<Overflow> for OverflowPolicy {
     }
 }
 
+/// The binary's allocator: jemalloc with its background threads, which give freed
+/// pages back to the system within its decay time (10 s). After a flood of sessions and
+/// subscriptions has gone, the server's memory comes back down, where glibc's malloc
+/// (and mimalloc, whose pages wait for their idle owning thread) keep it; see
+/// docs/RELIABILITY.md. The library leaves the choice to the program that embeds it.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status of a `serve` whose drain left messages undelivered.
 const EXIT_DRAIN_INCOMPLETE: u8 = 3;
 

@@ -149,3 +149,92 @@ async fn a_client_that_stops_reading_is_reaped_at_the_write_deadline() {
     // The publisher's own stream is fine.
     publisher.ping().await.unwrap();
 }
+
+/// One stalled subscriber of each overflow policy on `load.>` over 200 topics, with 20
+/// publishers: under `block` the publishers are held by the bus budget and nothing is
+/// lost; under the lossy policies the publishers never stall, the stalled buffer stays
+/// within its bound and every drop is counted (the `disconnect` subscription is ended
+/// as a slow consumer). Memory admitted to topics never passes the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_of_any_policy_stays_bounded() {
+    for policy in [
+        OverflowPolicy::Block,
+        OverflowPolicy::DropOldest,
+        OverflowPolicy::DropNewest,
+        OverflowPolicy::Disconnect,
+    ] {
+        let mut config = BusConfig::default();
+        config.limits.max_memory_bytes = BUDGET;
+        let server = TestServer::start_with(config).await;
+        let stalled = server.client_with_credit("stalled", 0).await;
+        let _subscription = stalled
+            .subscribe(
+                "load.>",
+                SubscriptionOptions::default().overflow(policy).buffer(128, 512 * 1024),
+            )
+            .await
+            .unwrap();
+        let published = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut publishers = Vec::new();
+        for p in 0..20 {
+            let client = server.client(&format!("pub{p}")).await;
+            let (published, stop) = (published.clone(), stop.clone());
+            publishers.push(tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let topic = Topic::new(&format!("load.t{}", (p * 10 + n) % 200)).unwrap();
+                    let batch = (0..4).map(|_| Message::new(topic.clone(), vec![1u8; PAYLOAD])).collect();
+                    if client.publish_batch(batch, true).await.is_err() {
+                        break;
+                    }
+                    published.fetch_add(4, Ordering::Relaxed);
+                    n += 1;
+                }
+            }));
+        }
+        // Well past what the budget and the stalled buffer can hold together, unless
+        // the publishers are held (block).
+        let far = ((BUDGET + (1 << 20)) / PAYLOAD) as u64 * 2;
+        wait_until("the publishers are held or far past the bounds", || async {
+            let s = server.snapshot().await;
+            assert!(s.memory.admitted_bytes <= BUDGET, "{policy:?}: {:?}", s.memory);
+            match policy {
+                OverflowPolicy::Block => s.memory.budget_waits >= 20,
+                _ => published.load(Ordering::Relaxed) >= far,
+            }
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let snap = server.snapshot().await;
+        let stalled_subs: Vec<_> = snap
+            .sessions
+            .iter()
+            .filter(|s| s.name == "stalled")
+            .flat_map(|s| s.subscriptions.iter())
+            .collect();
+        match policy {
+            OverflowPolicy::Block => {
+                let sub = stalled_subs[0];
+                assert!(sub.buffer.queued_bytes <= 512 * 1024, "{:?}", sub.buffer);
+                assert_eq!(sub.buffer.dropped, 0);
+            }
+            OverflowPolicy::Disconnect => {
+                assert!(stalled_subs.is_empty(), "the slow consumer's subscription was ended");
+            }
+            _ => {
+                let sub = stalled_subs[0];
+                assert!(sub.buffer.queued_bytes <= 512 * 1024, "{:?}", sub.buffer);
+                assert!(sub.buffer.dropped > 0, "{policy:?}: drops are counted");
+            }
+        }
+        if policy == OverflowPolicy::Block {
+            // Let the held publishers go: they are refused once the server stops.
+            drop(stalled);
+        }
+        for p in publishers {
+            within("a publisher to stop", p).await.unwrap();
+        }
+        server.shutdown().await;
+    }
+}

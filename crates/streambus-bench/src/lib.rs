@@ -2,6 +2,8 @@
 //!
 //! - [`echo`]: the original article's workload, `stream.ChatService/BidirectionalChat`
 //!   over N connections, closed loop with a window of messages in flight per stream.
+//! - [`churn`]: waves of clients with many subscriptions each, connecting and leaving,
+//!   with the server's RSS after each wave and after idling.
 //! - [`baseline`]: a minimal tonic echo server for the same proto with no actors, the
 //!   transport ceiling to compare the bus against.
 //! - [`pubsub`]: the `pub`, `sub` and `pubsub` workloads (fan-in, fan-out) against a
@@ -14,6 +16,7 @@
 //! to an in-process bus through the public embedding API.
 
 pub mod baseline;
+pub mod churn;
 pub mod echo;
 pub mod plot;
 pub mod proc_stats;

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use streambus_bench::pubsub::{self, Progress, PubSubOptions, Target, Workload};
 use streambus_bench::report::Report;
-use streambus_bench::{baseline, echo, plot, proc_stats};
+use streambus_bench::{baseline, churn, echo, plot, proc_stats};
 
 /// Load generator for streambus and its baselines.
 #[derive(Debug, Parser)]
@@ -58,6 +58,28 @@ enum Command {
     Sub(PubSubArgs),
     /// Publishers and subscribers in one run: `--pubs` N → `--subs` M.
     Pubsub(PubSubArgs),
+    /// Waves of clients, each with many subscriptions, connecting and leaving; reports
+    /// the server's RSS after each wave and after idling.
+    Churn {
+        /// Server address (host:port).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Clients per wave.
+        #[arg(long, default_value_t = 500)]
+        conns: usize,
+        /// Subscriptions per client.
+        #[arg(long, default_value_t = 1000)]
+        subs: usize,
+        /// Waves.
+        #[arg(long, default_value_t = 4)]
+        waves: usize,
+        /// Seconds to idle after the last wave before the final reading.
+        #[arg(long, default_value_t = 10.0)]
+        idle: f64,
+        /// Pid of the server, whose RSS is read.
+        #[arg(long)]
+        server_pid: u32,
+    },
     /// A plain tonic echo server for the same proto, with no actors (the ceiling).
     BaselineServer {
         /// Address to listen on.
@@ -291,6 +313,26 @@ async fn main() -> anyhow::Result<()> {
             let mut report = Report::new("echo", &addr, conns, size, &run.latencies, run.elapsed);
             report.errors = run.errors;
             output.emit(report, &run.latencies, &[])
+        }
+        Command::Churn {
+            addr,
+            conns,
+            subs,
+            waves,
+            idle,
+            server_pid,
+        } => {
+            let options = churn::ChurnOptions {
+                url: format!("http://{addr}"),
+                conns,
+                subs,
+                waves,
+                idle: seconds(Some(idle))?.expect("given"),
+                server_pid,
+            };
+            let report = churn::run(&options).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
         Command::Pub(args) => run_pubsub(Workload::Pub, args).await,
         Command::Sub(args) => run_pubsub(Workload::Sub, args).await,

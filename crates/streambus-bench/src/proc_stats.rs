@@ -8,7 +8,17 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
 
 /// The `VmHWM` line of a /proc status file, in bytes.
 pub fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    parse_kb_line(status, "VmHWM:")
+}
+
+/// Resident set size of process `pid` now (`VmRSS`), in bytes.
+pub fn current_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_kb_line(&status, "VmRSS:")
+}
+
+fn parse_kb_line(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -38,6 +48,7 @@ mod tests {
         );
         assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
         assert!(peak_rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(current_rss_bytes(std::process::id()).unwrap() > 0);
         assert!(own_cpu_seconds().is_some());
     }
 }
