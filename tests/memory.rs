@@ -184,7 +184,9 @@ async fn a_stalled_subscriber_of_any_policy_stays_bounded() {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let topic = Topic::new(&format!("load.t{}", (p * 10 + n) % 200)).unwrap();
-                    let batch = (0..4).map(|_| Message::new(topic.clone(), vec![1u8; PAYLOAD])).collect();
+                    let batch = (0..4)
+                        .map(|_| Message::new(topic.clone(), vec![1u8; PAYLOAD]))
+                        .collect();
                     if client.publish_batch(batch, true).await.is_err() {
                         break;
                     }

@@ -25,38 +25,18 @@ use pb::server_frame::Frame as In;
 /// Routes one server frame; an error ends the connection.
 pub(super) async fn route(shared: &Arc<Shared>, frame: In) -> Result<(), ClientError> {
     match frame {
-        In::Welcome(_) => Err(ClientError::Protocol("welcome sent twice".into())),
-        In::Subscribed(s) => {
-            subscribed(shared, s);
-            Ok(())
-        }
-        In::Unsubscribed(u) => {
-            unsubscribed(shared, u);
-            Ok(())
-        }
-        In::PublishAck(ack) => {
-            publish_ack(shared, ack);
-            Ok(())
-        }
-        In::PublishRefused(r) => {
-            publish_refused(shared, r);
-            Ok(())
-        }
-        In::Error(e) => {
-            error(shared, e);
-            Ok(())
-        }
-        In::Pong(p) => {
-            pong(shared, p);
-            Ok(())
-        }
-        In::Deliveries(batch) => deliveries(shared, batch).await,
-        In::Gap(g) => gap(shared, g).await,
-        In::SubscriptionClosed(c) => {
-            subscription_closed(shared, c).await;
-            Ok(())
-        }
+        In::Welcome(_) => return Err(ClientError::Protocol("welcome sent twice".into())),
+        In::Deliveries(batch) => return deliveries(shared, batch).await,
+        In::Gap(g) => return gap(shared, g).await,
+        In::SubscriptionClosed(c) => subscription_closed(shared, c).await,
+        In::Subscribed(s) => subscribed(shared, s),
+        In::Unsubscribed(u) => unsubscribed(shared, u),
+        In::PublishAck(ack) => publish_ack(shared, ack),
+        In::PublishRefused(r) => publish_refused(shared, r),
+        In::Error(e) => error(shared, e),
+        In::Pong(p) => pong(shared, p),
     }
+    Ok(())
 }
 
 /// The client error for a refusal with wire code `code`.
