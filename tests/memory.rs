@@ -240,3 +240,101 @@ async fn a_stalled_subscriber_of_any_policy_stays_bounded() {
         server.shutdown().await;
     }
 }
+
+/// A real client process stopped with SIGSTOP (`streambus sub`, frozen mid-stream) while
+/// its topic is flooded: the server closes it as a slow consumer within the write
+/// deadline and drops its session; the frozen process, resumed, finds its stream ended
+/// and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_client_process_is_reaped() {
+    let mut config = BusConfig::default();
+    config.grpc.write_deadline_ms = 300;
+    config.grpc.outbound_frames = 4;
+    config.grpc.outbound_bytes = 256 * 1024;
+    let server = TestServer::start_with(config).await;
+    let mut sub = std::process::Command::new(env!("CARGO_BIN_EXE_streambus"))
+        .args(["sub", "frozen", "--url", &server.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the subscriber process is subscribed", || async {
+        server.snapshot().await.topic_supervisor.subscriptions == 1
+    })
+    .await;
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &sub.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let publisher = server.client("publisher").await;
+    // Past what its HTTP/2 window and the kernel's socket buffers take (several MiB on
+    // loopback) quickly: 1 MiB per round.
+    wait_until("the stopped client is reaped as a slow consumer", || async {
+        let batch = (0..64)
+            .map(|_| Message::new(Topic::new("frozen").unwrap(), vec![3u8; 4 * PAYLOAD]))
+            .collect();
+        publisher.publish_batch(batch, true).await.unwrap();
+        let s = server.snapshot().await;
+        s.session_manager.sessions_slow_consumer == 1 && s.topic_supervisor.subscriptions == 0
+    })
+    .await;
+    signal("-CONT");
+    let exited = tokio::task::spawn_blocking(move || {
+        for _ in 0..500 {
+            if let Some(status) = sub.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = sub.kill();
+        None
+    })
+    .await
+    .unwrap();
+    exited.expect("the resumed client finds its stream ended and exits");
+}
+
+/// Churn: 30 clients each open 100 subscriptions and publish a little, then all go away;
+/// sessions, subscriptions, topics (once idle) and the runtime's tasks come back to where
+/// they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_leaves_nothing_behind() {
+    let mut config = BusConfig::default();
+    config.topics.idle_timeout_ms = 100;
+    let server = TestServer::start_with(config).await;
+    let runtime = tokio::runtime::Handle::current();
+    let tasks_before = runtime.metrics().num_alive_tasks();
+    for round in 0..2 {
+        let mut clients = Vec::new();
+        for c in 0..30 {
+            let client = server.client(&format!("churn{round}-{c}")).await;
+            let mut subs = Vec::new();
+            for n in 0..100 {
+                subs.push(
+                    client
+                        .subscribe(&format!("churn.c{c}.s{n}"), SubscriptionOptions::default())
+                        .await
+                        .unwrap(),
+                );
+            }
+            client.publish_acked(&format!("churn.c{c}.s0"), "x").await.unwrap();
+            clients.push((client, subs));
+        }
+        let snap = server.snapshot().await;
+        assert_eq!(snap.topic_supervisor.subscriptions, 30 * 100);
+        drop(clients);
+        wait_until("every session, subscription and topic is gone", || async {
+            let s = server.snapshot().await;
+            s.sessions.is_empty() && s.topic_supervisor.subscriptions == 0 && s.topics.is_empty()
+        })
+        .await;
+    }
+    wait_until("the runtime's tasks are back to where they were", || async {
+        runtime.metrics().num_alive_tasks() <= tasks_before
+    })
+    .await;
+}
