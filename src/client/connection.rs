@@ -95,6 +95,8 @@ pub(super) async fn drive(shared: Arc<Shared>, channel: Channel, first: Connecte
             shared.frames.send_replace(None);
             shared.fail_pending();
             if shared.is_closed() || !shared.options.reconnect {
+                // No connection will come: whatever waits to send fails now.
+                shared.close();
                 shared.close_subscriptions(CloseReason::SessionClosed);
                 return;
             }

@@ -173,9 +173,10 @@ impl Shared {
             if self.is_closed() {
                 return Err(ClientError::Closed);
             }
+            // A close (or the end of a client that does not reconnect) wakes this too.
             let current = {
                 let guard = frames
-                    .wait_for(Option::is_some)
+                    .wait_for(|frames| frames.is_some() || self.is_closed())
                     .await
                     .map_err(|_| ClientError::Closed)?;
                 guard.clone()
@@ -251,5 +252,25 @@ impl Shared {
         for s in subscriptions {
             let _ = s.events.try_send(vec![Event::Closed(reason)]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A send waiting for a connection fails once the client is closed (as it is when a
+    /// client that does not reconnect loses its connection), instead of waiting forever.
+    #[tokio::test]
+    async fn a_waiting_send_fails_on_close() {
+        let shared = Shared::new(ClientOptions::new("http://127.0.0.1:1"));
+        let waiting = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.send(Out::Ping(pb::Ping { nonce: 1 })).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no connection yet: the send waits");
+        shared.close();
+        assert!(matches!(waiting.await.unwrap(), Err(ClientError::Closed)));
     }
 }
