@@ -184,6 +184,10 @@ struct Disk {
     unsynced: bool,
     stats: BufferSnapshot,
     scratch: Vec<u8>,
+    /// Ids of records the reader skipped as undecodable (a valid checksum over a body
+    /// this version cannot read). They were never handed out, so acknowledging moves
+    /// over them; without that, one such record would pin its segment forever.
+    skipped: std::collections::BTreeSet<u64>,
 }
 
 fn segment_path(dir: &Path, base_id: u64) -> PathBuf {
@@ -219,6 +223,9 @@ impl Disk {
         };
         let mut segments = VecDeque::new();
         let mut last_seen = acked;
+        // Only increasing ids count: the reader hands out nothing at or below one it
+        // has passed, so neither does the count of what will be replayed.
+        let mut last_counted = acked;
         let count = bases.len();
         for (i, base_id) in bases.into_iter().enumerate() {
             let path = segment_path(&dir, base_id);
@@ -228,8 +235,9 @@ impl Disk {
             while offset < data.len() {
                 match scan(&data[offset..]) {
                     Scan::Frame { id, len, .. } => {
-                        if id > acked {
+                        if id > last_counted {
                             stats.replayed_on_open += 1;
+                            last_counted = id;
                         }
                         last_id = last_id.max(id);
                         offset += len;
@@ -293,6 +301,7 @@ impl Disk {
             unsynced: false,
             stats,
             scratch: Vec::new(),
+            skipped: std::collections::BTreeSet::new(),
         })
     }
 
@@ -423,6 +432,8 @@ impl Disk {
                         } else {
                             tracing::error!(segment = %seg.path.display(), id, "undecodable record skipped in sink buffer");
                             self.stats.corrupted += 1;
+                            self.stats.unacked_records = self.stats.unacked_records.saturating_sub(1);
+                            self.skipped.insert(id);
                         }
                     }
                     // Counted when the buffer was opened; skipped silently here.
@@ -434,16 +445,32 @@ impl Disk {
             }
             self.read_offset += offset as u64;
         }
+        // Nothing handed out by this call: skipped records right after the acknowledged
+        // prefix can be acknowledged now (nothing before them waits to be written).
+        if out.is_empty() && self.skipped.first() == Some(&(self.acked + 1)) {
+            self.ack(self.acked + 1)?;
+        }
         Ok(out)
     }
 
     /// Records every id up to `id` as stored by the sink.
     fn ack(&mut self, id: u64) -> Result<(), BufferError> {
-        let id = id.min(self.next_id - 1);
+        let mut id = id.min(self.next_id - 1);
         if id <= self.acked {
             return Ok(());
         }
-        self.stats.unacked_records = self.stats.unacked_records.saturating_sub(id - self.acked);
+        // Skipped records in the range were already taken off the count; skipped ones
+        // right after it are acknowledged with it.
+        let skipped_within = self.skipped.range(self.acked + 1..=id).count() as u64;
+        self.stats.unacked_records = self
+            .stats
+            .unacked_records
+            .saturating_sub(id - self.acked - skipped_within);
+        self.skipped = self.skipped.split_off(&(id + 1));
+        while self.skipped.first() == Some(&(id + 1)) {
+            self.skipped.pop_first();
+            id += 1;
+        }
         self.acked = id;
         let dir = self.opts.dir.clone();
         let tmp = dir.join("ack.tmp");
@@ -783,6 +810,49 @@ mod tests {
                 }
                 Ok(())
             })?;
+        }
+    }
+
+    /// A frame with a valid checksum whose body this version cannot decode (found by
+    /// the `buffer_recovery` fuzz target) is skipped, counted, and acknowledged past:
+    /// it neither stays in `unacked_records` nor pins its segment, first or last.
+    #[test]
+    fn undecodable_records_do_not_pin_the_buffer() {
+        fn undecodable(id: u64) -> Vec<u8> {
+            let mut body = vec![VERSION];
+            body.extend_from_slice(&id.to_le_bytes());
+            body.extend_from_slice(&[0xff; 5]);
+            let mut frame = ((body.len() - 1) as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            frame.extend_from_slice(&body);
+            frame
+        }
+        for bad_first in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut data = Vec::new();
+            if bad_first {
+                data.extend(undecodable(1));
+            }
+            let good = if bad_first { 2..=3 } else { 1..=2 };
+            for i in good.clone() {
+                encode_frame(i, &record(i), &mut data).unwrap();
+            }
+            if !bad_first {
+                data.extend(undecodable(3));
+            }
+            fs::write(dir.path().join(format!("{:020}.seg", 1)), &data).unwrap();
+            let b = DurableBuffer::open(options(dir.path())).unwrap();
+            assert_eq!(b.snapshot().unacked_records, 3);
+            let got = read_all(&b);
+            let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, good.clone().collect::<Vec<_>>());
+            b.ack(*ids.last().unwrap()).unwrap();
+            // The trailing bad record is acknowledged by the next read that hands out
+            // nothing; a leading one was acknowledged with the records after it.
+            assert!(read_all(&b).is_empty());
+            let snap = b.snapshot();
+            assert_eq!((snap.unacked_records, snap.corrupted), (0, 1), "bad_first: {bad_first}");
+            assert_eq!(snap.bytes, 0, "everything acknowledged: the buffer starts afresh");
         }
     }
 }
