@@ -214,6 +214,15 @@ mod tests {
         (rx, answer)
     }
 
+    /// Routes the server's `subscribed` for `request_id`, naming it `subscription_id`.
+    async fn confirm(shared: &Arc<Shared>, request_id: u64, subscription_id: u64) {
+        let subscribed = pb::Subscribed {
+            request_id,
+            subscription_id,
+        };
+        route(shared, In::Subscribed(subscribed)).await.unwrap();
+    }
+
     fn deliveries_for(server_id: u64, topic: &str, sequences: &[u64]) -> In {
         In::Deliveries(pb::DeliveryBatch {
             subscription_id: server_id,
@@ -246,24 +255,8 @@ mod tests {
         let (shared, _queue) = connected();
         let (mut temps, answer_a) = subscribing(&shared, 1, "t.>", 100);
         let (mut other, answer_b) = subscribing(&shared, 2, "o.>", 101);
-        route(
-            &shared,
-            In::Subscribed(pb::Subscribed {
-                request_id: 100,
-                subscription_id: 7,
-            }),
-        )
-        .await
-        .unwrap();
-        route(
-            &shared,
-            In::Subscribed(pb::Subscribed {
-                request_id: 101,
-                subscription_id: 8,
-            }),
-        )
-        .await
-        .unwrap();
+        confirm(&shared, 100, 7).await;
+        confirm(&shared, 101, 8).await;
         answer_a.await.unwrap().unwrap();
         answer_b.await.unwrap().unwrap();
         assert_eq!(shared.state().subscriptions[&1].server_id, Some(7));
@@ -283,15 +276,7 @@ mod tests {
         let (shared, mut queue) = connected();
         let (_events, _answer) = subscribing(&shared, 1, "t.>", 100);
         shared.state().subscriptions.remove(&1);
-        route(
-            &shared,
-            In::Subscribed(pb::Subscribed {
-                request_id: 100,
-                subscription_id: 7,
-            }),
-        )
-        .await
-        .unwrap();
+        confirm(&shared, 100, 7).await;
         match queue.recv().await.and_then(|f| f.frame) {
             Some(Out::Unsubscribe(u)) => assert_eq!(u.subscription_id, 7),
             other => panic!("expected an unsubscribe, got {other:?}"),
@@ -393,15 +378,7 @@ mod tests {
     async fn gaps_closes_and_pongs() {
         let (shared, _queue) = connected();
         let (mut events, _answer) = subscribing(&shared, 1, "t.>", 100);
-        route(
-            &shared,
-            In::Subscribed(pb::Subscribed {
-                request_id: 100,
-                subscription_id: 7,
-            }),
-        )
-        .await
-        .unwrap();
+        confirm(&shared, 100, 7).await;
         let gap = pb::Gap {
             subscription_id: 7,
             topic: "t.x".into(),
@@ -440,15 +417,7 @@ mod tests {
         let welcome = In::Welcome(pb::Welcome::default());
         assert!(matches!(route(&shared, welcome).await, Err(ClientError::Protocol(_))));
         let (_events, _answer) = subscribing(&shared, 1, "t.>", 100);
-        route(
-            &shared,
-            In::Subscribed(pb::Subscribed {
-                request_id: 100,
-                subscription_id: 7,
-            }),
-        )
-        .await
-        .unwrap();
+        confirm(&shared, 100, 7).await;
         let bad = deliveries_for(7, "a..b", &[1]);
         assert!(matches!(route(&shared, bad).await, Err(ClientError::Protocol(_))));
     }
@@ -462,15 +431,7 @@ mod tests {
         let (mut a, _) = subscribing(&shared, 1, "a.>", 100);
         let (mut b, _) = subscribing(&shared, 2, "b.*", 101);
         for (request_id, subscription_id) in [(100, 7), (101, 8)] {
-            route(
-                &shared,
-                In::Subscribed(pb::Subscribed {
-                    request_id,
-                    subscription_id,
-                }),
-            )
-            .await
-            .unwrap();
+            confirm(&shared, request_id, subscription_id).await;
         }
         // The connection is lost: pending requests fail, then a new one begins.
         let (tx, lost) = oneshot::channel();
@@ -502,11 +463,7 @@ mod tests {
         assert!(a.try_recv().is_err());
         // The new server assigns new ids; delivery follows them.
         for (frame, subscription_id) in frames.iter().zip([70, 80]) {
-            let subscribed = pb::Subscribed {
-                request_id: frame.request_id,
-                subscription_id,
-            };
-            route(&shared, In::Subscribed(subscribed)).await.unwrap();
+            confirm(&shared, frame.request_id, subscription_id).await;
         }
         route(&shared, deliveries_for(70, "a.x", &[2])).await.unwrap();
         route(&shared, deliveries_for(80, "b.y", &[3])).await.unwrap();
