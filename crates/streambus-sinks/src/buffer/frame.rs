@@ -9,7 +9,10 @@
 //! [`scan`] looks at the start of a byte slice and says what is there: a valid frame, a
 //! frame of another format version, damage to skip (and how far), or a frame cut by the
 //! end of the slice. It is a pure function of the bytes, so recovery from any corruption
-//! is tested (and fuzzed) without touching a file.
+//! is tested (and fuzzed) without touching a file. Only recovery uses it: its verdict on
+//! damage depends on what follows (the next valid frame), so a reader looking at part of
+//! a segment could judge the same bytes differently. The reader uses [`exact`] on the
+//! ranges recovery found whole, which never searches.
 
 use bincode::error::EncodeError;
 
@@ -60,15 +63,7 @@ pub(super) fn scan(buf: &[u8]) -> Scan<'_> {
         };
     }
     if let Some((_, version, body)) = frame_at(buf) {
-        if version != VERSION {
-            return Scan::Version(version);
-        }
-        let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-        return Scan::Frame {
-            id,
-            body: &body[8..],
-            len: HEADER + len,
-        };
+        return found(version, body, len);
     }
     // A flipped byte in the body: the length is right if a valid frame (or the end)
     // follows. Otherwise the length itself is damaged: search for the next frame.
@@ -82,6 +77,38 @@ pub(super) fn scan(buf: &[u8]) -> Scan<'_> {
         .find(|&k| frame_at(&buf[k..]).is_some())
         .unwrap_or(buf.len());
     Scan::Corrupt(skip)
+}
+
+fn found(version: u8, body: &[u8], len: usize) -> Scan<'_> {
+    if version != VERSION {
+        return Scan::Version(version);
+    }
+    let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    Scan::Frame {
+        id,
+        body: &body[8..],
+        len: HEADER + len,
+    }
+}
+
+/// The frame at the start of bytes that hold whole frames back to back (what recovery
+/// found whole, or what was appended since): `Incomplete` when the slice ends inside
+/// it, `Corrupt` with the frame's length when the bytes changed after recovery.
+pub(super) fn exact(buf: &[u8]) -> Scan<'_> {
+    if buf.len() < HEADER {
+        return Scan::Incomplete;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    if !(8..=MAX_FRAME).contains(&len) {
+        return Scan::Corrupt(buf.len());
+    }
+    if buf.len() < HEADER + len {
+        return Scan::Incomplete;
+    }
+    match frame_at(buf) {
+        Some((_, version, body)) => found(version, body, len),
+        None => Scan::Corrupt(HEADER + len),
+    }
 }
 
 pub(super) fn encode_frame(id: u64, record: &Record, out: &mut Vec<u8>) -> Result<(), EncodeError> {
