@@ -4,6 +4,8 @@
 
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -239,6 +241,72 @@ async fn a_stalled_subscriber_of_any_policy_stays_bounded() {
         }
         server.shutdown().await;
     }
+}
+
+/// Clients behind a black hole (a proxy that stops forwarding either way and leaves
+/// the connections open): a subscriber under a flood, a chat stream, an idle session.
+/// The server reaps each (the subscriber when its outbound queue has been stuck for the
+/// write deadline, the others when HTTP/2 keepalive pings go unanswered), within the
+/// deadline and the keepalive plus slack; a publisher on its own connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_clients_are_reaped() {
+    use streambus::proto::stream::chat_service_client::ChatServiceClient;
+
+    let mut config = BusConfig::default();
+    config.grpc.write_deadline_ms = 500;
+    config.grpc.keepalive_interval_ms = 300;
+    config.grpc.keepalive_timeout_ms = 300;
+    let server = TestServer::start_with(config).await;
+    let proxy = proxy::Proxy::start(server.url().trim_start_matches("http://").parse().unwrap()).await;
+    let via = format!("http://{}", proxy.addr);
+    let connect = |name: &str| Client::connect_with(ClientOptions::new(via.clone()).name(name).reconnect(false));
+    let subscriber = connect("hole-sub").await.unwrap();
+    let mut flood = subscriber
+        .subscribe("flood", SubscriptionOptions::default())
+        .await
+        .unwrap();
+    let _idle = connect("hole-idle").await.unwrap();
+    let (chat_tx, chat_rx) = tokio::sync::mpsc::channel(16);
+    let channel = tonic::transport::Endpoint::from_shared(via.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut echoes = ChatServiceClient::new(channel)
+        .bidirectional_chat(tokio_stream::wrappers::ReceiverStream::new(chat_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let hello = streambus::proto::stream::Message {
+        content: "hello".into(),
+        timestamp: 0,
+    };
+    chat_tx.send(hello).await.unwrap();
+    assert!(within("an echo", echoes.message()).await.unwrap().is_some());
+    let publisher = Client::connect_with(ClientOptions::new(server.url()).name("publisher").reconnect(false))
+        .await
+        .unwrap();
+    let batch = || {
+        (0..16)
+            .map(|_| Message::new(Topic::new("flood").unwrap(), vec![7u8; PAYLOAD]))
+            .collect()
+    };
+    publisher.publish_batch(batch(), true).await.unwrap();
+    assert!(within("a delivery", flood.next()).await.is_some());
+    assert_eq!(server.snapshot().await.sessions.len(), 4);
+
+    proxy.freeze();
+    let frozen = std::time::Instant::now();
+    wait_until("every black-holed session reaped", || async {
+        publisher.publish_batch(batch(), true).await.unwrap();
+        let s = server.snapshot().await;
+        s.sessions.len() == 1 && s.sessions[0].name == "publisher"
+    })
+    .await;
+    let took = frozen.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "reaped after {took:?}");
+    assert_eq!(server.snapshot().await.topic("flood").map_or(0, |t| t.subscribers), 0);
+    publisher.ping().await.unwrap();
 }
 
 /// A real client process stopped with SIGSTOP (`streambus sub`, frozen mid-stream) while

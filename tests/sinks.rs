@@ -297,12 +297,26 @@ fn file_payloads(dir: &std::path::Path) -> std::collections::HashSet<String> {
     found
 }
 
+/// Every text payload in a PostgreSQL sink's table.
+async fn pg_payloads(db: &tokio_postgres::Client, table: &str) -> std::collections::HashSet<String> {
+    db.query(&format!("SELECT convert_from(payload_bytes, 'UTF8') FROM {table}"), &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        .unwrap_or_default()
+}
+
 /// Durable acks survive SIGKILL at any moment: three times, a `streambus serve` whose
-/// `file` sink has a disk buffer is killed while a publisher is in the middle of durable
-/// batches, after a different number of acks each time; started once more, it writes
-/// every message that was ever durably acked (at least once).
+/// `file` and PostgreSQL sinks have disk buffers is killed while a publisher is in the
+/// middle of durable batches, after a different number of acks each time, with the
+/// PostgreSQL connection cut (through a proxy) at another random moment before the
+/// kill; started once more with PostgreSQL reachable, it writes every message that was
+/// ever durably acked to both (at least once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_acks_survive_kills_at_random_moments() {
+    let Some(url) = postgres::url().await else { return };
+    let table = "sb_test_kills";
+    postgres::fresh_table(&url, table).await;
+    let proxy = Proxy::start(postgres::addr(&url)).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let config = dir.path().join("streambus.toml");
@@ -322,9 +336,21 @@ type = "file"
 topics = ["durable.>"]
 path = "{out}"
 buffer = {{ type = "disk", fsync = "never" }}
+
+[[sinks]]
+name = "pg"
+type = "postgres"
+topics = ["durable.>"]
+url = "{pg}"
+table = "{table}"
+idempotent = true
+connect_timeout_ms = 500
+retry = {{ initial_backoff_ms = 20, max_backoff_ms = 200 }}
+buffer = {{ type = "disk", fsync = "never" }}
 "#,
             data = dir.path().join("data").display(),
             out = out.display(),
+            pg = postgres::via(&url, proxy.addr),
         ),
     )
     .unwrap();
@@ -358,6 +384,13 @@ buffer = {{ type = "disk", fsync = "never" }}
             .unwrap()
             .subsec_nanos();
         let kill_after = 300 + (nanos as usize % 1500);
+        let cut_after = (nanos as usize / 7) % kill_after;
+        wait_for("durable acks before the cut", || {
+            let got = got.clone();
+            async move { got.lock().len() >= cut_after }
+        })
+        .await;
+        proxy.stop();
         wait_for("durable acks before the kill", || {
             let got = got.clone();
             async move { got.lock().len() >= kill_after }
@@ -366,6 +399,7 @@ buffer = {{ type = "disk", fsync = "never" }}
         served.kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), publisher).await;
         acked.extend(std::mem::take(&mut *got.lock()));
+        proxy.resume().await;
     }
     assert!(acked.len() >= 900, "{} durable acks over three rounds", acked.len());
     let served = Served::start(&["--config", cfg], &[]);
@@ -373,6 +407,15 @@ buffer = {{ type = "disk", fsync = "never" }}
         let found = file_payloads(&out);
         let missing = acked.iter().filter(|p| !found.contains(*p)).count();
         async move { missing == 0 }
+    })
+    .await;
+    let db = postgres::client(&url).await;
+    wait_for("every durably acked message in PostgreSQL", || {
+        let (db, acked) = (&db, &acked);
+        async move {
+            let found = pg_payloads(db, table).await;
+            acked.iter().all(|p| found.contains(p))
+        }
     })
     .await;
     served.terminate();

@@ -4,6 +4,8 @@
 //!   over N connections, closed loop with a window of messages in flight per stream.
 //! - [`churn`]: waves of clients with many subscriptions each, connecting and leaving,
 //!   with the server's RSS after each wave and after idling.
+//! - [`stalled`]: one subscriber that never reads and many publishers, with the
+//!   server's RSS sampled, under each overflow policy.
 //! - [`baseline`]: a minimal tonic echo server for the same proto with no actors, the
 //!   transport ceiling to compare the bus against.
 //! - [`pubsub`]: the `pub`, `sub` and `pubsub` workloads (fan-in, fan-out) against a
@@ -22,3 +24,4 @@ pub mod plot;
 pub mod proc_stats;
 pub mod pubsub;
 pub mod report;
+pub mod stalled;

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use streambus::types::OverflowPolicy;
 use streambus_bench::pubsub::{self, Progress, PubSubOptions, Target, Workload};
 use streambus_bench::report::Report;
-use streambus_bench::{baseline, churn, echo, plot, proc_stats};
+use streambus_bench::{baseline, churn, echo, plot, proc_stats, stalled};
 
 /// Load generator for streambus and its baselines.
 #[derive(Debug, Parser)]
@@ -76,6 +77,36 @@ enum Command {
         /// Seconds to idle after the last wave before the final reading.
         #[arg(long, default_value_t = 10.0)]
         idle: f64,
+        /// Pid of the server, whose RSS is read.
+        #[arg(long)]
+        server_pid: u32,
+    },
+    /// One subscriber that never reads, on `load.>` over many topics, and many
+    /// publishers at full speed; reports the server's RSS (peak and at the end) and
+    /// what the publishers got through.
+    Stalled {
+        /// Server address (host:port).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// The stalled subscription's overflow policy: block, drop_oldest, drop_newest
+        /// or disconnect.
+        #[arg(long, value_parser = parse_policy)]
+        policy: OverflowPolicy,
+        /// The stalled subscription's buffer bound in bytes.
+        #[arg(long, default_value_t = 512 * 1024)]
+        buffer_bytes: usize,
+        /// Publishing clients.
+        #[arg(long, default_value_t = 50)]
+        pubs: usize,
+        /// Topics under `load.>`.
+        #[arg(long, default_value_t = 200)]
+        topics: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
         /// Pid of the server, whose RSS is read.
         #[arg(long)]
         server_pid: u32,
@@ -334,6 +365,30 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Command::Stalled {
+            addr,
+            policy,
+            buffer_bytes,
+            pubs,
+            topics,
+            size,
+            duration,
+            server_pid,
+        } => {
+            let options = stalled::StalledOptions {
+                url: format!("http://{addr}"),
+                policy,
+                buffer_bytes,
+                publishers: pubs,
+                topics,
+                size,
+                duration: seconds(Some(duration))?.expect("given"),
+                server_pid,
+            };
+            let report = stalled::run(&options).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::Pub(args) => run_pubsub(Workload::Pub, args).await,
         Command::Sub(args) => run_pubsub(Workload::Sub, args).await,
         Command::Pubsub(args) => run_pubsub(Workload::PubSub, args).await,
@@ -344,4 +399,17 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// An overflow policy by its config name.
+fn parse_policy(name: &str) -> Result<OverflowPolicy, String> {
+    [
+        OverflowPolicy::Block,
+        OverflowPolicy::DropOldest,
+        OverflowPolicy::DropNewest,
+        OverflowPolicy::Disconnect,
+    ]
+    .into_iter()
+    .find(|p| p.as_str() == name)
+    .ok_or_else(|| format!("unknown policy {name:?}: block, drop_oldest, drop_newest or disconnect"))
 }
