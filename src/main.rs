@@ -196,9 +196,8 @@ async fn serve(grpc_addr: Option<SocketAddr>, config_file: Option<PathBuf>) -> a
     if let Some(addr) = grpc_addr {
         config.grpc.addr = addr;
     }
-    let listener = tokio::net::TcpListener::bind(config.grpc.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
+    let listener =
+        streambus::server::bind(config.grpc.addr).with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
     let addr = listener.local_addr()?;
     let bus = Bus::start(config).await?;
     // The one line scripts wait for (the port is real even with `--grpc-addr 127.0.0.1:0`).

@@ -87,6 +87,25 @@ pub fn http2_settings(server: Server, config: &BusConfig) -> Server {
         .http2_keepalive_timeout(keepalive(config.grpc.keepalive_timeout_ms))
 }
 
+/// Pending connections the listener queues before accepting them; the kernel caps it
+/// at `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds the gRPC listener as `streambus serve` does: `SO_REUSEADDR` and a listen
+/// backlog as deep as the kernel allows. With tokio's default (1024) a connect storm of
+/// thousands of devices overflows the accept queue, and every connection beyond it
+/// waits for its SYN to be retransmitted (1 s, then 3 s) before the server sees it.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The accepted sockets as [`serve`] sets them up: `TCP_NODELAY`, TCP keepalive
 /// (`grpc.keepalive_interval_ms`) and, on Linux, `TCP_USER_TIMEOUT`
 /// (`grpc.write_deadline_ms`). The builder's TCP options do not reach sockets from a

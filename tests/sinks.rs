@@ -213,6 +213,25 @@ async fn postgres_poison_row_goes_to_the_dead_letter_topic() {
     server.shutdown().await;
 }
 
+/// A `[[sinks]]` table for `streambus serve`: an idempotent PostgreSQL sink named `pg`
+/// on a disk buffer, quick to reconnect.
+fn durable_pg_sink(filter: &str, url: &str, table: &str) -> String {
+    format!(
+        r#"
+[[sinks]]
+name = "pg"
+type = "postgres"
+topics = ["{filter}"]
+url = "{url}"
+table = "{table}"
+idempotent = true
+connect_timeout_ms = 500
+retry = {{ initial_backoff_ms = 20, max_backoff_ms = 200 }}
+buffer = {{ type = "disk", fsync = "never" }}
+"#
+    )
+}
+
 /// Durable acks survive SIGKILL: with PostgreSQL unreachable, 5000 messages are
 /// published with durable acks to a `streambus serve` whose sink has a disk buffer; the
 /// process is killed; started again with PostgreSQL back, it writes every one of them.
@@ -234,19 +253,9 @@ addr = "127.0.0.1:0"
 [storage]
 data_dir = "{data}"
 
-[[sinks]]
-name = "pg"
-type = "postgres"
-topics = ["telemetry.>"]
-url = "{pg}"
-table = "{table}"
-idempotent = true
-connect_timeout_ms = 500
-retry = {{ initial_backoff_ms = 20, max_backoff_ms = 200 }}
-buffer = {{ type = "disk", fsync = "never" }}
-"#,
+{pg}"#,
             data = dir.path().join("data").display(),
-            pg = postgres::via(&url, proxy.addr),
+            pg = durable_pg_sink("telemetry.>", &postgres::via(&url, proxy.addr), table),
         ),
     )
     .unwrap();
@@ -305,12 +314,12 @@ async fn pg_payloads(db: &tokio_postgres::Client, table: &str) -> std::collectio
         .unwrap_or_default()
 }
 
-/// Durable acks survive SIGKILL at any moment: three times, a `streambus serve` whose
-/// `file` and PostgreSQL sinks have disk buffers is killed while a publisher is in the
-/// middle of durable batches, after a different number of acks each time, with the
-/// PostgreSQL connection cut (through a proxy) at another random moment before the
-/// kill; started once more with PostgreSQL reachable, it writes every message that was
-/// ever durably acked to both (at least once).
+/// Durable acks survive SIGKILL at any moment: three times (`STREAMBUS_KILL_ROUNDS`), a
+/// `streambus serve` whose `file` and PostgreSQL sinks have disk buffers is killed
+/// while a publisher is in the middle of durable batches, after a different number of
+/// acks each time, with the PostgreSQL connection cut (through a proxy) at another
+/// random moment before the kill; started once more with PostgreSQL reachable, it
+/// writes every message that was ever durably acked to both (at least once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_acks_survive_kills_at_random_moments() {
     let Some(url) = postgres::url().await else { return };
@@ -337,26 +346,21 @@ topics = ["durable.>"]
 path = "{out}"
 buffer = {{ type = "disk", fsync = "never" }}
 
-[[sinks]]
-name = "pg"
-type = "postgres"
-topics = ["durable.>"]
-url = "{pg}"
-table = "{table}"
-idempotent = true
-connect_timeout_ms = 500
-retry = {{ initial_backoff_ms = 20, max_backoff_ms = 200 }}
-buffer = {{ type = "disk", fsync = "never" }}
-"#,
+{pg}"#,
             data = dir.path().join("data").display(),
             out = out.display(),
-            pg = postgres::via(&url, proxy.addr),
+            pg = durable_pg_sink("durable.>", &postgres::via(&url, proxy.addr), table),
         ),
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
     let mut acked = Vec::new();
-    for round in 0..3u32 {
+    // The long form: STREAMBUS_KILL_ROUNDS=20 (docs/RELIABILITY.md).
+    let rounds: u32 = std::env::var("STREAMBUS_KILL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    for round in 0..rounds {
         let served = Served::start(&["--config", cfg], &[]);
         let client = Client::connect_with(ClientOptions::new(served.url.clone()).name("kill").reconnect(false))
             .await
@@ -401,7 +405,11 @@ buffer = {{ type = "disk", fsync = "never" }}
         acked.extend(std::mem::take(&mut *got.lock()));
         proxy.resume().await;
     }
-    assert!(acked.len() >= 900, "{} durable acks over three rounds", acked.len());
+    assert!(
+        acked.len() >= 300 * rounds as usize,
+        "{} durable acks over {rounds} rounds",
+        acked.len()
+    );
     let served = Served::start(&["--config", cfg], &[]);
     wait_for("every durably acked message in the sink's files", || {
         let found = file_payloads(&out);
@@ -418,5 +426,9 @@ buffer = {{ type = "disk", fsync = "never" }}
         }
     })
     .await;
+    eprintln!(
+        "{rounds} kills: all {} durably acked messages in both sinks",
+        acked.len()
+    );
     served.terminate();
 }

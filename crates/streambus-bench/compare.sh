@@ -8,6 +8,9 @@
 #   bash crates/streambus-bench/compare.sh            # 10 s runs (about 15 minutes)
 #   bash crates/streambus-bench/compare.sh --quick    # 3 s runs
 #
+# It ends with devices.sh (device fan-in over 100, 1k and 10k devices, against
+# nats-server), which records the scaling curve in target/devices/.
+#
 # Needs: python3 (the summary); builds the release binaries, the Go server
 # (peers/go-echo/build.sh, Debian packages) and installs nats-server with apt if
 # missing. Results: target/compare/results.jsonl and the table printed at the end.
@@ -24,32 +27,12 @@ mkdir -p "$out"
 
 cargo build --release -q -p streambus -p streambus-bench
 go_echo=$(bash "$here/peers/go-echo/build.sh")
-if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get install -y -q nats-server >&2
-fi
-nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+nats_bin=$(nats_bin)
 bench=target/release/streambus-bench
 
-pid=""
-stop() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-  fi
-}
 trap stop EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "server on port $1 did not start" >&2
-  exit 1
-}
 
 # start NAME: starts that server in the background, sets $pid and $port.
 start() {
@@ -148,3 +131,8 @@ for pair, by_server in pairs.items():
         label = ours[0]["label"]
         print(f"  {label:<24} vs {server:<9} throughput {r_rate:5.2f}x   peak RSS {r_rss:5.2f}x")
 PY
+
+# The scaling curve: device fan-in over a sweep of device counts, against nats-server.
+echo
+echo "device fan-in (crates/streambus-bench/devices.sh):"
+bash "$here/devices.sh" --duration "$duration"

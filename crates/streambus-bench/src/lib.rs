@@ -4,6 +4,8 @@
 //!   over N connections, closed loop with a window of messages in flight per stream.
 //! - [`churn`]: waves of clients with many subscriptions each, connecting and leaving,
 //!   with the server's RSS after each wave and after idling.
+//! - [`devices`]: IoT fan-in, many device streams connecting at once and publishing a
+//!   little each, with the connect storm, latency, server RSS and CPU per message.
 //! - [`stalled`]: one subscriber that never reads and many publishers, with the
 //!   server's RSS sampled, under each overflow policy.
 //! - [`baseline`]: a minimal tonic echo server for the same proto with no actors, the
@@ -19,6 +21,7 @@
 
 pub mod baseline;
 pub mod churn;
+pub mod devices;
 pub mod echo;
 pub mod plot;
 pub mod proc_stats;

@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use streambus::types::OverflowPolicy;
 use streambus_bench::pubsub::{self, Progress, PubSubOptions, Target, Workload};
 use streambus_bench::report::Report;
-use streambus_bench::{baseline, churn, echo, plot, proc_stats, stalled};
+use streambus_bench::{baseline, churn, devices, echo, plot, proc_stats, stalled};
 
 /// Load generator for streambus and its baselines.
 #[derive(Debug, Parser)]
@@ -80,6 +80,38 @@ enum Command {
         /// Pid of the server, whose RSS is read.
         #[arg(long)]
         server_pid: u32,
+    },
+    /// IoT fan-in: N device streams connect at once (timed), each publishes R msgs/s to
+    /// `sensors.<device>.<metric>`, M subscribers take `sensors.>`; reports the connect
+    /// storm, delivered rate, latency, server RSS and server CPU per message (JSON).
+    Devices {
+        /// Server address (host:port); default 127.0.0.1:50051, or :4222 for nats.
+        #[arg(long)]
+        addr: Option<String>,
+        /// The kind of server at `--addr`.
+        #[arg(long, value_enum, default_value = "streambus")]
+        target: TargetKind,
+        /// Device streams.
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Messages per second per device.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Topics per device.
+        #[arg(long, default_value_t = 4)]
+        metrics: usize,
+        /// Subscribers on `sensors.>`.
+        #[arg(long, default_value_t = 1)]
+        subs: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Pid of the server, whose RSS and CPU are read.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// One subscriber that never reads, on `load.>` over many topics, and many
     /// publishers at full speed; reports the server's RSS (peak and at the end) and
@@ -365,6 +397,38 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Command::Devices {
+            addr,
+            target,
+            devices,
+            rate,
+            metrics,
+            subs,
+            size,
+            duration,
+            server_pid,
+        } => {
+            let target = match target {
+                TargetKind::Streambus => {
+                    Target::Grpc(format!("http://{}", addr.as_deref().unwrap_or("127.0.0.1:50051")))
+                }
+                TargetKind::Nats => Target::Nats(format!("nats://{}", addr.as_deref().unwrap_or("127.0.0.1:4222"))),
+            };
+            let options = devices::DevicesOptions {
+                target,
+                devices,
+                rate,
+                metrics,
+                subs,
+                size,
+                duration: seconds(Some(duration))?.expect("given"),
+                server_pid,
+            };
+            options.validate().map_err(|e| anyhow::anyhow!(e))?;
+            let report = devices::run(&options).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Stalled {
             addr,
             policy,
@@ -393,7 +457,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Sub(args) => run_pubsub(Workload::Sub, args).await,
         Command::Pubsub(args) => run_pubsub(Workload::PubSub, args).await,
         Command::BaselineServer { addr, bus_transport } => {
-            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            // Like for like: the bus's listener (deep accept queue) with its transport.
+            let listener = if bus_transport {
+                streambus::server::bind(addr.parse()?)?
+            } else {
+                tokio::net::TcpListener::bind(&addr).await?
+            };
             println!("baseline echo server listening on {}", listener.local_addr()?);
             baseline::serve(listener, bus_transport).await?;
             Ok(())

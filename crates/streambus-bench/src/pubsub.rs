@@ -173,19 +173,19 @@ pub fn stamp_of(payload: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(payload.get(..STAMP_BYTES)?.try_into().ok()?))
 }
 
-fn latency_since(stamp: u64) -> Duration {
+pub(crate) fn latency_since(stamp: u64) -> Duration {
     Duration::from_nanos(now_ns().saturating_sub(stamp))
 }
 
 /// A connection to the target.
-enum Conn {
+pub(crate) enum Conn {
     Grpc(Client),
     Embedded(streambus::SessionHandle),
     Nats(async_nats::Client),
 }
 
 /// What a subscriber reads.
-enum Feed {
+pub(crate) enum Feed {
     Grpc(streambus::client::ClientSubscription),
     Embedded(streambus::Subscription),
     Nats(async_nats::Subscriber),
@@ -193,7 +193,7 @@ enum Feed {
 
 impl Feed {
     /// Stamps of the next deliveries; `None` when the subscription ended.
-    async fn next(&mut self) -> Option<Vec<u64>> {
+    pub(crate) async fn next(&mut self) -> Option<Vec<u64>> {
         let stamps = |p: &[u8]| stamp_of(p).unwrap_or(0);
         match self {
             Feed::Grpc(s) => s.next_batch().await.map(|events| {
@@ -215,7 +215,7 @@ impl Feed {
     }
 }
 
-async fn connect(target: &Target, bus: Option<&Bus>, name: String) -> anyhow::Result<Conn> {
+pub(crate) async fn connect(target: &Target, bus: Option<&Bus>, name: String) -> anyhow::Result<Conn> {
     Ok(match target {
         Target::Grpc(url) => Conn::Grpc(Client::connect_with(ClientOptions::new(url.clone()).name(name)).await?),
         Target::Embedded => Conn::Embedded(
@@ -234,7 +234,7 @@ async fn connect(target: &Target, bus: Option<&Bus>, name: String) -> anyhow::Re
 }
 
 impl Conn {
-    async fn subscribe(&self, filter: &str) -> anyhow::Result<Feed> {
+    pub(crate) async fn subscribe(&self, filter: &str) -> anyhow::Result<Feed> {
         // Subscribers of a benchmark must not lose anything: `block`, big buffers.
         let options = SubscriptionOptions::default()
             .overflow(OverflowPolicy::Block)
@@ -248,7 +248,7 @@ impl Conn {
 
     /// Publishes a batch; `last` asks for the server's acknowledgement (so that when
     /// the publisher is done, the server has everything).
-    async fn publish(&self, topic: &Topic, payloads: Vec<Bytes>, last: bool) -> anyhow::Result<()> {
+    pub(crate) async fn publish(&self, topic: &Topic, payloads: Vec<Bytes>, last: bool) -> anyhow::Result<()> {
         match self {
             Conn::Grpc(c) => {
                 let messages = payloads.into_iter().map(|p| Message::new(topic.clone(), p)).collect();

@@ -130,12 +130,33 @@ impl<K: Copy + Eq + Hash, T: Clone> SubscriptionIndex<K, T> {
         collect(&self.trie, &tokens, topic.is_system(), out);
     }
 
-    /// Whether any entry matches `topic`.
+    /// Whether any entry matches `topic`: the same walk as [`Self::matches`], stopping
+    /// at the first match and copying nothing (the idle sweep asks it of every topic).
     pub(crate) fn has_match(&self, topic: &Topic) -> bool {
-        let mut out = Vec::new();
-        self.matches(topic, &mut out);
-        !out.is_empty()
+        if self.exact.get(topic).is_some_and(|list| !list.is_empty()) {
+            return true;
+        }
+        let tokens: Vec<&str> = topic.tokens().collect();
+        any_match(&self.trie, &tokens, topic.is_system())
     }
+}
+
+fn any_match<K, T>(node: &Node<K, T>, rest: &[&str], at_system_root: bool) -> bool {
+    let Some((first, rest_after)) = rest.split_first() else {
+        return !node.here.is_empty();
+    };
+    if !at_system_root
+        && (!node.tail.is_empty()
+            || node
+                .any_one
+                .as_ref()
+                .is_some_and(|any| any_match(any, rest_after, false)))
+    {
+        return true;
+    }
+    node.literal
+        .get(*first)
+        .is_some_and(|next| any_match(next, rest_after, false))
 }
 
 fn collect<K: Copy, T: Clone>(node: &Node<K, T>, rest: &[&str], at_system_root: bool, out: &mut Vec<(K, T)>) {
@@ -242,7 +263,7 @@ mod tests {
 
     proptest! {
         /// The index returns exactly the entries whose filter matches, as the plain
-        /// matcher says, through inserts and removals.
+        /// matcher says, through inserts and removals; `has_match` agrees.
         #[test]
         fn index_agrees_with_matcher(
             filters in prop::collection::vec(filter(), 1..30),
@@ -266,6 +287,7 @@ mod tests {
                     .filter(|(i, filter)| !removed.contains(&(*i as u32)) && filter.matches(&t(&topic)))
                     .map(|(i, _)| i as u32)
                     .collect();
+                prop_assert_eq!(index.has_match(&t(&topic)), !expected.is_empty());
                 prop_assert_eq!(ids(&index, &topic), expected);
             }
             for id in 0..filters.len() as u32 {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
 use streambus_types::config::{LimitsConfig, TopicsConfig};
-use streambus_types::{CloseReason, Topic};
+use streambus_types::{CloseReason, Topic, TopicFilter};
 
 use crate::actors::session::{SessionId, SessionMessage};
 use crate::actors::topic::{TopicActor, TopicArgs, TopicMessage};
@@ -197,43 +197,47 @@ impl TopicSupervisorState {
         self.spawn(myself, shared).await
     }
 
-    /// Adds a subscription to the index and to every live topic it matches (one lookup
-    /// for an exact filter). Casts only: a topic busy fanning out never holds this
-    /// actor, and it gets the subscriber before any publish that follows the reply.
-    fn subscribe(&mut self, sub: Arc<Subscriber>) {
-        self.by_session.entry(sub.session).or_default().insert(sub.id);
-        self.index.insert(sub.id, sub.filter.clone(), sub.clone());
-        let notify = |r: &TopicRef| {
-            let _ = r.actor.cast(TopicMessage::AddSubscriber(sub.clone()));
-        };
-        match sub.filter.as_topic() {
+    /// Calls `f` on every live topic `filter` matches: one lookup for an exact filter, a
+    /// walk over the live topics for a wildcard.
+    fn for_each_match(&self, filter: &TopicFilter, mut f: impl FnMut(&TopicRef)) {
+        match filter.as_topic() {
             Some(topic) => {
                 if let Some(r) = self.directory.topics.get(&topic) {
-                    notify(&r);
+                    f(&r);
                 }
             }
             None => {
                 for r in self.directory.topics.iter() {
-                    if sub.filter.matches(r.key()) {
-                        notify(&r);
+                    if filter.matches(r.key()) {
+                        f(&r);
                     }
                 }
             }
         }
     }
 
-    /// Removes a subscription from the index, its session's set and every topic, and
-    /// closes its buffer with `reason` (what is buffered stays readable). A slow
-    /// consumer's session is told to forget it, since the session did not ask.
+    /// Adds a subscription to the index and to every live topic it matches (one lookup
+    /// for an exact filter). Casts only: a topic busy fanning out never holds this
+    /// actor, and it gets the subscriber before any publish that follows the reply.
+    fn subscribe(&mut self, sub: Arc<Subscriber>) {
+        self.by_session.entry(sub.session).or_default().insert(sub.id);
+        self.index.insert(sub.id, sub.filter.clone(), sub.clone());
+        self.for_each_match(&sub.filter, |r| {
+            let _ = r.actor.cast(TopicMessage::AddSubscriber(sub.clone()));
+        });
+    }
+
+    /// Removes a subscription from the index, its session's set and every topic it
+    /// matches (one lookup for an exact filter), and closes its buffer with `reason`
+    /// (what is buffered stays readable). A slow consumer's session is told to forget
+    /// it, since the session did not ask.
     fn unsubscribe(&mut self, id: SubscriptionId, reason: CloseReason) {
         let Some((filter, sub)) = self.index.remove(id) else {
             return;
         };
-        for r in self.directory.topics.iter() {
-            if filter.matches(r.key()) {
-                let _ = r.actor.cast(TopicMessage::RemoveSubscriber(id));
-            }
-        }
+        self.for_each_match(&filter, |r| {
+            let _ = r.actor.cast(TopicMessage::RemoveSubscriber(id));
+        });
         if let Some(ids) = self.by_session.get_mut(&sub.session) {
             ids.remove(&id);
             if ids.is_empty() {
