@@ -128,6 +128,9 @@ impl From<Overflow> for OverflowPolicy {
 /// subscriptions has gone, the server's memory comes back down, where glibc's malloc
 /// (and mimalloc, whose pages wait for their idle owning thread) keep it; see
 /// docs/RELIABILITY.md. The library leaves the choice to the program that embeds it.
+/// Built without the `jemalloc` feature, the binary uses the system allocator (what
+/// heap profilers such as valgrind's DHAT see).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -164,8 +164,9 @@ async fn read(
             Some(None) => break None,
         }
     };
-    // Graceful: everything published is echoed before the stream ends.
-    let _ = session.close().await;
+    // Graceful: everything published is echoed before the stream ends. Boxed, so that
+    // every open stream's task does not hold room for its ending.
+    let _ = Box::pin(session.close()).await;
     if let Some(status) = status {
         let _ = failure.send(status);
     }

@@ -215,7 +215,9 @@ impl Connection {
             }
         };
         let inbound = matches!(end, End::Status(ref s) if s.code() == Code::Unavailable).then_some(inbound);
-        self.finish(end, inbound).await;
+        // Boxed: the ending's state (drain, control frames, timeouts) is twice the size
+        // of the loop's, and inline it would be held by every open stream's task.
+        Box::pin(self.finish(end, inbound)).await;
     }
 
     /// Closes the session gracefully, lets the pumps flush, and ends the stream.
