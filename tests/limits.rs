@@ -299,3 +299,24 @@ async fn idle_streams_are_ended() {
     })
     .await;
 }
+
+/// Frames keep a stream alive past `grpc.idle_timeout_ms`: pings every 50 ms for three
+/// times the timeout, each answered, then silence ends it with UNAVAILABLE.
+#[tokio::test]
+async fn frames_keep_a_stream_from_idling() {
+    let mut config = BusConfig::default();
+    config.grpc.idle_timeout_ms = 200;
+    let server = TestServer::start_with(config).await;
+    let mut raw = server.raw(None).await;
+    for nonce in 0..12 {
+        raw.send(Out::Ping(pb::Ping { nonce })).await;
+        match raw.next().await {
+            In::Pong(p) => assert_eq!(p.nonce, nonce),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = raw.end_status().await.expect("ended with a status");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("idle"), "{status:?}");
+}

@@ -175,8 +175,12 @@ impl Connection {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         };
+        // One timer for the stream's life, not one per frame: a frame only notes the
+        // time; when the timer fires early (frames came meanwhile) it is set again.
         let far_future = Duration::from_secs(86_400 * 365);
-        let mut deadline = Instant::now() + idle.unwrap_or(far_future);
+        let mut last_frame = Instant::now();
+        let idle_timer = tokio::time::sleep(idle.unwrap_or(far_future));
+        tokio::pin!(idle_timer);
         let out = self.out.clone();
         let context = self.context.clone();
         // Made once for the stream, not once per frame (see `Stopping`). While the server
@@ -188,7 +192,12 @@ impl Connection {
                 biased;
                 () = &mut closing => break End::Status(Status::unavailable("server shutting down")),
                 () = out.closed() => break End::gone(&out),
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut idle_timer => {
+                    let due = last_frame + idle.unwrap_or(far_future);
+                    if due > Instant::now() {
+                        idle_timer.as_mut().reset(due);
+                        continue;
+                    }
                     break End::Status(Status::unavailable(format!(
                         "idle timeout: no frame for {} ms",
                         context.grpc.idle_timeout_ms
@@ -204,7 +213,7 @@ impl Connection {
                 }
                 Err(status) => break End::Status(inbound_status(status)),
             };
-            deadline = Instant::now() + idle.unwrap_or(far_future);
+            last_frame = Instant::now();
             let handled = tokio::select! {
                 biased;
                 () = out.closed() => break End::gone(&out),

@@ -73,6 +73,9 @@ struct Shared {
     write_deadline: Option<Duration>,
     /// Woken when room is made, and when the queue ends (killed, or receiver gone).
     room: Notify,
+    /// Woken only when the queue ends: what [`Outbound::closed`] waits on, so that a
+    /// stream's task is not woken by every frame the transport takes.
+    ended: Notify,
     /// Live [`Outbound`] clones; the body ends once it reaches zero and the queue is
     /// empty.
     senders: AtomicUsize,
@@ -110,6 +113,7 @@ pub(crate) fn channel(
         max_bytes: max_bytes.max(1),
         write_deadline,
         room: Notify::new(),
+        ended: Notify::new(),
         senders: AtomicUsize::new(1),
     });
     (
@@ -224,6 +228,7 @@ impl Outbound {
         );
         drop(dropped);
         self.shared.room.notify_waiters();
+        self.shared.ended.notify_waiters();
         if let Some(w) = waker {
             w.wake();
         }
@@ -238,7 +243,7 @@ impl Outbound {
     /// killed.
     pub(crate) async fn closed(&self) {
         loop {
-            let ended = self.shared.room.notified();
+            let ended = self.shared.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
             {
@@ -264,7 +269,7 @@ impl Stream for OutboundStream {
         if let Some((item, bytes)) = st.items.pop_front() {
             st.bytes -= bytes;
             drop(st);
-            // Room for the senders (and the closed() waiters re-check, cheaply).
+            // Room for the senders.
             this.shared.room.notify_waiters();
             return Poll::Ready(Some(item));
         }
@@ -290,6 +295,7 @@ impl Drop for OutboundStream {
         };
         drop(dropped);
         self.shared.room.notify_waiters();
+        self.shared.ended.notify_waiters();
     }
 }
 
