@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Payloads are `bytes::Bytes`: decoded without a copy, shared with the bus.
         .bytes(".streambus.v1")
+        // Buffers that start small and grow on demand (src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(out_dir.join("streambus_descriptor.bin"))
         .compile_with_config(config, &PROTOS, &["proto"])?;
     Ok(())

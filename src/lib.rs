@@ -26,6 +26,7 @@
 //! ```
 
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod proto;

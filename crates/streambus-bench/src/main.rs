@@ -152,6 +152,10 @@ enum Command {
         /// tonic's defaults, so that a comparison isolates the bus's actors.
         #[arg(long)]
         bus_transport: bool,
+        /// Start each stream's codec buffers at the bus's 1 KiB instead of tonic's own
+        /// 8 KiB (see `streambus::codec`).
+        #[arg(long)]
+        lean_buffers: bool,
     },
 }
 
@@ -456,7 +460,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Pub(args) => run_pubsub(Workload::Pub, args).await,
         Command::Sub(args) => run_pubsub(Workload::Sub, args).await,
         Command::Pubsub(args) => run_pubsub(Workload::PubSub, args).await,
-        Command::BaselineServer { addr, bus_transport } => {
+        Command::BaselineServer {
+            addr,
+            bus_transport,
+            lean_buffers,
+        } => {
+            // Generated services share the bus's codec: tonic as it comes unless asked.
+            streambus::codec::set_initial_buffer_bytes(if lean_buffers {
+                streambus::codec::INITIAL_BUFFER_BYTES
+            } else {
+                streambus::codec::TONIC_BUFFER_BYTES
+            });
             // Like for like: the bus's listener (deep accept queue) with its transport.
             let listener = if bus_transport {
                 streambus::server::bind(addr.parse()?)?
