@@ -18,15 +18,17 @@ seconds=600
 out=target/soak
 mkdir -p "$out"
 cargo build --release -q -p streambus -p streambus-bench
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 bench=target/release/streambus-bench
-port=50081
+port=29081
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" >"$out/server.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+trap stop EXIT
+wait_port "$port"
 
 shape=(--pubs 4 --subs 2 --size 256 --topics 4 --batch 100)
 $bench pubsub --addr "127.0.0.1:$port" "${shape[@]}" --duration 10 --json >"$out/max.json"

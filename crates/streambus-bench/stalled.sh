@@ -18,8 +18,11 @@ seconds=60
 out=target/stalled
 mkdir -p "$out"
 cargo build --release -q -p streambus -p streambus-bench
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+trap stop EXIT
 bench=target/release/streambus-bench
-port=50083
+port=29083
 budget=$((64 * 1024 * 1024))
 cat >"$out/streambus.toml" <<TOML
 [grpc]
@@ -32,11 +35,10 @@ TOML
 for policy in block drop_oldest drop_newest disconnect; do
   RUST_LOG=warn target/release/streambus serve --config "$out/streambus.toml" >"$out/server-$policy.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  wait_port "$port"
   $bench stalled --addr "127.0.0.1:$port" --policy "$policy" --pubs 50 --topics 200 --size 1024 \
     --duration "$seconds" --server-pid "$pid" >"$out/$policy.json"
-  kill -TERM "$pid"
-  wait "$pid" || true
+  stop
   python3 - "$out" "$policy" "$budget" <<'PY'
 import json, sys
 out, policy, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -258,21 +258,26 @@ fn seconds(value: Option<f64>) -> anyhow::Result<Option<Duration>> {
     }
 }
 
+/// A server over the network: its target and how reports name it. Without `addr`, the
+/// kind's usual port on loopback.
+fn network_target(kind: TargetKind, addr: Option<&str>) -> (Target, String) {
+    let addr = addr
+        .unwrap_or(match kind {
+            TargetKind::Streambus => "127.0.0.1:50051",
+            TargetKind::Nats => "127.0.0.1:4222",
+        })
+        .to_owned();
+    match kind {
+        TargetKind::Streambus => (Target::Grpc(format!("http://{addr}")), addr),
+        TargetKind::Nats => (Target::Nats(format!("nats://{addr}")), format!("nats {addr}")),
+    }
+}
+
 fn pubsub_options(workload: Workload, args: &PubSubArgs) -> anyhow::Result<(PubSubOptions, String)> {
     let (target, shown) = if args.embedded {
         (Target::Embedded, "embedded".to_owned())
     } else {
-        let addr = args.addr.clone().unwrap_or_else(|| {
-            match args.target {
-                TargetKind::Streambus => "127.0.0.1:50051",
-                TargetKind::Nats => "127.0.0.1:4222",
-            }
-            .to_owned()
-        });
-        match args.target {
-            TargetKind::Streambus => (Target::Grpc(format!("http://{addr}")), addr),
-            TargetKind::Nats => (Target::Nats(format!("nats://{addr}")), format!("nats {addr}")),
-        }
+        network_target(args.target, args.addr.as_deref())
     };
     let (pubs, subs) = match workload {
         Workload::Pub => (args.conns, 0),
@@ -412,14 +417,8 @@ async fn main() -> anyhow::Result<()> {
             duration,
             server_pid,
         } => {
-            let target = match target {
-                TargetKind::Streambus => {
-                    Target::Grpc(format!("http://{}", addr.as_deref().unwrap_or("127.0.0.1:50051")))
-                }
-                TargetKind::Nats => Target::Nats(format!("nats://{}", addr.as_deref().unwrap_or("127.0.0.1:4222"))),
-            };
             let options = devices::DevicesOptions {
-                target,
+                target: network_target(target, addr.as_deref()).0,
                 devices,
                 rate,
                 metrics,
@@ -428,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: seconds(Some(duration))?.expect("given"),
                 server_pid,
             };
-            options.validate().map_err(|e| anyhow::anyhow!(e))?;
+            options.validate().map_err(anyhow::Error::msg)?;
             let report = devices::run(&options).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
