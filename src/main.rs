@@ -2,7 +2,7 @@
 //! client.
 //!
 //! ```text
-//! streambus serve                          # gRPC on 127.0.0.1:50051, no config needed
+//! streambus serve                          # gRPC on 127.0.0.1:50051, admin on :8080
 //! streambus sub 'sensors.>'                # print what arrives, like `nats sub`
 //! streambus pub sensors.dev1.temp 21.5     # publish and wait for the ack
 //! streambus chat hello world               # stream.ChatService/BidirectionalChat
@@ -32,17 +32,41 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "streambus", version, about)]
 struct Cli {
+    /// Log format on standard error: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "STREAMBUS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (gRPC on 127.0.0.1:50051 unless configured otherwise).
+    /// Run the server (gRPC on 127.0.0.1:50051 and the admin plane on 127.0.0.1:8080
+    /// unless configured otherwise).
     Serve {
         /// Address to listen on (overrides `grpc.addr`).
         #[arg(long, env = "STREAMBUS_GRPC_ADDR")]
         grpc_addr: Option<SocketAddr>,
+        /// Address of the admin plane: health, metrics, JSON API, dashboard (overrides
+        /// `admin.addr`).
+        #[arg(long, env = "STREAMBUS_ADMIN_ADDR", conflicts_with = "no_admin")]
+        admin_addr: Option<SocketAddr>,
+        /// Do not start the admin plane (overrides `admin.enabled`).
+        #[arg(long)]
+        no_admin: bool,
         /// TOML configuration file (see streambus.example.toml). `STREAMBUS_<SECTION>__<KEY>`
         /// environment variables override it.
         #[arg(long, env = "STREAMBUS_CONFIG")]
@@ -145,11 +169,16 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -163,7 +192,12 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let done = ExitCode::SUCCESS;
     match command {
-        Command::Serve { grpc_addr, config } => serve(grpc_addr, config).await,
+        Command::Serve {
+            grpc_addr,
+            admin_addr,
+            no_admin,
+            config,
+        } => serve(grpc_addr, admin_addr, no_admin, config).await,
         Command::Pub {
             topic,
             message,
@@ -194,18 +228,57 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(grpc_addr: Option<SocketAddr>, config_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    grpc_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    no_admin: bool,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let mut config = streambus::config::load(config_file.as_deref())?;
     if let Some(addr) = grpc_addr {
         config.grpc.addr = addr;
     }
+    if let Some(addr) = admin_addr {
+        config.admin.addr = addr;
+    }
+    if no_admin {
+        config.admin.enabled = false;
+    }
     let listener =
         streambus::server::bind(config.grpc.addr).with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
     let addr = listener.local_addr()?;
+    let admin_config = config.admin.clone();
     let bus = Bus::start(config).await?;
-    // The one line scripts wait for (the port is real even with `--grpc-addr 127.0.0.1:0`).
-    println!("streambus listening on {addr}");
-    let report = streambus::server::serve(bus, listener, shutdown_signal()).await?;
+    let admin = if admin_config.enabled {
+        let at = admin_config.addr;
+        match streambus_admin::Admin::start(bus.clone(), admin_config) {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                bus.shutdown().await;
+                return Err(anyhow::Error::new(e).context(format!("cannot start the admin plane on {at}")));
+            }
+        }
+    } else {
+        None
+    };
+    // The lines scripts wait for (the ports are real even when configured as port 0),
+    // written at once: a reader that stops after the first line loses nothing.
+    let mut banner = format!("streambus listening on {addr}\n");
+    if let Some(admin) = &admin {
+        banner.push_str(&format!("streambus admin on http://{}\n", admin.addr()));
+    }
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes());
+        let _ = out.flush();
+    }
+    let report = streambus::server::serve(bus, listener, shutdown_signal()).await;
+    // The admin plane answers (`/readyz` says draining) until the server has drained.
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
+    let report = report?;
     Ok(if report.complete {
         ExitCode::SUCCESS
     } else {

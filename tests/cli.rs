@@ -137,3 +137,57 @@ fn start_up_errors_name_what_to_change() {
     assert!(stderr.contains("storage.data_dir"), "{stderr}");
     assert!(!stderr.contains("internal error"), "{stderr}");
 }
+
+/// `serve` prints the admin plane's address on its second line, names the admin
+/// address when it cannot listen there, and `--log-format json` writes one JSON object
+/// per log line.
+#[test]
+fn admin_address_and_json_logs() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(BIN)
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", &addr])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot start the admin plane on {addr}")),
+        "{stderr}"
+    );
+
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = [String::new(), String::new()];
+    for line in &mut lines {
+        stdout.read_line(line).unwrap();
+    }
+    assert!(lines[0].starts_with("streambus listening on 127.0.0.1:"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("streambus admin on http://127.0.0.1:"),
+        "{lines:?}"
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
+    assert_eq!(log["level"], "INFO", "{log}");
+    assert!(log["fields"]["message"].is_string(), "{log}");
+}

@@ -37,7 +37,7 @@ trap stop EXIT
 # start NAME: starts that server in the background, sets $pid and $port.
 start() {
   case $1 in
-    streambus) port=50061; RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" >/dev/null & ;;
+    streambus) port=50061; RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" --admin-addr 127.0.0.1:0 >/dev/null & ;;
     tonic) port=50062; $bench baseline-server --addr "127.0.0.1:$port" >/dev/null & ;;
     tonic-bus) port=50064; $bench baseline-server --bus-transport --addr "127.0.0.1:$port" >/dev/null & ;;
     grpc-go) port=50063; "$go_echo" -addr "127.0.0.1:$port" >/dev/null & ;;

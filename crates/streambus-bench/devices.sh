@@ -44,7 +44,7 @@ for n in $sweep; do
   for _ in 1 2; do
     for server in streambus nats; do
       case $server in
-        streambus) port=29065; RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" >/dev/null & ;;
+        streambus) port=29065; RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" --admin-addr 127.0.0.1:0 >/dev/null & ;;
         nats) port=4334; "$nats_bin" -a 127.0.0.1 -p "$port" >/dev/null 2>&1 & ;;
       esac
       pid=$!

@@ -25,7 +25,7 @@ port=29081
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" >"$out/server.log" 2>&1 &
+RUST_LOG=warn target/release/streambus serve --grpc-addr "127.0.0.1:$port" --admin-addr 127.0.0.1:0 >"$out/server.log" 2>&1 &
 pid=$!
 trap stop EXIT
 wait_port "$port"

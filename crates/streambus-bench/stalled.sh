@@ -33,7 +33,7 @@ max_memory_bytes = $budget
 TOML
 
 for policy in block drop_oldest drop_newest disconnect; do
-  RUST_LOG=warn target/release/streambus serve --config "$out/streambus.toml" >"$out/server-$policy.log" 2>&1 &
+  RUST_LOG=warn target/release/streambus serve --config "$out/streambus.toml" --admin-addr 127.0.0.1:0 >"$out/server-$policy.log" 2>&1 &
   pid=$!
   wait_port "$port"
   $bench stalled --addr "127.0.0.1:$port" --policy "$policy" --pubs 50 --topics 200 --size 1024 \

@@ -64,7 +64,8 @@ impl pb::bus_server::Bus for BusService {
     type ConnectStream = FrameStream;
 
     async fn connect(&self, request: Request<Streaming<pb::ClientFrame>>) -> Result<Response<FrameStream>, Status> {
-        let rx = super::connect::open(self.context.clone(), request.into_inner()).await?;
+        let peer = request.remote_addr();
+        let rx = super::connect::open(self.context.clone(), peer, request.into_inner()).await?;
         Ok(Response::new(Box::pin(rx)))
     }
 

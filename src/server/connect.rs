@@ -21,6 +21,8 @@
 //!   subscriber buffers, graceful close, then `UNAVAILABLE`. What its subscriptions still
 //!   hold at the drain deadline is counted and logged per subscription.
 //! - Idle timeout (no frame for `grpc.idle_timeout_ms`): graceful close, then `UNAVAILABLE`.
+//! - An operator closes the session (the admin plane, [`streambus_core::Bus::close_session`]):
+//!   graceful close, then `UNAVAILABLE`.
 //! - Protocol violation (second `hello`, undecodable bytes): `INVALID_ARGUMENT`; a frame
 //!   over the size limit: `RESOURCE_EXHAUSTED`.
 //!
@@ -51,7 +53,11 @@ use pb::server_frame::Frame as Out;
 const ANONYMOUS: &str = "anonymous";
 
 /// Handshakes and starts a session; returns the outbound queue's receiving end.
-pub(crate) async fn open(context: Context, mut inbound: Streaming<pb::ClientFrame>) -> Result<OutboundStream, Status> {
+pub(crate) async fn open(
+    context: Context,
+    peer: Option<std::net::SocketAddr>,
+    mut inbound: Streaming<pb::ClientFrame>,
+) -> Result<OutboundStream, Status> {
     let hello = match tokio::time::timeout(context.handshake_timeout(), inbound.message()).await {
         Err(_) => return Err(Status::invalid_argument("no hello frame in time")),
         Ok(Err(status)) => return Err(inbound_status(status)),
@@ -66,11 +72,9 @@ pub(crate) async fn open(context: Context, mut inbound: Streaming<pb::ClientFram
     } else {
         hello.client_name
     };
-    let session = context
-        .bus
-        .connect(ConnectOptions::named(name.clone()))
-        .await
-        .map_err(|e| convert::status(&e))?;
+    let mut options = ConnectOptions::named(name.clone());
+    options.peer = peer.map(|p| p.to_string());
+    let session = context.bus.connect(options).await.map_err(|e| convert::status(&e))?;
     let (out, rx) = context.outbound();
     let max_frame_bytes = super::max_frame_bytes(&context.limits);
     let limits = &context.limits;
@@ -187,11 +191,13 @@ impl Connection {
         // drains, the stream goes on (publishes and subscribes are refused by the bus,
         // deliveries flow); it closes when the bus says everything admitted is buffered.
         let mut closing = pin!(context.closing());
+        let mut kicked = pin!(self.session.close_requested());
         let end = loop {
             let frame = tokio::select! {
                 biased;
                 () = &mut closing => break End::Status(Status::unavailable("server shutting down")),
                 () = out.closed() => break End::gone(&out),
+                () = &mut kicked => break End::Status(Status::unavailable("session closed by an operator")),
                 () = &mut idle_timer => {
                     let due = last_frame + idle.unwrap_or(far_future);
                     if due > Instant::now() {

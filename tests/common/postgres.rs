@@ -46,6 +46,17 @@ pub async fn fresh_table(url: &str, table: &str) {
         .unwrap();
 }
 
+/// Makes `table` one a sink cannot use (none of its columns): the sink fails fatally
+/// when it starts (its index creation refers to a missing column).
+pub async fn unusable_table(url: &str, table: &str) {
+    fresh_table(url, table).await;
+    client(url)
+        .await
+        .batch_execute(&format!("CREATE TABLE {table} (unrelated int)"))
+        .await
+        .unwrap();
+}
+
 /// Rows in `table` (0 while it does not exist yet) and distinct message ids.
 pub async fn counts(client: &Client, table: &str) -> (i64, i64) {
     match client

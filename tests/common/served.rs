@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub, reason = "each test file uses part of it")]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_streambus");
@@ -11,30 +11,54 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_streambus");
 /// A `streambus serve` process; killed if the test fails before it is stopped.
 pub struct Served {
     pub child: Child,
+    /// The gRPC server's URL.
     pub url: String,
+    /// The admin plane's URL (`http://host:port`), unless `--no-admin` was given.
+    pub admin: Option<String>,
+    /// The rest of its standard output, kept open so that it never writes to a closed
+    /// pipe.
+    _stdout: BufReader<ChildStdout>,
 }
 
 impl Served {
+    /// Starts `streambus serve ARGS`; the admin plane listens on a free port unless
+    /// ARGS say otherwise.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(args)
+        let mut command = Command::new(BIN);
+        command.arg("serve").args(args);
+        if !args.iter().any(|a| *a == "--admin-addr" || *a == "--no-admin") {
+            command.args(["--admin-addr", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .envs(envs.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("streambus listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let url = format!("http://{addr}");
+        let admin = if args.contains(&"--no-admin") {
+            None
+        } else {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            let admin = line
+                .trim()
+                .strip_prefix("streambus admin on ")
+                .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
+            Some(admin.to_owned())
+        };
         Served {
-            url: format!("http://{addr}"),
+            url,
+            admin,
             child,
+            _stdout: stdout,
         }
     }
 

@@ -37,6 +37,7 @@ use serde::Serialize;
 use streambus_sinks::SinkRegistry;
 use streambus_types::{BusConfig, CloseReason, Message, SubscriptionOptions};
 
+use crate::actors::session::SessionId;
 use crate::actors::session::{SessionMessage, SessionSnapshot};
 use crate::actors::session_manager::{
     OpenedSession, SessionManager, SessionManagerArgs, SessionManagerMessage, SessionManagerSnapshot,
@@ -47,6 +48,7 @@ use crate::actors::topic_supervisor::{
 };
 use crate::budget::{MemoryBudget, MemorySnapshot};
 use crate::error::{BusError, answered};
+use crate::metrics::{BusMetrics, MetricsSnapshot};
 use crate::router::Router;
 use crate::session_handle::SessionHandle;
 use crate::sinks::{self, PreparedSink, SinkRuntime, SinkSnapshot};
@@ -60,12 +62,23 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ConnectOptions {
     /// The client's name, shown in snapshots and logs.
     pub name: String,
+    /// The client's network address, if it has one (shown in snapshots).
+    pub peer: Option<String>,
 }
 
 impl ConnectOptions {
     /// A session called `name`.
     pub fn named(name: impl Into<String>) -> Self {
-        ConnectOptions { name: name.into() }
+        ConnectOptions {
+            name: name.into(),
+            peer: None,
+        }
+    }
+
+    /// The client's network address.
+    pub fn peer(mut self, peer: impl Into<String>) -> Self {
+        self.peer = Some(peer.into());
+        self
     }
 }
 
@@ -106,6 +119,31 @@ impl BusSnapshot {
     }
 }
 
+/// The bus's counters that cost no per-actor call: the supervisors' own counters, the
+/// bus-wide metrics and the memory budget. What [`Bus::counters`] returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct BusCounters {
+    /// Session manager counters.
+    pub session_manager: SessionManagerSnapshot,
+    /// Topic supervisor counters.
+    pub topic_supervisor: TopicSupervisorSnapshot,
+    /// Messages, refusals, drops, gaps and latency, bus-wide.
+    pub metrics: MetricsSnapshot,
+    /// Publish batches admitted and not yet fanned out, bus-wide.
+    pub inflight_batches: usize,
+    /// The bus-wide memory budget.
+    pub memory: MemorySnapshot,
+    /// Seconds since the bus started.
+    pub uptime_seconds: f64,
+    /// Whether the bus is draining or stopped (it takes no new sessions or publishes).
+    pub draining: bool,
+}
+
+/// The session manager's live sessions and counters.
+type ObservedSessions = (Vec<ActorRef<SessionMessage>>, SessionManagerSnapshot);
+/// The topic supervisor's live topics and counters.
+type ObservedTopics = (Vec<ActorRef<TopicMessage>>, TopicSupervisorSnapshot);
+
 /// What [`Bus::quiesce`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Quiesced {
@@ -134,6 +172,8 @@ struct BusInner {
     default_session: tokio::sync::Mutex<Option<OpenedSession>>,
     /// The sink runtime; set once at start when any sink is configured.
     sinks: std::sync::OnceLock<SinkRuntime>,
+    /// When the bus started (for its uptime).
+    started: std::time::Instant,
 }
 
 /// A running bus. Clones share it.
@@ -166,6 +206,7 @@ impl Bus {
         let prepared = sinks::prepare(&config, &registry)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let budget = MemoryBudget::new(config.limits.max_memory_bytes);
+        let metrics = Arc::new(BusMetrics::default());
         let args = TopicSupervisorArgs {
             topics: config.topics.clone(),
             limits: config.limits.clone(),
@@ -182,6 +223,7 @@ impl Bus {
             topics: topics.clone(),
             limits: config.limits.clone(),
             defaults: config.subscriptions.clone(),
+            metrics: metrics.clone(),
         };
         let (sessions, _) = Actor::spawn(None, SessionManager, args)
             .await
@@ -190,12 +232,13 @@ impl Bus {
         let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);
         let bus = Bus {
             inner: Arc::new(BusInner {
-                router: Router::new(directory, budget, &config.limits, drain_timeout),
+                router: Router::new(directory, budget, &config.limits, drain_timeout, metrics),
                 config,
                 sessions,
                 topics,
                 default_session: tokio::sync::Mutex::new(None),
                 sinks: std::sync::OnceLock::new(),
+                started: std::time::Instant::now(),
             }),
         };
         if !prepared.is_empty()
@@ -210,7 +253,7 @@ impl Bus {
     /// Starts the sink runtime; its subscriptions and dead letters go through a session
     /// of its own, called `sinks`.
     async fn start_sinks(&self, prepared: Vec<PreparedSink>) -> Result<(), BusError> {
-        let (actor, shared) = self.open("sinks".into(), true).await?;
+        let (actor, shared) = self.open("sinks".into(), None, true).await?;
         let session = SessionHandle::new(self.inner.router.clone(), actor, shared);
         let runtime = SinkRuntime::start(&self.inner.config, prepared, session).await?;
         let _ = self.inner.sinks.set(runtime);
@@ -232,7 +275,7 @@ impl Bus {
 
     /// Opens a session; an `internal` one is the bus's own (see
     /// [`Bus::quiesce`]).
-    async fn open(&self, name: String, internal: bool) -> Result<OpenedSession, BusError> {
+    async fn open(&self, name: String, peer: Option<String>, internal: bool) -> Result<OpenedSession, BusError> {
         let router = &self.inner.router;
         if router.is_closing() {
             return Err(BusError::Closed);
@@ -243,14 +286,22 @@ impl Bus {
         answered(
             self.inner
                 .sessions
-                .call(|reply| SessionManagerMessage::Open { name, internal, reply }, None)
+                .call(
+                    |reply| SessionManagerMessage::Open {
+                        name,
+                        peer,
+                        internal,
+                        reply,
+                    },
+                    None,
+                )
                 .await,
         )?
     }
 
     /// Opens a session.
     pub async fn connect(&self, options: ConnectOptions) -> Result<SessionHandle, BusError> {
-        let (actor, shared) = self.open(options.name, false).await?;
+        let (actor, shared) = self.open(options.name, options.peer, false).await?;
         Ok(SessionHandle::new(self.inner.router.clone(), actor, shared))
     }
 
@@ -263,7 +314,7 @@ impl Bus {
                 return Ok(handle);
             }
         }
-        let (actor, shared) = self.open("default".into(), false).await?;
+        let (actor, shared) = self.open("default".into(), None, false).await?;
         *slot = Some((actor.clone(), shared.clone()));
         Ok(SessionHandle::new(self.inner.router.clone(), actor, shared))
     }
@@ -285,18 +336,7 @@ impl Bus {
 
     /// A snapshot of every actor's state.
     pub async fn snapshot(&self) -> Result<BusSnapshot, BusError> {
-        let (session_actors, session_manager) = answered(
-            self.inner
-                .sessions
-                .call(SessionManagerMessage::Observe, Some(OBSERVE_TIMEOUT))
-                .await,
-        )?;
-        let (topic_actors, topic_supervisor) = answered(
-            self.inner
-                .topics
-                .call(TopicSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT))
-                .await,
-        )?;
+        let ((session_actors, session_manager), (topic_actors, topic_supervisor)) = self.observe_roots().await?;
         let sessions = join_all(
             session_actors
                 .iter()
@@ -323,6 +363,105 @@ impl Bus {
             memory: self.inner.router.budget.snapshot(),
             sinks,
         })
+    }
+
+    /// The counters that cost no per-actor call (two supervisor calls and atomic reads),
+    /// cheap enough for every metrics scrape whatever the number of sessions and topics.
+    pub async fn counters(&self) -> Result<BusCounters, BusError> {
+        let ((_, session_manager), (_, topic_supervisor)) = self.observe_roots().await?;
+        let router = &self.inner.router;
+        Ok(BusCounters {
+            session_manager,
+            topic_supervisor,
+            metrics: router.metrics.snapshot(),
+            inflight_batches: router.inflight.count(),
+            memory: router.budget.snapshot(),
+            uptime_seconds: self.inner.started.elapsed().as_secs_f64(),
+            draining: router.is_draining() || router.is_closing(),
+        })
+    }
+
+    /// What the session manager and the topic supervisor answer to `Observe`: their
+    /// live children and their own counters.
+    async fn observe_roots(&self) -> Result<(ObservedSessions, ObservedTopics), BusError> {
+        let sessions = answered(
+            self.inner
+                .sessions
+                .call(SessionManagerMessage::Observe, Some(OBSERVE_TIMEOUT))
+                .await,
+        )?;
+        let topics = answered(
+            self.inner
+                .topics
+                .call(TopicSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT))
+                .await,
+        )?;
+        Ok((sessions, topics))
+    }
+
+    /// The bus-wide metrics alone (atomic reads, no actor call).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.router.metrics.snapshot()
+    }
+
+    /// Whether the bus takes new sessions and publishes (not draining or stopped).
+    pub fn is_accepting(&self) -> bool {
+        let router = &self.inner.router;
+        !router.is_draining() && !router.is_closing()
+    }
+
+    /// The live client session `id`, or [`BusError::UnknownSession`].
+    async fn find_session(&self, id: SessionId) -> Result<SessionHandle, BusError> {
+        let found = answered(
+            self.inner
+                .sessions
+                .call(|reply| SessionManagerMessage::Find { id, reply }, Some(OBSERVE_TIMEOUT))
+                .await,
+        )?;
+        let (actor, shared) = found.ok_or(BusError::UnknownSession(id.0))?;
+        Ok(SessionHandle::new(self.inner.router.clone(), actor, shared))
+    }
+
+    /// A snapshot of the live client session `id`.
+    pub async fn session(&self, id: SessionId) -> Result<SessionSnapshot, BusError> {
+        let handle = self.find_session(id).await?;
+        handle.snapshot().await.map_err(|_| BusError::UnknownSession(id.0))
+    }
+
+    /// Closes the live client session `id` for an operator, gracefully: its publishes
+    /// reach their subscribers and its subscriptions' buffers are sent. A session served
+    /// over the network is closed by its transport, which tells its client (the gRPC
+    /// stream ends with `UNAVAILABLE`); any other is closed here. Returns once the close
+    /// is under way.
+    pub async fn close_session(&self, id: SessionId) -> Result<(), BusError> {
+        let handle = self.find_session(id).await?;
+        tracing::info!(session = id.0, "session close requested by an operator");
+        if handle.shared().watched.load(std::sync::atomic::Ordering::Acquire) {
+            handle.shared().close_requested.notify_one();
+            Ok(())
+        } else {
+            handle.close().await
+        }
+    }
+
+    /// A snapshot of the live topic `name`; `None` if no actor runs for it now.
+    pub async fn topic(&self, name: &str) -> Result<Option<TopicSnapshot>, BusError> {
+        let topic = streambus_types::Topic::new(name)?;
+        let actor = self.inner.router.directory.topics.get(&topic).map(|r| r.actor.clone());
+        match actor {
+            Some(actor) => Ok(answered(actor.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT)).await).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// Starts a quarantined sink again with a fresh restart budget (an operator fixed
+    /// its destination); a sink that is not quarantined is left as it is. Returns its
+    /// snapshot.
+    pub async fn restart_sink(&self, name: &str) -> Result<SinkSnapshot, BusError> {
+        match self.inner.sinks.get() {
+            Some(runtime) => runtime.restart(name).await,
+            None => Err(BusError::UnknownSink(name.to_owned())),
+        }
     }
 
     /// The first half of a graceful stop that delivers: from now on no client session

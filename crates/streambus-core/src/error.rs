@@ -54,6 +54,12 @@ pub enum BusError {
     /// No subscription with this id in this session.
     #[error("no subscription with id {0}")]
     UnknownSubscription(u64),
+    /// No live client session with this id.
+    #[error("no session with id {0}")]
+    UnknownSession(u64),
+    /// No sink with this name is configured.
+    #[error("no sink named {0:?}")]
+    UnknownSink(String),
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -88,7 +94,9 @@ impl BusError {
             | BusError::TooManySubscriptions { .. }
             | BusError::TooManySessions { .. }
             | BusError::TooManyTopics { .. } => ErrorCode::ResourceExhausted,
-            BusError::UnknownSubscription(_) => ErrorCode::NotFound,
+            BusError::UnknownSubscription(_) | BusError::UnknownSession(_) | BusError::UnknownSink(_) => {
+                ErrorCode::NotFound
+            }
             BusError::Closed | BusError::Draining | BusError::NotDurable => ErrorCode::Unavailable,
             BusError::Internal(_) => ErrorCode::Internal,
         }

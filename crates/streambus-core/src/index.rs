@@ -116,6 +116,11 @@ impl<K: Copy + Eq + Hash, T: Clone> SubscriptionIndex<K, T> {
         Some((filter, entry))
     }
 
+    /// Every entry, in no particular order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.values().map(|(_, t)| t)
+    }
+
     /// Number of entries.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

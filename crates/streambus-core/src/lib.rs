@@ -19,6 +19,8 @@
 //!   bus-wide memory budget over every topic's admission; `queue`:
 //!   subscriber buffers and overflow policies; `index`: the subscription index (exact
 //!   map and wildcard trie); `receipt`: durable acknowledgements.
+//! - [`metrics`]: bus-wide counters (messages, refusals, drops, gaps, latency) for the
+//!   admin plane.
 //! - [`error`]: the one error type, [`BusError`].
 
 mod actors;
@@ -28,6 +30,7 @@ pub mod bus;
 mod directory;
 pub mod error;
 mod index;
+pub mod metrics;
 mod queue;
 mod receipt;
 mod router;
@@ -40,8 +43,9 @@ pub use actors::session_manager::SessionManagerSnapshot;
 pub use actors::topic::TopicSnapshot;
 pub use actors::topic_supervisor::TopicSupervisorSnapshot;
 pub use budget::MemorySnapshot;
-pub use bus::{Bus, BusSnapshot, ConnectOptions, Quiesced};
+pub use bus::{Bus, BusCounters, BusSnapshot, ConnectOptions, Quiesced};
 pub use error::BusError;
+pub use metrics::{HistogramSnapshot, MetricsSnapshot};
 pub use queue::{DeliveryRun, QueueSnapshot};
 pub use session_handle::{DurableAck, SessionHandle};
 pub use sinks::{SinkSnapshot, SinkStatus};

@@ -34,6 +34,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use streambus_types::{CloseReason, Delivery, Gap, OverflowPolicy};
 
+use crate::metrics::BusMetrics;
 use crate::receipt::ReceiptToken;
 
 /// Called once when a blocked pusher may retry.
@@ -191,6 +192,9 @@ pub(crate) struct SubscriberQueue {
     /// Most payload and header bytes held at once (a single larger run is still taken
     /// into an empty queue, so nothing is refused forever).
     capacity_bytes: usize,
+    /// The bus-wide counters: this buffer adds its deliveries (with their latency), its
+    /// drops and its gaps, outside the lock.
+    metrics: Arc<BusMetrics>,
 }
 
 impl std::fmt::Debug for SubscriberQueue {
@@ -341,7 +345,12 @@ impl State {
 
 impl SubscriberQueue {
     /// An empty queue.
-    pub(crate) fn new(policy: OverflowPolicy, capacity_messages: usize, capacity_bytes: usize) -> Arc<Self> {
+    pub(crate) fn new(
+        policy: OverflowPolicy,
+        capacity_messages: usize,
+        capacity_bytes: usize,
+        metrics: Arc<BusMetrics>,
+    ) -> Arc<Self> {
         Arc::new(SubscriberQueue {
             state: Mutex::new(State {
                 entries: VecDeque::new(),
@@ -360,6 +369,7 @@ impl SubscriberQueue {
             policy,
             capacity_messages: capacity_messages.max(1),
             capacity_bytes: capacity_bytes.max(1),
+            metrics,
         })
     }
 
@@ -384,6 +394,7 @@ impl SubscriberQueue {
             return Push::Closed;
         }
         let ds = &batch[range.clone()];
+        let dropped_before = st.dropped;
         let mut wake = Wake::default();
         let outcome = match self.policy {
             OverflowPolicy::Block => {
@@ -437,7 +448,11 @@ impl SubscriberQueue {
             st.bytes = 0;
         }
         wake.consumer = st.consumer.take();
+        let dropped = st.dropped - dropped_before;
         drop(st);
+        if dropped > 0 {
+            self.metrics.dropped(self.policy, dropped);
+        }
         wake.fire();
         outcome
     }
@@ -456,6 +471,7 @@ impl SubscriberQueue {
             st.consumer = Some(cx.waker().clone());
             return Poll::Pending;
         };
+        let mut run = None;
         let popped = match entry {
             Entry::Run {
                 batch,
@@ -466,6 +482,8 @@ impl SubscriberQueue {
                 st.messages -= range.len();
                 st.bytes -= bytes;
                 st.delivered += range.len() as u64;
+                let first = &batch[range.start];
+                run = Some((range.len(), bytes, (!first.retained).then_some(first.timestamp_ns)));
                 Popped::Deliveries(DeliveryRun { batch, range, receipt })
             }
             Entry::Gap(g) => {
@@ -480,6 +498,10 @@ impl SubscriberQueue {
             wake.space = std::mem::take(&mut st.space_wakers);
         }
         drop(st);
+        match run {
+            Some((messages, bytes, published)) => self.metrics.delivered(messages, bytes, published),
+            None => self.metrics.gap(self.policy),
+        }
         wake.fire();
         Poll::Ready(Some(popped))
     }
@@ -524,6 +546,7 @@ impl SubscriberQueue {
             return;
         }
         st.dropped += gap.dropped;
+        self.metrics.dropped(self.policy, gap.dropped);
         match st.entries.back_mut() {
             Some(Entry::Gap(g)) if g.topic == gap.topic && g.last_sequence + 1 == gap.first_sequence => {
                 g.dropped += gap.dropped;
@@ -542,6 +565,7 @@ impl SubscriberQueue {
     /// blocked pusher (shutdown with a stalled `block` subscriber).
     pub(crate) fn count_lost(&self, n: usize) {
         self.state.lock().dropped += n as u64;
+        self.metrics.dropped(self.policy, n as u64);
     }
 
     /// Whether the consumer is gone.
@@ -552,6 +576,12 @@ impl SubscriberQueue {
     /// Whether pushes are refused.
     pub(crate) fn is_closed(&self) -> bool {
         self.state.lock().closed.is_some()
+    }
+
+    /// Deliveries and bytes buffered now.
+    pub(crate) fn depth(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.messages, st.bytes)
     }
 
     /// A point-in-time view.
@@ -622,7 +652,7 @@ mod tests {
     /// drop_oldest keeps the newest deliveries and reports the evicted ones as one gap.
     #[test]
     fn drop_oldest_evicts_front() {
-        let q = SubscriberQueue::new(OverflowPolicy::DropOldest, 4, 1 << 20);
+        let q = SubscriberQueue::new(OverflowPolicy::DropOldest, 4, 1 << 20, Default::default());
         assert_eq!(push_all(&q, &batch("a", 1..4, 1)), Push::Done);
         assert_eq!(push_all(&q, &batch("a", 4..7, 1)), Push::Done);
         let (seqs, gaps, _) = drain(&q);
@@ -634,7 +664,7 @@ mod tests {
     /// drop_oldest with a push larger than the whole buffer keeps its newest part only.
     #[test]
     fn drop_oldest_oversize_push() {
-        let q = SubscriberQueue::new(OverflowPolicy::DropOldest, 3, 1 << 20);
+        let q = SubscriberQueue::new(OverflowPolicy::DropOldest, 3, 1 << 20, Default::default());
         push_all(&q, &batch("a", 1..3, 1));
         push_all(&q, &batch("a", 3..10, 1));
         let (seqs, gaps, _) = drain(&q);
@@ -645,7 +675,7 @@ mod tests {
     /// drop_newest keeps what is buffered and reports the refused tail after it.
     #[test]
     fn drop_newest_refuses_tail() {
-        let q = SubscriberQueue::new(OverflowPolicy::DropNewest, 4, 1 << 20);
+        let q = SubscriberQueue::new(OverflowPolicy::DropNewest, 4, 1 << 20, Default::default());
         push_all(&q, &batch("a", 1..4, 1));
         push_all(&q, &batch("a", 4..8, 1));
         push_all(&q, &batch("a", 8..9, 1));
@@ -657,7 +687,7 @@ mod tests {
     /// Byte capacity bounds as well as message capacity.
     #[test]
     fn byte_capacity() {
-        let q = SubscriberQueue::new(OverflowPolicy::DropNewest, 100, 250);
+        let q = SubscriberQueue::new(OverflowPolicy::DropNewest, 100, 250, Default::default());
         push_all(&q, &batch("a", 1..4, 100));
         let snap = q.snapshot();
         assert_eq!((snap.queued_messages, snap.queued_bytes, snap.dropped), (2, 200, 1));
@@ -666,14 +696,14 @@ mod tests {
     /// An empty queue takes one delivery even when it is larger than the byte capacity.
     #[test]
     fn oversize_single_fits_empty_queue() {
-        let q = SubscriberQueue::new(OverflowPolicy::Block, 10, 10);
+        let q = SubscriberQueue::new(OverflowPolicy::Block, 10, 10, Default::default());
         assert_eq!(push_all(&q, &batch("a", 1..3, 50)), Push::Blocked { accepted: 1 });
     }
 
     /// block takes the fitting prefix and fires the space waker once room comes back.
     #[test]
     fn block_wakes_when_drained() {
-        let q = SubscriberQueue::new(OverflowPolicy::Block, 4, 1 << 20);
+        let q = SubscriberQueue::new(OverflowPolicy::Block, 4, 1 << 20, Default::default());
         let woken = Arc::new(AtomicUsize::new(0));
         let w = woken.clone();
         let b = batch("a", 1..7, 1);
@@ -695,7 +725,7 @@ mod tests {
     /// disconnect closes the queue; what was buffered is still delivered, then the reason.
     #[test]
     fn disconnect_closes_after_buffered() {
-        let q = SubscriberQueue::new(OverflowPolicy::Disconnect, 2, 1 << 20);
+        let q = SubscriberQueue::new(OverflowPolicy::Disconnect, 2, 1 << 20, Default::default());
         push_all(&q, &batch("a", 1..3, 1));
         assert_eq!(push_all(&q, &batch("a", 3..4, 1)), Push::Disconnected);
         assert_eq!(push_all(&q, &batch("a", 4..5, 1)), Push::Closed);
@@ -708,7 +738,7 @@ mod tests {
     /// Gaps of different topics stay separate, and each comes before the next delivery.
     #[test]
     fn gaps_per_topic() {
-        let q = SubscriberQueue::new(OverflowPolicy::DropOldest, 2, 1 << 20);
+        let q = SubscriberQueue::new(OverflowPolicy::DropOldest, 2, 1 << 20, Default::default());
         push_all(&q, &batch("a", 1..3, 1));
         push_all(&q, &batch("b", 1..3, 1));
         push_all(&q, &batch("a", 3..4, 1));
@@ -727,7 +757,7 @@ mod tests {
             ops in prop::collection::vec((0usize..3, 1usize..6, any::<bool>()), 1..60),
             cap in 1usize..8,
         ) {
-            let q = SubscriberQueue::new(policy, cap, 1 << 20);
+            let q = SubscriberQueue::new(policy, cap, 1 << 20, Default::default());
             let topics = ["a", "b", "c"];
             let mut next = [1u64; 3];
             let mut pushed = 0u64;

@@ -32,6 +32,7 @@ use crate::admission::Inflight;
 use crate::budget::MemoryBudget;
 use crate::directory::{Admit, Directory};
 use crate::error::BusError;
+use crate::metrics::BusMetrics;
 use crate::receipt::ReceiptToken;
 
 /// The routing state shared by the bus and its session handles.
@@ -64,6 +65,9 @@ pub(crate) struct Router {
     max_message_bytes: usize,
     /// `shutdown.drain_timeout_ms`: how long a closing session waits for its publishes.
     pub(crate) drain_timeout: Duration,
+    /// The bus-wide counters: each topic's admitted part of a batch is counted here,
+    /// beside the session's own counters (refusals are counted by the session handle).
+    pub(crate) metrics: Arc<BusMetrics>,
 }
 
 impl Router {
@@ -73,6 +77,7 @@ impl Router {
         budget: Arc<MemoryBudget>,
         limits: &LimitsConfig,
         drain_timeout: Duration,
+        metrics: Arc<BusMetrics>,
     ) -> Arc<Self> {
         Arc::new(Router {
             directory,
@@ -84,6 +89,7 @@ impl Router {
             max_batch_messages: limits.max_batch_messages,
             max_message_bytes: limits.max_message_bytes,
             drain_timeout,
+            metrics,
         })
     }
 
@@ -179,10 +185,16 @@ impl Router {
                 Ok(()) => {
                     session.published_messages.fetch_add(count as u64, Ordering::Relaxed);
                     session.published_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                    self.metrics.published(count, bytes);
                 }
                 Err(BusError::Full(mut rest)) => {
                     let admitted = count - rest.len();
+                    let refused_bytes = rest.iter().map(Message::byte_len).sum::<usize>();
                     session.published_messages.fetch_add(admitted as u64, Ordering::Relaxed);
+                    session
+                        .published_bytes
+                        .fetch_add((bytes - refused_bytes) as u64, Ordering::Relaxed);
+                    self.metrics.published(admitted, bytes - refused_bytes);
                     rest.extend(groups.flat_map(|(_, g)| g));
                     return Err(BusError::Full(rest));
                 }

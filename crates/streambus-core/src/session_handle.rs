@@ -94,6 +94,11 @@ impl SessionHandle {
         SessionHandle { router, actor, shared }
     }
 
+    /// The state shared with the actor and the session manager.
+    pub(crate) fn shared(&self) -> &Arc<SessionShared> {
+        &self.shared
+    }
+
     /// The session's id.
     pub fn id(&self) -> SessionId {
         self.shared.id
@@ -118,15 +123,45 @@ impl SessionHandle {
         admit: Admit,
         receipt: Option<&Arc<crate::receipt::ReceiptToken>>,
     ) -> Result<(), BusError> {
-        if !self.is_open() {
-            return Err(BusError::Closed);
+        let routed = if self.is_open() {
+            self.router.route(&self.shared, messages, admit, receipt).await
+        } else {
+            Err(BusError::Closed)
+        };
+        if let Err(e) = &routed {
+            self.note_refusal(e);
         }
-        self.router.route(&self.shared, messages, admit, receipt).await
+        routed
+    }
+
+    /// Counts a request of this session refused with `error` in the bus-wide metrics.
+    /// The bus counts its own refusals; a transport calls this for a request it refuses
+    /// before the bus sees it (a frame it cannot convert).
+    pub fn note_refusal(&self, error: &BusError) {
+        self.router.metrics.refused(error.code());
+    }
+
+    /// Resolves when an operator asks for this session to close
+    /// ([`crate::Bus::close_session`]). A transport that serves the session calls this
+    /// once and waits on it: from then on an operator's close is its to carry out (tell
+    /// the client, send what is buffered, then close the session). A session nobody
+    /// waits for this way is closed by the bus directly.
+    pub fn close_requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shared.watched.store(true, Ordering::Release);
+        let shared = self.shared.clone();
+        async move { shared.close_requested.notified().await }
     }
 
     /// Publishes `payload` to `topic`, waiting while the topic's mailbox is full.
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
-        self.publish_message(Message::new(Topic::new(topic)?, payload)).await
+        match Topic::new(topic) {
+            Ok(topic) => self.publish_message(Message::new(topic, payload)).await,
+            Err(e) => {
+                let e = BusError::from(e);
+                self.note_refusal(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Publishes a message, waiting while the topic's mailbox is full.
@@ -176,7 +211,14 @@ impl SessionHandle {
     /// When this returns the subscription is in the index and in every live matching
     /// topic: anything published afterwards, from any session, is delivered to it.
     pub async fn subscribe(&self, filter: &str, options: SubscriptionOptions) -> Result<Subscription, BusError> {
-        self.subscribe_as(TopicFilter::new(filter)?, options, false).await
+        let subscribed = match TopicFilter::new(filter) {
+            Ok(filter) => self.subscribe_as(filter, options, false).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = &subscribed {
+            self.note_refusal(e);
+        }
+        subscribed
     }
 
     /// Opens a subscription; a `durable` one (a durable sink's) takes part in durable

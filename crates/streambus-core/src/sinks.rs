@@ -91,6 +91,19 @@ impl SinkRuntime {
         )
     }
 
+    /// Starts quarantined sink `name` again (see [`crate::Bus::restart_sink`]).
+    pub(crate) async fn restart(&self, name: &str) -> Result<SinkSnapshot, BusError> {
+        let name = name.to_owned();
+        answered(
+            self.supervisor
+                .call(
+                    |reply| SinkSupervisorMessage::Resume { name, reply },
+                    Some(OBSERVE_TIMEOUT),
+                )
+                .await,
+        )?
+    }
+
     /// Waits (up to `timeout`) for every sink to write what its source holds and stop,
     /// then stops the supervisor. The sinks' subscriptions must be closed first (that
     /// ends their sources). Whatever is left is named, sink by sink: kept on disk for

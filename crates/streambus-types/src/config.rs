@@ -34,6 +34,8 @@ pub struct BusConfig {
     pub grpc: GrpcConfig,
     /// Where the bus keeps files.
     pub storage: StorageConfig,
+    /// The HTTP admin plane (used by `streambus serve`; the in-process bus ignores it).
+    pub admin: AdminConfig,
     /// Sinks: where messages are written outside the bus (`[[sinks]]` entries).
     pub sinks: Vec<SinkConfig>,
 }
@@ -174,6 +176,44 @@ impl Default for GrpcConfig {
     }
 }
 
+/// The HTTP admin plane: health probes, Prometheus metrics, the JSON API and the
+/// dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether `streambus serve` starts it.
+    pub enabled: bool,
+    /// Address it listens on. It has no authentication of its own: keep it on loopback
+    /// or a private network.
+    pub addr: SocketAddr,
+    /// Topics that get per-topic series in `/metrics` (exact names, at most
+    /// [`AdminConfig::MAX_METRICS_TOPICS`]); every other topic is only in the totals,
+    /// so the number of series never grows with the number of topics or devices.
+    pub metrics_topics: Vec<String>,
+    /// Whether `/readyz` answers 503 while a sink is quarantined (for a deployment that
+    /// would rather have the load balancer move devices to a healthy node).
+    pub ready_requires_sinks: bool,
+    /// How often the dashboard's live feed sends an update, in milliseconds.
+    pub dashboard_interval_ms: u64,
+}
+
+impl AdminConfig {
+    /// Most entries in `metrics_topics`.
+    pub const MAX_METRICS_TOPICS: usize = 100;
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_topics: Vec::new(),
+            ready_requires_sinks: false,
+            dashboard_interval_ms: 1_000,
+        }
+    }
+}
+
 /// A configuration value that cannot work, with the dotted path of the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]
@@ -238,6 +278,28 @@ impl BusConfig {
         positive("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms)?;
         positive("grpc.outbound_frames", g.outbound_frames as u64)?;
         positive("grpc.outbound_bytes", g.outbound_bytes as u64)?;
+        let a = &self.admin;
+        positive("admin.dashboard_interval_ms", a.dashboard_interval_ms)?;
+        if a.metrics_topics.len() > AdminConfig::MAX_METRICS_TOPICS {
+            return Err(ConfigError {
+                field: "admin.metrics_topics".into(),
+                reason: format!(
+                    "{} topics named; at most {} get their own series",
+                    a.metrics_topics.len(),
+                    AdminConfig::MAX_METRICS_TOPICS
+                ),
+            });
+        }
+        if let Some((t, e)) = a
+            .metrics_topics
+            .iter()
+            .find_map(|t| crate::Topic::new(t.as_str()).err().map(|e| (t, e)))
+        {
+            return Err(ConfigError {
+                field: "admin.metrics_topics".into(),
+                reason: format!("{t:?} is not a topic: {e}"),
+            });
+        }
         sinks::validate_sinks(&self.sinks, l.max_message_bytes)
     }
 }

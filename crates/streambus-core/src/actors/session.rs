@@ -26,6 +26,7 @@ use streambus_types::{CloseReason, SubscriptionOptions, TopicFilter};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::Inflight;
 use crate::error::BusError;
+use crate::metrics::BusMetrics;
 use crate::queue::SubscriberQueue;
 use crate::subscription::{Subscriber, SubscriptionId, SubscriptionSnapshot};
 
@@ -94,6 +95,17 @@ pub(crate) struct SessionShared {
     pub(crate) published_messages: AtomicU64,
     /// Payload and header bytes of the messages counted above.
     pub(crate) published_bytes: AtomicU64,
+    /// The client's network address, if it has one (shown in snapshots).
+    pub(crate) peer: Option<String>,
+    /// When the session opened, in milliseconds since the Unix epoch.
+    pub(crate) connected_at_ms: u64,
+    /// Set by the transport that serves the session (the gRPC stream) when it starts
+    /// waiting on `close_requested`: an operator's close is then its to carry out, so
+    /// that its client is told and what is buffered is sent first.
+    pub(crate) watched: AtomicBool,
+    /// An operator asked for the session to close ([`crate::Bus::close_session`]);
+    /// notified once (`notify_one` keeps the permit if the transport is not waiting).
+    pub(crate) close_requested: tokio::sync::Notify,
 }
 
 /// A point-in-time view of one session.
@@ -103,6 +115,12 @@ pub struct SessionSnapshot {
     pub id: SessionId,
     /// The client's name.
     pub name: String,
+    /// The client's network address, if it has one.
+    pub peer: Option<String>,
+    /// The bus's own session (the sink runtime's), not a client's.
+    pub internal: bool,
+    /// When the session opened, in milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
     /// Messages published.
     pub published_messages: u64,
     /// Payload and header bytes published.
@@ -128,6 +146,8 @@ pub(crate) struct SessionArgs {
     /// Subscription ids, shared by every session of the bus so that ids are unique
     /// bus-wide (topics and the index key on them).
     pub(crate) next_subscription: Arc<AtomicU64>,
+    /// The bus-wide counters, handed to each subscription's buffer.
+    pub(crate) metrics: Arc<BusMetrics>,
 }
 
 /// State of a session actor.
@@ -179,7 +199,12 @@ impl SessionState {
             session: self.args.shared.id,
             filter,
             group,
-            queue: SubscriberQueue::new(options.overflow.unwrap_or(d.overflow), buffer_messages, buffer_bytes),
+            queue: SubscriberQueue::new(
+                options.overflow.unwrap_or(d.overflow),
+                buffer_messages,
+                buffer_bytes,
+                self.args.metrics.clone(),
+            ),
             session_ref: myself.clone(),
             durable,
         });
@@ -222,6 +247,9 @@ impl SessionState {
         SessionSnapshot {
             id: shared.id,
             name: shared.name.clone(),
+            peer: shared.peer.clone(),
+            internal: shared.internal,
+            connected_at_ms: shared.connected_at_ms,
             published_messages: shared.published_messages.load(Ordering::Relaxed),
             published_bytes: shared.published_bytes.load(Ordering::Relaxed),
             inflight_batches: shared.inflight.count(),

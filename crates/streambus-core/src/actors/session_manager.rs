@@ -29,6 +29,7 @@ use crate::actors::session::{SessionActor, SessionArgs, SessionId, SessionMessag
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::Inflight;
 use crate::error::BusError;
+use crate::metrics::BusMetrics;
 
 /// What the session manager is asked to do.
 pub(crate) enum SessionManagerMessage {
@@ -36,8 +37,14 @@ pub(crate) enum SessionManagerMessage {
     /// sinks) keeps working while the bus drains for shutdown.
     Open {
         name: String,
+        peer: Option<String>,
         internal: bool,
         reply: RpcReplyPort<Result<OpenedSession, BusError>>,
+    },
+    /// The live session with id `id`, if there is one.
+    Find {
+        id: SessionId,
+        reply: RpcReplyPort<Option<OpenedSession>>,
     },
     /// The live session actors and the manager's own counters.
     Observe(RpcReplyPort<(Vec<ActorRef<SessionMessage>>, SessionManagerSnapshot)>),
@@ -74,6 +81,8 @@ pub(crate) struct SessionManagerArgs {
     pub(crate) limits: LimitsConfig,
     /// Subscription defaults, passed to each session.
     pub(crate) defaults: SubscriptionDefaults,
+    /// The bus-wide counters, passed to each session (for its subscription buffers).
+    pub(crate) metrics: Arc<BusMetrics>,
 }
 
 /// One live session, as the manager keeps it.
@@ -142,7 +151,12 @@ impl Actor for SessionManager {
         state: &mut SessionManagerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SessionManagerMessage::Open { name, internal, reply } => {
+            SessionManagerMessage::Open {
+                name,
+                peer,
+                internal,
+                reply,
+            } => {
                 let max = state.args.limits.max_sessions;
                 if state.sessions.len() >= max {
                     let _ = reply.send(Err(BusError::TooManySessions { max }));
@@ -157,6 +171,12 @@ impl Actor for SessionManager {
                     inflight: Inflight::new(),
                     published_messages: AtomicU64::new(0),
                     published_bytes: AtomicU64::new(0),
+                    peer,
+                    connected_at_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    watched: AtomicBool::new(false),
+                    close_requested: tokio::sync::Notify::new(),
                 });
                 state.next_session += 1;
                 let args = SessionArgs {
@@ -165,6 +185,7 @@ impl Actor for SessionManager {
                     limits: state.args.limits.clone(),
                     defaults: state.args.defaults.clone(),
                     next_subscription: state.next_subscription.clone(),
+                    metrics: state.args.metrics.clone(),
                 };
                 let result = match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
                     Ok((actor, _join)) => {
@@ -181,6 +202,15 @@ impl Actor for SessionManager {
                     Err(e) => Err(BusError::Internal(format!("starting session: {e}"))),
                 };
                 let _ = reply.send(result);
+            }
+            SessionManagerMessage::Find { id, reply } => {
+                // An operator's lookup: a walk over the live sessions is fine here.
+                let found = state
+                    .sessions
+                    .values()
+                    .find(|e| e.shared.id == id && !e.shared.internal)
+                    .map(|e| (e.actor.clone(), e.shared.clone()));
+                let _ = reply.send(found);
             }
             SessionManagerMessage::Observe(reply) => {
                 let actors = state.sessions.values().map(|e| e.actor.clone()).collect();

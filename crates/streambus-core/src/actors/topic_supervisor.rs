@@ -86,6 +86,10 @@ pub struct TopicSupervisorSnapshot {
     pub topics: usize,
     /// Subscriptions in the index.
     pub subscriptions: usize,
+    /// Deliveries waiting in every subscription's buffer.
+    pub buffered_messages: usize,
+    /// Payload and header bytes of those deliveries.
+    pub buffered_bytes: usize,
     /// Topic actors restarted after a failure, in total.
     pub topic_restarts: u64,
     /// Topics stopped for idleness, in total.
@@ -347,6 +351,12 @@ impl Actor for TopicSupervisor {
                 let mut counters = state.counters.clone();
                 counters.topics = state.directory.topics.len();
                 counters.subscriptions = state.index.len();
+                // One short lock per subscription buffer, no actor call.
+                for subscriber in state.index.values() {
+                    let (messages, bytes) = subscriber.queue.depth();
+                    counters.buffered_messages += messages;
+                    counters.buffered_bytes += bytes;
+                }
                 let _ = reply.send((actors, counters));
             }
         }

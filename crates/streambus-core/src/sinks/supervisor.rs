@@ -33,6 +33,7 @@ use streambus_sinks::{SinkFactory, SinkSpec};
 use super::actor::{SinkActor, SinkArgs, SinkMessage};
 use super::shared::{SinkShared, SinkSnapshot, SinkStatus};
 use super::worker;
+use crate::error::BusError;
 
 /// What the sink supervisor is asked to do.
 pub(crate) enum SinkSupervisorMessage {
@@ -40,6 +41,12 @@ pub(crate) enum SinkSupervisorMessage {
     Restart(String),
     /// Report every sink.
     Observe(RpcReplyPort<Vec<SinkSnapshot>>),
+    /// An operator's restart: a quarantined sink gets a fresh restart budget and a new
+    /// incarnation (its dead-letter drain stops); any other is left as it is.
+    Resume {
+        name: String,
+        reply: RpcReplyPort<Result<SinkSnapshot, BusError>>,
+    },
     /// Answer once every sink has drained its source and stopped (shutdown; the sources
     /// end when the bus closes the sinks' subscriptions).
     Drain(RpcReplyPort<()>),
@@ -222,6 +229,26 @@ impl Actor for SinkSupervisor {
             }
             SinkSupervisorMessage::Observe(reply) => {
                 let _ = reply.send(state.entries.values().map(|e| e.args.shared.snapshot()).collect());
+            }
+            SinkSupervisorMessage::Resume { name, reply } => {
+                let Some(entry) = state.entries.get_mut(&name) else {
+                    let _ = reply.send(Err(BusError::UnknownSink(name)));
+                    return Ok(());
+                };
+                if let Some(drain) = entry.quarantine.take() {
+                    // The drain stops at an await: a batch it was dead-lettering stays
+                    // pending and the new incarnation writes it first (at least once).
+                    drain.abort();
+                    let _ = drain.await;
+                    entry.failures.clear();
+                    entry.args.shared.set_status(SinkStatus::Starting);
+                    tracing::info!(sink = %name, "quarantined sink restarted by an operator");
+                    if !state.draining {
+                        state.spawn(&myself, &name).await;
+                    }
+                }
+                let snapshot = state.entries.get(&name).map(|e| e.args.shared.snapshot());
+                let _ = reply.send(snapshot.ok_or(BusError::UnknownSink(name)));
             }
             SinkSupervisorMessage::Drain(reply) => {
                 state.draining = true;
