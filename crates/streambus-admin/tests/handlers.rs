@@ -315,3 +315,37 @@ async fn the_grafana_dashboard_queries_real_metrics() {
     }
     bus.shutdown().await;
 }
+
+/// Per-topic series exist only for the topics named in `admin.metrics_topics`.
+#[actix_web::test]
+async fn per_topic_series_only_for_configured_topics() {
+    let bus = Bus::start(BusConfig::default()).await.unwrap();
+    let config = AdminConfig {
+        metrics_topics: vec!["plant.line1.speed".into(), "plant.idle".into()],
+        ..AdminConfig::default()
+    };
+    let app = app!(bus, config);
+    let _sub = bus.subscribe("plant.>", Default::default()).await.unwrap();
+    for topic in ["plant.line1.speed", "plant.line1.speed", "plant.line2.speed"] {
+        bus.publish(topic, "1").await.unwrap();
+    }
+    let (_, metrics) = get!(app, "/metrics");
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.contains("streambus_topic_published_total{topic=\"plant.line1.speed\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("streambus_topic_subscribers{topic=\"plant.line1.speed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("plant.line2.speed"),
+        "an unconfigured topic has no series: {text}"
+    );
+    assert!(
+        !text.contains("plant.idle"),
+        "a configured topic with no actor has no series: {text}"
+    );
+    bus.shutdown().await;
+}

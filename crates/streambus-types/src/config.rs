@@ -339,4 +339,18 @@ mod tests {
         cfg.topics.mailbox_bytes = 10;
         assert_eq!(cfg.validate().unwrap_err().field, "topics.mailbox_bytes");
     }
+
+    /// The admin plane's per-topic series are bounded and name real topics.
+    #[test]
+    fn admin_metrics_topics_are_bounded_and_valid() {
+        let mut cfg = BusConfig::default();
+        cfg.admin.metrics_topics = vec!["sensors.*.temp".into()];
+        let e = cfg.validate().unwrap_err();
+        assert_eq!(e.field, "admin.metrics_topics");
+        assert!(e.reason.contains("sensors.*.temp"), "{e}");
+        cfg.admin.metrics_topics = (0..=AdminConfig::MAX_METRICS_TOPICS).map(|i| format!("t{i}")).collect();
+        assert_eq!(cfg.validate().unwrap_err().field, "admin.metrics_topics");
+        cfg.admin.metrics_topics.truncate(AdminConfig::MAX_METRICS_TOPICS);
+        cfg.validate().unwrap();
+    }
 }
