@@ -3,6 +3,8 @@
 //! row PostgreSQL refuses goes to the dead-letter topic while the rest lands, and
 //! durably acknowledged messages survive the bus process being killed.
 
+#[path = "common/contract.rs"]
+mod contract;
 #[path = "common/harness.rs"]
 mod harness;
 #[path = "common/postgres.rs"]
@@ -14,29 +16,15 @@ mod served;
 
 use std::time::Duration;
 
+use contract::{SINK_PATIENCE, publish_readings, reading, wait_for};
 use futures::StreamExt;
 use harness::TestServer;
 use proxy::Proxy;
 use served::Served;
 use streambus::client::{Client, ClientOptions};
-use streambus_core::{BusConfig, Event, Message, SinkStatus, SubscriptionOptions, Topic};
+use streambus_core::{BusConfig, Event, Message, SubscriptionOptions, Topic};
 use streambus_types::SinkConfig;
 use streambus_types::config::WhenFull;
-
-/// Sink tests wait longer than the harness: a debug build writes 100k rows in seconds.
-const SINK_PATIENCE: Duration = Duration::from_secs(120);
-
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + SINK_PATIENCE;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn pg_sink(name: &str, url: &str, table: &str, idempotent: bool) -> SinkConfig {
     let mut s = SinkConfig::new(name, "postgres", &["telemetry.>"])
@@ -51,30 +39,6 @@ fn pg_sink(name: &str, url: &str, table: &str, idempotent: bool) -> SinkConfig {
     s.retry.initial_backoff_ms = 20;
     s.retry.max_backoff_ms = 250;
     s
-}
-
-/// A 200-byte-ish JSON reading of device `d`, number `i`.
-fn reading(d: u32, i: u32) -> String {
-    format!(
-        r#"{{"device":"dev{d:04}","seq":{i},"temperature":{:.2},"humidity":{:.1},"battery":0.93,"firmware":"2.4.1","site":"plant-7","ok":true}}"#,
-        20.0 + f64::from(i % 100) / 10.0,
-        40.0 + f64::from(i % 50)
-    )
-}
-
-/// Publishes `count` readings over gRPC from 10 devices, acked, in batches.
-async fn publish_readings(client: &Client, from: u32, count: u32) {
-    let messages: Vec<Message> = (from..from + count)
-        .map(|i| {
-            Message::new(
-                Topic::new(&format!("telemetry.dev{}.env", i % 10)).unwrap(),
-                reading(i % 10, i),
-            )
-        })
-        .collect();
-    for chunk in messages.chunks(2000) {
-        client.publish_batch(chunk.to_vec(), true).await.unwrap();
-    }
 }
 
 /// 100k messages published over gRPC become 100k rows, JSON payloads as `jsonb`, in a
@@ -116,56 +80,6 @@ async fn postgres_sink_writes_every_message() {
     let snap = server.snapshot().await;
     assert_eq!(snap.sink("pg").unwrap().written, 100_000);
     assert_eq!(snap.sink("pg").unwrap().dead_lettered, 0);
-    server.shutdown().await;
-}
-
-/// PostgreSQL unreachable (through a proxy the test cuts) while publishing: the sink
-/// retries, the file sink on the same topics keeps receiving throughout, and after the
-/// server is back every message is in the table exactly once (idempotent).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_loses_nothing() {
-    let Some(url) = postgres::url().await else { return };
-    let table = "sb_test_outage";
-    postgres::fresh_table(&url, table).await;
-    let proxy = Proxy::start(postgres::addr(&url)).await;
-    let files = tempfile::tempdir().unwrap();
-    let mut config = BusConfig::default();
-    let mut file = SinkConfig::new("archive", "file", &["telemetry.>"]).option("path", files.path().to_str().unwrap());
-    file.batch.max_delay_ms = 10;
-    config.sinks = vec![pg_sink("pg", &postgres::via(&url, proxy.addr), table, true), file];
-    let server = TestServer::start_with(config).await;
-    let client = server.client("telemetry").await;
-    let db = postgres::client(&url).await;
-    let lines = || {
-        std::fs::read_dir(files.path())
-            .unwrap()
-            .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().count())
-            .sum::<usize>()
-    };
-
-    publish_readings(&client, 0, 2000).await;
-    wait_for("first rows", || async { postgres::counts(&db, table).await.0 == 2000 }).await;
-    proxy.stop();
-    for round in 1..4 {
-        publish_readings(&client, round * 2000, 2000).await;
-        let want = (round as usize + 1) * 2000;
-        wait_for("the file sink during the outage", || async { lines() == want }).await;
-    }
-    wait_for("the postgres sink retrying", || async {
-        server.snapshot().await.sink("pg").unwrap().status == SinkStatus::Retrying
-    })
-    .await;
-    assert_eq!(postgres::counts(&db, table).await.0, 2000);
-    proxy.resume().await;
-    publish_readings(&client, 8000, 2000).await;
-    wait_for("every row after the outage", || async {
-        postgres::counts(&db, table).await.0 >= 10_000
-    })
-    .await;
-    assert_eq!(postgres::counts(&db, table).await, (10_000, 10_000));
-    assert_eq!(lines(), 10_000);
-    let pg = server.snapshot().await.sink("pg").cloned().unwrap();
-    assert!(pg.retries > 0 && pg.written == 10_000, "{pg:?}");
     server.shutdown().await;
 }
 
@@ -213,6 +127,74 @@ async fn postgres_poison_row_goes_to_the_dead_letter_topic() {
     server.shutdown().await;
 }
 
+/// The PostgreSQL table of one test, for the sink contract (`common/contract.rs`):
+/// an idempotent `postgres` sink, counted with SQL.
+struct Table {
+    url: String,
+    table: &'static str,
+}
+
+impl contract::Destination for Table {
+    const KIND: &'static str = "postgres";
+    const IDEMPOTENT: bool = true;
+
+    fn server(&self) -> std::net::SocketAddr {
+        postgres::addr(&self.url)
+    }
+
+    fn options(&self, addr: std::net::SocketAddr) -> Vec<(&'static str, serde_json::Value)> {
+        vec![
+            ("url", postgres::via(&self.url, addr).into()),
+            ("table", self.table.into()),
+            ("idempotent", true.into()),
+            ("connect_timeout_ms", 1000.into()),
+        ]
+    }
+
+    async fn reset(&self) {
+        postgres::fresh_table(&self.url, self.table).await;
+    }
+
+    async fn count(&self) -> (usize, usize) {
+        let (all, distinct) = postgres::counts(&postgres::client(&self.url).await, self.table).await;
+        (all as usize, distinct as usize)
+    }
+
+    fn poison(&self) -> Option<Message> {
+        // `jsonb` cannot hold `\u0000`.
+        Some(Message::new(
+            Topic::new("telemetry.dev1.env").unwrap(),
+            r#"{"bad":"\u0000"}"#,
+        ))
+    }
+}
+
+/// PostgreSQL unreachable (through a proxy the test cuts) while publishing: the sink
+/// retries, a file sink on the same topics keeps receiving throughout, and after the
+/// server is back every message is in the table exactly once (idempotent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_loses_nothing() {
+    let Some(url) = postgres::url().await else { return };
+    contract::outage_loses_nothing(&Table {
+        url,
+        table: "sb_test_outage",
+    })
+    .await;
+}
+
+/// Durable acks survive SIGKILL: with PostgreSQL unreachable, 5000 messages are
+/// published with durable acks to a `streambus serve` whose sink has a disk buffer; the
+/// process is killed; started again with PostgreSQL back, it writes every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_acks_survive_a_kill() {
+    let Some(url) = postgres::url().await else { return };
+    contract::durable_acks_survive_a_kill(&Table {
+        url,
+        table: "sb_test_crash",
+    })
+    .await;
+}
+
 /// A `[[sinks]]` table for `streambus serve`: an idempotent PostgreSQL sink named `pg`
 /// on a disk buffer, quick to reconnect.
 fn durable_pg_sink(filter: &str, url: &str, table: &str) -> String {
@@ -230,63 +212,6 @@ retry = {{ initial_backoff_ms = 20, max_backoff_ms = 200 }}
 buffer = {{ type = "disk", fsync = "never" }}
 "#
     )
-}
-
-/// Durable acks survive SIGKILL: with PostgreSQL unreachable, 5000 messages are
-/// published with durable acks to a `streambus serve` whose sink has a disk buffer; the
-/// process is killed; started again with PostgreSQL back, it writes every one of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durable_acks_survive_a_kill() {
-    let Some(url) = postgres::url().await else { return };
-    let table = "sb_test_crash";
-    postgres::fresh_table(&url, table).await;
-    let proxy = Proxy::stopped(postgres::addr(&url)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("streambus.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[grpc]
-addr = "127.0.0.1:0"
-
-[storage]
-data_dir = "{data}"
-
-{pg}"#,
-            data = dir.path().join("data").display(),
-            pg = durable_pg_sink("telemetry.>", &postgres::via(&url, proxy.addr), table),
-        ),
-    )
-    .unwrap();
-    let cfg = config.to_str().unwrap();
-    let served = Served::start(&["--config", cfg], &[]);
-    let client = Client::connect_with(ClientOptions::new(served.url.clone()).name("crash"))
-        .await
-        .unwrap();
-    for chunk in 0..5u32 {
-        let batch: Vec<Message> = (0..1000)
-            .map(|i| Message::new(Topic::new("telemetry.dev7.env").unwrap(), reading(7, chunk * 1000 + i)))
-            .collect();
-        assert_eq!(client.publish_durable(batch).await.unwrap(), 1000);
-    }
-    client.close();
-    served.kill();
-    let db = postgres::client(&url).await;
-    assert_eq!(
-        postgres::counts(&db, table).await.0,
-        0,
-        "nothing reached PostgreSQL before the kill"
-    );
-
-    proxy.resume().await;
-    let served = Served::start(&["--config", cfg], &[]);
-    wait_for("every durably acked row", || async {
-        postgres::counts(&db, table).await.0 >= 5000
-    })
-    .await;
-    assert_eq!(postgres::counts(&db, table).await, (5000, 5000));
-    served.terminate();
 }
 
 /// Every message in the files of a `file` sink's directory, by its text payload.

@@ -14,20 +14,26 @@
 //! - [`buffer`]: [`DurableBuffer`], segment files of CRC-framed bincode records with
 //!   acknowledgement and replay, bounded in bytes.
 //! - [`encode`]: the JSON Lines form of a record (the `file` and `stdout` sinks).
+//! - [`template`]: destination names made from a record's topic (`sensors.{2}`).
 //! - Built-in sinks: [`stdout`]; [`mod@file`] (feature `file`); [`postgres`] (feature
-//!   `postgres`).
+//!   `postgres`); [`nats`] (feature `nats`); [`mod@redis`] (feature `redis`).
 //! - `testsuite` (feature `testsuite`): failure-mode sinks for tests.
 
 pub mod buffer;
 pub mod encode;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod record;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod registry;
 pub mod sink;
 pub mod stdout;
+pub mod template;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 

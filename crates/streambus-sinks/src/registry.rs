@@ -42,6 +42,10 @@ impl SinkRegistry {
         r.register("file", crate::file::factory);
         #[cfg(feature = "postgres")]
         r.register("postgres", crate::postgres::factory);
+        #[cfg(feature = "nats")]
+        r.register("nats", crate::nats::factory);
+        #[cfg(feature = "redis")]
+        r.register("redis", crate::redis::factory);
         r
     }
 
