@@ -129,6 +129,11 @@ pub async fn writes_every_message<D: Destination>(d: &D) {
     let client = server.client("telemetry").await;
     publish_readings(&client, 0, 100_000).await;
     expect_entries(d, 100_000).await;
+    // The destination may show the last batch before the sink has its acknowledgement.
+    wait_for("the sink's own count", || async {
+        server.snapshot().await.sink("sink").unwrap().written >= 100_000
+    })
+    .await;
     let snapshot = server.snapshot().await;
     let s = snapshot.sink("sink").unwrap();
     assert_eq!((s.written, s.dead_lettered, s.dropped), (100_000, 0, 0), "{s:?}");
@@ -173,6 +178,10 @@ pub async fn outage_loses_nothing<D: Destination>(d: &D) {
     publish_readings(&client, 8000, 2000).await;
     expect_entries(d, 10_000).await;
     assert_eq!(lines(), 10_000);
+    wait_for("the sink's own count", || async {
+        server.snapshot().await.sink("sink").unwrap().written >= 10_000
+    })
+    .await;
     let s = server.snapshot().await.sink("sink").cloned().unwrap();
     assert!(s.retries > 0 && s.written >= 10_000 && s.dead_lettered == 0, "{s:?}");
     server.shutdown().await;

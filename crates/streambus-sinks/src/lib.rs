@@ -16,17 +16,22 @@
 //! - [`encode`]: the JSON Lines form of a record (the `file` and `stdout` sinks).
 //! - [`template`]: destination names made from a record's topic (`sensors.{2}`).
 //! - Built-in sinks: [`stdout`]; [`mod@file`] (feature `file`); [`postgres`] (feature
-//!   `postgres`); [`nats`] (feature `nats`); [`mod@redis`] (feature `redis`).
+//!   `postgres`); [`nats`] (feature `nats`); [`mod@redis`] (feature `redis`);
+//!   [`rabbitmq`] (feature `rabbitmq`); [`mqtt`] (feature `mqtt`).
 //! - `testsuite` (feature `testsuite`): failure-mode sinks for tests.
 
 pub mod buffer;
 pub mod encode;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 pub mod record;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -1,0 +1,139 @@
+//! Options of the `mqtt` sink.
+
+use serde::Deserialize;
+
+use crate::template::Template;
+
+/// Options of the `mqtt` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// MQTT topic of each record, from its bus topic (`{topic}` uses `/`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Quality of service: 0, 1 or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Publish with the retain flag (the broker keeps the last message per topic).
+    #[serde(default)]
+    pub retain: bool,
+    /// Client id; empty means `streambus-<sink name>`.
+    #[serde(default)]
+    pub client_id: String,
+    /// User name, when the broker asks for one.
+    #[serde(default)]
+    pub username: String,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: String,
+    /// Keep-alive interval, in seconds.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// How long connecting may take.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long a batch's acknowledgements may take once its last message is sent.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+
+fn default_topic() -> String {
+    "{topic}".into()
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+fn default_keep_alive_s() -> u64 {
+    30
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_ack_timeout_ms() -> u64 {
+    10_000
+}
+
+impl MqttConfig {
+    /// The topic template, with `/` as the separator of `{topic}`.
+    pub(crate) fn template(&self) -> Result<Template, String> {
+        Template::parse_with_separator(&self.topic, '/').map_err(|e| e.to_string())
+    }
+
+    /// Checks what serde cannot: `(field, reason)` for the first problem.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.host.trim().is_empty() {
+            return Err(("host", "must name the broker".into()));
+        }
+        self.template().map_err(|e| ("topic", e))?;
+        if self.topic.contains(['+', '#']) {
+            return Err(("topic", "wildcards '+' and '#' cannot be published to".into()));
+        }
+        if self.qos > 2 {
+            return Err(("qos", format!("{} is not 0, 1 or 2", self.qos)));
+        }
+        if self.keep_alive_s < 5 {
+            return Err(("keep_alive_s", "must be at least 5 seconds".into()));
+        }
+        if self.password.is_empty() != self.username.is_empty() && !self.password.is_empty() {
+            return Err(("username", "a password needs a user name".into()));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(("connect_timeout_ms", "must be greater than zero".into()));
+        }
+        if self.ack_timeout_ms == 0 {
+            return Err(("ack_timeout_ms", "must be greater than zero".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sink::SinkSpec;
+
+    fn build(options: serde_json::Value) -> Result<(), String> {
+        let spec = SinkSpec {
+            name: "broker".into(),
+            options: options.as_object().unwrap().clone(),
+        };
+        super::super::factory(&spec).map(|_| ()).map_err(|e| e.field)
+    }
+
+    /// Bad options are refused with the field named.
+    #[test]
+    fn errors_name_the_field() {
+        use serde_json::json;
+        assert_eq!(build(json!({ "host": "127.0.0.1" })), Ok(()));
+        assert_eq!(build(json!({ "host": "" })), Err("sinks.broker.host".into()));
+        assert_eq!(build(json!({ "host": "h", "qos": 3 })), Err("sinks.broker.qos".into()));
+        assert_eq!(
+            build(json!({ "host": "h", "topic": "a/#" })),
+            Err("sinks.broker.topic".into())
+        );
+        assert_eq!(
+            build(json!({ "host": "h", "topic": "{9x}" })),
+            Err("sinks.broker.topic".into())
+        );
+        assert_eq!(
+            build(json!({ "host": "h", "port": 70000 })),
+            Err("sinks.broker.port".into())
+        );
+        assert_eq!(
+            build(json!({ "host": "h", "password": "p" })),
+            Err("sinks.broker.username".into())
+        );
+    }
+}
