@@ -227,3 +227,29 @@ async fn bad_input_gets_typed_errors() {
     assert_eq!(payloads(&mut ok, 1).await, ["fine"]);
     bus.shutdown().await;
 }
+
+/// Publish times are unique and increasing within a topic, also inside one batch and
+/// across batches published faster than the clock ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_times_are_unique_and_increasing_per_topic() {
+    let bus = bus().await;
+    let mut sub = bus.subscribe("clock.t", opts()).await.unwrap();
+    let session = bus.connect(ConnectOptions::named("pub")).await.unwrap();
+    for batch in 0..5 {
+        let messages = (0..200)
+            .map(|i| {
+                streambus_core::Message::new(streambus_core::Topic::new("clock.t").unwrap(), format!("{batch}-{i}"))
+            })
+            .collect();
+        session.publish_batch(messages).await.unwrap();
+    }
+    let mut last = 0;
+    for _ in 0..1000 {
+        let Some(Event::Delivery(d)) = next(&mut sub).await else {
+            panic!("a delivery")
+        };
+        assert!(d.timestamp_ns > last, "{} after {last}", d.timestamp_ns);
+        last = d.timestamp_ns;
+    }
+    bus.shutdown().await;
+}

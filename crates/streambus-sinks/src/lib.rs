@@ -17,13 +17,16 @@
 //! - [`template`]: destination names made from a record's topic (`sensors.{2}`).
 //! - Built-in sinks: [`stdout`]; [`mod@file`] (feature `file`); [`postgres`] (feature
 //!   `postgres`); [`nats`] (feature `nats`); [`mod@redis`] (feature `redis`);
-//!   [`rabbitmq`] (feature `rabbitmq`); [`mqtt`] (feature `mqtt`).
+//!   [`rabbitmq`] (feature `rabbitmq`); [`mqtt`] (feature `mqtt`); [`influxdb`] (feature
+//!   `influxdb`).
 //! - `testsuite` (feature `testsuite`): failure-mode sinks for tests.
 
 pub mod buffer;
 pub mod encode;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "influxdb")]
+pub mod influxdb;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]

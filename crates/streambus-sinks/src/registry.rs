@@ -50,6 +50,8 @@ impl SinkRegistry {
         r.register("rabbitmq", crate::rabbitmq::factory);
         #[cfg(feature = "mqtt")]
         r.register("mqtt", crate::mqtt::factory);
+        #[cfg(feature = "influxdb")]
+        r.register("influxdb", crate::influxdb::factory);
         r
     }
 
@@ -110,7 +112,9 @@ mod tests {
         let registry = SinkRegistry::with_builtins();
         let mut kinds = Vec::new();
         for sink in &config.sinks {
-            let factory = registry.get(&sink.kind).unwrap_or_else(|| panic!("no type {}", sink.kind));
+            let factory = registry
+                .get(&sink.kind)
+                .unwrap_or_else(|| panic!("no type {}", sink.kind));
             let spec = SinkSpec {
                 name: sink.name.clone(),
                 options: sink.options.clone(),

@@ -189,3 +189,18 @@ impl SinkSpec {
         }
     }
 }
+
+/// Builds sink `name` with `factory` from `options` (a JSON object): `Ok` or the field
+/// the factory refused. For the option tests of each sink type.
+#[cfg(test)]
+pub(crate) fn field_refused(
+    factory: fn(&SinkSpec) -> Result<Box<dyn Sink>, ConfigError>,
+    name: &str,
+    options: serde_json::Value,
+) -> Result<(), String> {
+    let spec = SinkSpec {
+        name: name.to_owned(),
+        options: options.as_object().cloned().unwrap_or_default(),
+    };
+    factory(&spec).map(|_| ()).map_err(|e| e.field)
+}

@@ -112,7 +112,9 @@ pub struct Delivery {
     /// A topic reaped for idleness (only possible while nothing subscribes to it) starts
     /// again from 1.
     pub sequence: u64,
-    /// Publish time, nanoseconds since the Unix epoch.
+    /// Publish time, nanoseconds since the Unix epoch: when the topic took the message,
+    /// unique and increasing within a topic (the messages of one publish batch are one
+    /// nanosecond apart), so a time-series store can key points on it.
     pub timestamp_ns: u64,
     /// The body, shared with every other subscriber.
     pub payload: Bytes,

@@ -173,6 +173,10 @@ pub(crate) struct TopicState {
     ended: Vec<SubscriptionId>,
     /// Messages this incarnation fanned out (the snapshot's `published`).
     published: u64,
+    /// The publish time given to the last message fanned out, in nanoseconds: each
+    /// message gets a later one than the last, so that publish times are unique and
+    /// increasing per topic (time-series stores key points on them).
+    last_timestamp_ns: u64,
     /// The topic's span (its name): the parent of its logs.
     span: tracing::Span,
 }
@@ -285,15 +289,18 @@ impl TopicState {
 
     /// Stamps a batch and fans it out; parks it if a `block` subscriber is full.
     fn fan_out(&mut self, mut publish: PublishBatch, myself: &ActorRef<TopicMessage>) {
-        let timestamp_ns = now_ns();
         let messages = std::mem::take(&mut publish.messages);
         let n = messages.len() as u64;
+        // The batch's publish time, one nanosecond apart per message, after the last.
+        let base_ns = now_ns().max(self.last_timestamp_ns + 1);
+        self.last_timestamp_ns = base_ns + n.saturating_sub(1);
         let first = self.shared.next_sequence.fetch_add(n, Ordering::AcqRel);
         // Collected straight into the shared slice: one allocation, no copy.
         let batch: Arc<[Delivery]> = messages
             .into_iter()
             .zip(first..)
             .map(|(m, sequence)| {
+                let timestamp_ns = base_ns + (sequence - first);
                 if m.retain {
                     let mut retained = self.shared.retained.lock();
                     *retained = (!m.payload.is_empty()).then(|| Delivery {
@@ -469,6 +476,7 @@ impl Actor for TopicActor {
             backlog: VecDeque::new(),
             ended: Vec::new(),
             published: 0,
+            last_timestamp_ns: 0,
             span,
         };
         for sub in args.subscribers {

@@ -102,14 +102,8 @@ impl MqttConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::sink::SinkSpec;
-
     fn build(options: serde_json::Value) -> Result<(), String> {
-        let spec = SinkSpec {
-            name: "broker".into(),
-            options: options.as_object().unwrap().clone(),
-        };
-        super::super::factory(&spec).map(|_| ()).map_err(|e| e.field)
+        crate::sink::field_refused(super::super::factory, "broker", options)
     }
 
     /// Bad options are refused with the field named.

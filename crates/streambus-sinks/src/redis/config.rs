@@ -50,14 +50,8 @@ impl RedisConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::sink::SinkSpec;
-
     fn build(options: serde_json::Value) -> Result<(), String> {
-        let spec = SinkSpec {
-            name: "rs".into(),
-            options: options.as_object().unwrap().clone(),
-        };
-        super::super::factory(&spec).map(|_| ()).map_err(|e| e.field)
+        crate::sink::field_refused(super::super::factory, "rs", options)
     }
 
     /// Bad options are refused with the field named.
