@@ -104,7 +104,7 @@ pub async fn publish_readings(client: &Client, from: u32, count: u32) {
 
 /// Waits until the destination holds `want` distinct entries, then checks the total
 /// (exactly `want` for an idempotent destination, at least `want` otherwise).
-async fn expect_entries<D: Destination>(d: &D, want: usize) {
+pub async fn expect_entries<D: Destination>(d: &D, want: usize) {
     wait_for(&format!("{want} entries in {}", D::KIND), || async {
         d.count().await.1 >= want
     })

@@ -18,7 +18,7 @@
 //! - Built-in sinks: [`stdout`]; [`mod@file`] (feature `file`); [`postgres`] (feature
 //!   `postgres`); [`nats`] (feature `nats`); [`mod@redis`] (feature `redis`);
 //!   [`rabbitmq`] (feature `rabbitmq`); [`mqtt`] (feature `mqtt`); [`influxdb`] (feature
-//!   `influxdb`).
+//!   `influxdb`); `kafka` (feature `kafka`, not default: it builds librdkafka).
 //! - `testsuite` (feature `testsuite`): failure-mode sinks for tests.
 
 pub mod buffer;
@@ -27,6 +27,8 @@ pub mod encode;
 pub mod file;
 #[cfg(feature = "influxdb")]
 pub mod influxdb;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 #[cfg(feature = "nats")]

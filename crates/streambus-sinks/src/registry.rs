@@ -52,6 +52,8 @@ impl SinkRegistry {
         r.register("mqtt", crate::mqtt::factory);
         #[cfg(feature = "influxdb")]
         r.register("influxdb", crate::influxdb::factory);
+        #[cfg(feature = "kafka")]
+        r.register("kafka", crate::kafka::factory);
         r
     }
 
@@ -112,9 +114,15 @@ mod tests {
         let registry = SinkRegistry::with_builtins();
         let mut kinds = Vec::new();
         for sink in &config.sinks {
-            let factory = registry
-                .get(&sink.kind)
-                .unwrap_or_else(|| panic!("no type {}", sink.kind));
+            let Some(factory) = registry.get(&sink.kind) else {
+                // The one built-in type behind a feature that is off by default.
+                assert!(
+                    sink.kind == "kafka" && !cfg!(feature = "kafka"),
+                    "no type {}",
+                    sink.kind
+                );
+                continue;
+            };
             let spec = SinkSpec {
                 name: sink.name.clone(),
                 options: sink.options.clone(),

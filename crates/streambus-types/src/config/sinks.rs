@@ -421,7 +421,7 @@ mod tests {
             .collect();
         let cfg: BusConfig = toml::from_str(&text).unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.sinks.len(), 8);
+        assert_eq!(cfg.sinks.len(), 9);
         assert_eq!(cfg.sinks[0].options["table"], "streambus_events");
         assert_eq!(cfg.sinks[1].kind, "file");
     }
