@@ -11,7 +11,9 @@
 //! For each sink: `sink` writes the records with the sink's own `write` in batches of
 //! 5000 back to back (what the bus's sink runtime does); `raw` sends the same payloads
 //! with the server's client the way a hand-written fastest publisher would (pipelined,
-//! the same acknowledgement level), no bus at all. Servers: `STREAMBUS_BENCH_NATS_URL`,
+//! the same acknowledgement level and entry shape), no bus at all; native tools give the
+//! servers' own ceilings beside these (`redis-benchmark`, `mosquitto_pub`: see
+//! docs/BENCHMARKS.md). Servers: `STREAMBUS_BENCH_NATS_URL`,
 //! `…_REDIS_URL`, `…_RABBITMQ_URL`, `…_MQTT_URL`, `…_INFLUXDB_URL`, defaults on loopback.
 
 use std::time::{Duration, Instant};
@@ -96,7 +98,13 @@ async fn nats_raw(url: &str, stream: &str, records: &[Record]) -> Duration {
     for batch in records.chunks(BATCH) {
         let mut acks = Vec::with_capacity(batch.len());
         for r in batch {
-            acks.push(js.publish(format!("{stream}.raw"), r.payload.clone()).await.unwrap());
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, r.message_id.as_str());
+            let ack = js
+                .publish_with_headers(format!("{stream}.raw"), headers, r.payload.clone())
+                .await
+                .unwrap();
+            acks.push(ack);
         }
         for ack in acks {
             ack.await.unwrap();
@@ -126,9 +134,21 @@ async fn redis_raw(url: &str, records: &[Record]) -> Duration {
     for batch in records.chunks(BATCH) {
         let mut pipe = redis::pipe();
         for r in batch {
+            // The same entry shape as the sink's.
             pipe.cmd("XADD")
                 .arg("bench:raw")
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(100_000)
                 .arg("*")
+                .arg("topic")
+                .arg(r.topic.as_str())
+                .arg("seq")
+                .arg(r.sequence)
+                .arg("id")
+                .arg(r.message_id.as_str())
+                .arg("time_ns")
+                .arg(r.timestamp_ns)
                 .arg("payload")
                 .arg(r.payload.as_ref())
                 .ignore();
@@ -170,18 +190,28 @@ async fn rabbitmq_raw(url: &str, records: &[Record]) -> Duration {
     start.elapsed()
 }
 
-/// InfluxDB: one POST of the batch's lines.
-async fn influxdb_raw(url: &str, db: &str, records: &[Record]) -> Duration {
-    let http = reqwest::Client::new();
-    let lines: Vec<String> = records
+/// The point the sink makes of `r` (its documented rule, for this payload's shape):
+/// measurement `bench`, tag `topic`, one field per JSON member in key order.
+fn point(r: &Record) -> String {
+    let value: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    let fields: Vec<String> = value
+        .as_object()
+        .unwrap()
         .iter()
-        .map(|r| {
-            format!(
-                "raw,topic=bench seq={}.0,temperature=21.5 {}",
-                r.sequence, r.timestamp_ns
-            )
+        .map(|(k, v)| match v {
+            serde_json::Value::Number(n) => format!("{k}={:?}", n.as_f64().unwrap()),
+            serde_json::Value::Bool(b) => format!("{k}={b}"),
+            other => format!("{k}={other}"),
         })
         .collect();
+    format!("bench,topic={} {} {}", r.topic, fields.join(","), r.timestamp_ns)
+}
+
+/// InfluxDB: one POST of the batch's lines (the same points the sink writes, made
+/// before the clock starts: this is the server's ingest alone).
+async fn influxdb_raw(url: &str, db: &str, records: &[Record]) -> Duration {
+    let http = reqwest::Client::new();
+    let lines: Vec<String> = records.iter().map(point).collect();
     let start = Instant::now();
     for batch in lines.chunks(BATCH) {
         let response = http
@@ -190,20 +220,21 @@ async fn influxdb_raw(url: &str, db: &str, records: &[Record]) -> Duration {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success());
+        assert!(response.status().is_success(), "{:?}", response.text().await);
     }
     start.elapsed()
 }
 
+/// Creates database `db` (a new name each run: InfluxDB 1.x may refuse writes for a
+/// moment after a database is dropped and made again).
 async fn influx_database(url: &str, db: &str) {
     let http = reqwest::Client::new();
-    for q in [format!("DROP DATABASE {db}"), format!("CREATE DATABASE {db}")] {
-        http.post(format!("{url}/query"))
-            .form(&[("q", q)])
-            .send()
-            .await
-            .unwrap();
-    }
+    let q = format!("CREATE DATABASE {db}");
+    http.post(format!("{url}/query"))
+        .form(&[("q", q)])
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::main]
@@ -245,10 +276,10 @@ async fn main() {
             report("mqtt qos 1 sink", n, sink("mqtt", options, &records).await);
         }
         if reachable(&influx).await {
-            influx_database(&influx, "bench").await;
-            let raw = report("influxdb raw", n, influxdb_raw(&influx, "bench", &records).await);
-            influx_database(&influx, "bench").await;
-            let options = serde_json::json!({ "url": influx, "database": "bench" });
+            let db = format!("bench_raw{round}_{}", std::process::id());
+            influx_database(&influx, &db).await;
+            let raw = report("influxdb raw", n, influxdb_raw(&influx, &db, &records).await);
+            let options = serde_json::json!({ "url": influx, "database": format!("bench_sink{round}_{}", std::process::id()), "create_database": true });
             let s = report("influxdb sink", n, sink("influxdb", options, &records).await);
             println!("{:<28} {:.2}", "  sink / raw", s / raw);
         }
