@@ -61,8 +61,9 @@ impl Drop for Cluster {
 }
 
 /// Partitions of the test topic: the mock keeps the newest 5 MB of each partition, so
-/// 100k messages spread over 16 (no key: librdkafka's sticky partitioner) stay whole.
-const PARTITIONS: i32 = 16;
+/// 100k messages spread over 64 (no key: librdkafka's sticky partitioner) stay whole
+/// even when the counting consumer falls behind.
+const PARTITIONS: i32 = 64;
 
 fn cluster(name: &str) -> Cluster {
     let mock = MockCluster::new(1).unwrap();

@@ -165,10 +165,6 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(())
-    }
-
     async fn close(&mut self) -> Result<(), SinkError> {
         if let Some(producer) = self.producer.take() {
             let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
