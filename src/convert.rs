@@ -211,6 +211,8 @@ pub fn deliveries_from_wire(batch: pb::DeliveryBatch) -> Result<Vec<Delivery>, B
             payload: d.payload,
             headers: headers_from_wire(d.headers),
             retained: d.retained,
+            // The wire does not carry the publish-time flag; a replay was retained.
+            retain: d.retained,
         })
         .collect())
 }

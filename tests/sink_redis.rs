@@ -30,9 +30,15 @@ struct Streams {
 const POISON_TOPIC: &str = "telemetry.poison.env";
 
 impl Streams {
+    /// A connection for counting: reading 100k entries back takes longer than the
+    /// client's default half-second response timeout in a debug build under load.
     async fn connection(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(format!("redis://{}", self.server)).unwrap();
-        client.get_multiplexed_async_connection().await.unwrap()
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(30)));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap()
     }
 
     async fn keys(&self) -> Vec<String> {

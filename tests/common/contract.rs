@@ -63,7 +63,7 @@ where
 }
 
 /// The sink under test, named `sink`, on `telemetry.>`, its destination at `addr`.
-fn sink<D: Destination>(d: &D, addr: SocketAddr) -> SinkConfig {
+pub fn sink<D: Destination>(d: &D, addr: SocketAddr) -> SinkConfig {
     let mut s = SinkConfig::new("sink", D::KIND, &["telemetry.>"]);
     for (k, v) in d.options(addr) {
         s = s.option(k, v);

@@ -92,6 +92,7 @@ async fn sink_alone(url: &str, rows: usize, idempotent: bool) {
             message_id: format!("bench.rows:{i}"),
             headers: Default::default(),
             payload: Bytes::from(payload(i)),
+            retain: false,
         })
         .collect();
     let start = Instant::now();

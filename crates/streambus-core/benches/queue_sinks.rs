@@ -47,6 +47,7 @@ fn records(n: usize) -> Vec<Record> {
             message_id: format!("bench-{i}"),
             headers: Headers::default(),
             payload: payload(i),
+            retain: false,
         })
         .collect()
 }
@@ -273,7 +274,10 @@ async fn main() {
             let (h, p) = host.split_once(':').unwrap_or((host.as_str(), "1883"));
             let options =
                 serde_json::json!({ "host": h, "port": p.parse::<u16>().unwrap(), "qos": 1, "topic": "bench/{topic}" });
-            report("mqtt qos 1 sink", n, sink("mqtt", options, &records).await);
+            report("mqtt qos 1 sink", n, sink("mqtt", options.clone(), &records).await);
+            let mut options = options;
+            options["protocol"] = "5".into();
+            report("mqtt 5 qos 1 sink", n, sink("mqtt", options, &records).await);
         }
         if reachable(&influx).await {
             let db = format!("bench_raw{round}_{}", std::process::id());

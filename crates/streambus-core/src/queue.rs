@@ -623,6 +623,7 @@ mod tests {
             payload: Bytes::from(vec![0u8; size]),
             headers: Headers::new(),
             retained: false,
+            retain: false,
         })
         .collect()
     }

@@ -452,13 +452,13 @@ impl Disk {
             let mut offset = 0;
             while offset < data.len() && out.len() < max_events && bytes < max_bytes {
                 match exact(&data[offset..]) {
-                    Scan::Frame { id, body, len } => {
+                    Scan::Frame { version, id, body, len } => {
                         offset += len;
                         if id < self.next_read {
                             continue;
                         }
                         self.next_read = id + 1;
-                        if let Some(record) = decode_record(body) {
+                        if let Some(record) = decode_record(version, body) {
                             bytes += record.byte_len();
                             out.push((id, record));
                         } else {
@@ -671,6 +671,7 @@ mod tests {
             message_id: format!("m{i}"),
             headers: vec![("k".to_owned(), format!("v{i}"))].into(),
             payload: Bytes::from(format!("payload-{i}").repeat(1 + (i % 5) as usize)),
+            retain: false,
         }
     }
 
@@ -863,6 +864,7 @@ mod tests {
         .unwrap();
         let big = |i: u64| Record {
             payload: Bytes::from(vec![i as u8; 100_000 + i as usize]),
+            retain: false,
             ..record(i)
         };
         let records: Vec<Record> = (1..=100).map(big).collect();

@@ -77,6 +77,7 @@ mod tests {
             message_id: "m".into(),
             headers: vec![("k".to_owned(), "v".to_owned())].into(),
             payload: Bytes::from_static(payload),
+            retain: false,
         };
         let mut out = Vec::new();
         json_line(&r, &mut out);

@@ -28,6 +28,8 @@ pub struct Record {
     pub headers: Headers,
     /// The opaque body.
     pub payload: Bytes,
+    /// The publisher asked the bus to retain it (see [`Delivery::retain`]).
+    pub retain: bool,
 }
 
 impl Record {
@@ -44,6 +46,7 @@ impl Record {
             message_id,
             headers: d.headers.clone(),
             payload: d.payload.clone(),
+            retain: d.retain,
         }
     }
 
@@ -65,6 +68,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             headers: headers.into(),
             retained: false,
+            retain: false,
         }
     }
 

@@ -122,6 +122,10 @@ pub struct Delivery {
     pub headers: Headers,
     /// True when this is the topic's retained value replayed to a new subscriber.
     pub retained: bool,
+    /// True when the publisher asked the topic to retain the message (on its live
+    /// delivery as on its replays), so that a sink can carry the flag on (an MQTT
+    /// broker's retained message).
+    pub retain: bool,
 }
 
 impl Delivery {

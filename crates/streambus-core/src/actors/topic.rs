@@ -310,6 +310,7 @@ impl TopicState {
                         payload: m.payload.clone(),
                         headers: m.headers.clone(),
                         retained: true,
+                        retain: true,
                     });
                 }
                 Delivery {
@@ -319,6 +320,7 @@ impl TopicState {
                     payload: m.payload,
                     headers: m.headers,
                     retained: false,
+                    retain: m.retain,
                 }
             })
             .collect();

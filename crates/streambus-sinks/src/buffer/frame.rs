@@ -6,6 +6,10 @@
 //! body = record id: u64 LE, then the record in bincode (standard config, serde)
 //! ```
 //!
+//! Version 2 added the record's `retain` flag. Version 1 frames (written before it)
+//! are still read, as records without the flag, so a buffer left by an older bus
+//! drains after an upgrade.
+//!
 //! [`scan`] looks at the start of a byte slice and says what is there: a valid frame, a
 //! frame of another format version, damage to skip (and how far), or a frame cut by the
 //! end of the slice. It is a pure function of the bytes, so recovery from any corruption
@@ -19,7 +23,9 @@ use bincode::error::EncodeError;
 use crate::record::Record;
 
 /// Format version written in every frame.
-pub(super) const VERSION: u8 = 1;
+pub(super) const VERSION: u8 = 2;
+/// The oldest format version still read.
+const OLDEST_VERSION: u8 = 1;
 /// Length, CRC and version.
 pub(super) const HEADER: usize = 9;
 /// Larger frames are taken as corruption (the bus's message limit is far below).
@@ -28,9 +34,14 @@ const MAX_FRAME: usize = 256 * 1024 * 1024;
 /// What scanning the start of a byte slice found.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Scan<'a> {
-    /// A valid frame: its record id, its record bytes, its whole length.
-    Frame { id: u64, body: &'a [u8], len: usize },
-    /// A complete, checksummed frame of another format version.
+    /// A valid frame: its format version, record id, record bytes and whole length.
+    Frame {
+        version: u8,
+        id: u64,
+        body: &'a [u8],
+        len: usize,
+    },
+    /// A complete, checksummed frame of a format version this one cannot read.
     Version(u8),
     /// Not a valid frame: skip this many bytes to the next valid frame (or the end).
     Corrupt(usize),
@@ -53,7 +64,7 @@ pub(super) fn scan(buf: &[u8]) -> Scan<'_> {
         return Scan::Incomplete;
     }
     let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-    let plausible = (8..=MAX_FRAME).contains(&len) && buf[8] == VERSION;
+    let plausible = (8..=MAX_FRAME).contains(&len) && (OLDEST_VERSION..=VERSION).contains(&buf[8]);
     if plausible && buf.len() < HEADER + len {
         // A frame cut by the end of what is written, or a damaged length: only a valid
         // frame further on tells the two apart.
@@ -80,11 +91,12 @@ pub(super) fn scan(buf: &[u8]) -> Scan<'_> {
 }
 
 fn found(version: u8, body: &[u8], len: usize) -> Scan<'_> {
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Scan::Version(version);
     }
     let id = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
     Scan::Frame {
+        version,
         id,
         body: &body[8..],
         len: HEADER + len,
@@ -124,10 +136,34 @@ pub(super) fn encode_frame(id: u64, record: &Record, out: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
-pub(super) fn decode_record(body: &[u8]) -> Option<Record> {
+/// The record in a frame body of format `version`.
+pub(super) fn decode_record(version: u8, body: &[u8]) -> Option<Record> {
+    if version == 1 {
+        let (r, _): (RecordV1, _) = bincode::serde::decode_from_slice(body, bincode::config::standard()).ok()?;
+        return Some(Record {
+            topic: r.topic,
+            sequence: r.sequence,
+            timestamp_ns: r.timestamp_ns,
+            message_id: r.message_id,
+            headers: r.headers,
+            payload: r.payload,
+            retain: false,
+        });
+    }
     bincode::serde::decode_from_slice(body, bincode::config::standard())
         .ok()
         .map(|(r, _)| r)
+}
+
+/// A record as format version 1 wrote it (no `retain` flag).
+#[derive(serde::Deserialize, serde::Serialize)]
+struct RecordV1 {
+    topic: streambus_types::Topic,
+    sequence: u64,
+    timestamp_ns: u64,
+    message_id: String,
+    headers: streambus_types::Headers,
+    payload: bytes::Bytes,
 }
 
 #[cfg(test)]
@@ -145,6 +181,7 @@ mod tests {
             message_id: format!("m{i}"),
             headers: vec![("k".to_owned(), format!("v{i}"))].into(),
             payload: Bytes::from(format!("payload-{i}")),
+            retain: i.is_multiple_of(2),
         }
     }
 
@@ -156,10 +193,10 @@ mod tests {
         for i in 1..=3 {
             encode_frame(i, &record(i), &mut buf).unwrap();
         }
-        let Scan::Frame { id, body, len } = scan(&buf) else {
+        let Scan::Frame { version, id, body, len } = scan(&buf) else {
             panic!("no frame")
         };
-        assert_eq!((id, decode_record(body).unwrap()), (1, record(1)));
+        assert_eq!((id, decode_record(version, body).unwrap()), (1, record(1)));
         let second = len;
         let mut flipped = buf.clone();
         flipped[HEADER + 10] ^= 0xff;
@@ -170,9 +207,35 @@ mod tests {
         assert_eq!(scan(&buf[..second - 1]), Scan::Incomplete);
         let mut future = Vec::new();
         encode_frame(9, &record(9), &mut future).unwrap();
-        future[8] = 2;
+        future[8] = VERSION + 1;
         let crc = crc32fast::hash(&future[8..]);
         future[4..8].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(scan(&future), Scan::Version(2));
+        assert_eq!(scan(&future), Scan::Version(VERSION + 1));
+    }
+
+    /// A version 1 frame (no `retain` flag) is still found and read, as not retained.
+    #[test]
+    fn version_1_frames_are_read() {
+        let r = record(2);
+        let v1 = RecordV1 {
+            topic: r.topic.clone(),
+            sequence: r.sequence,
+            timestamp_ns: r.timestamp_ns,
+            message_id: r.message_id.clone(),
+            headers: r.headers.clone(),
+            payload: r.payload.clone(),
+        };
+        let mut body = vec![1u8];
+        body.extend_from_slice(&7u64.to_le_bytes());
+        bincode::serde::encode_into_std_write(&v1, &mut body, bincode::config::standard()).unwrap();
+        let mut frame = ((body.len() - 1) as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let Scan::Frame { version, id, body, len } = scan(&frame) else {
+            panic!("no frame")
+        };
+        assert_eq!((version, id, len), (1, 7, frame.len()));
+        assert_eq!(decode_record(version, body), Some(Record { retain: false, ..r }));
+        assert_eq!(exact(&frame), scan(&frame));
     }
 }

@@ -185,6 +185,7 @@ mod tests {
                 message_id: i.to_string(),
                 headers: Default::default(),
                 payload: Bytes::from(format!("{{\"i\":{i}}}")),
+                retain: false,
             })
             .collect()
     }

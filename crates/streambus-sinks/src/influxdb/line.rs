@@ -128,6 +128,7 @@ mod tests {
             message_id: "m".into(),
             headers: Headers::default(),
             payload: Bytes::copy_from_slice(payload),
+            retain: false,
         }
     }
 

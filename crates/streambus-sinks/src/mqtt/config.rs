@@ -19,9 +19,13 @@ pub struct MqttConfig {
     /// Quality of service: 0, 1 or 2.
     #[serde(default = "default_qos")]
     pub qos: u8,
-    /// Publish with the retain flag (the broker keeps the last message per topic).
+    /// Protocol version: `"3.1.1"` or `"5"`.
     #[serde(default)]
-    pub retain: bool,
+    pub protocol: Protocol,
+    /// When to publish with the retain flag (the broker keeps the last message per
+    /// topic): as the bus's publisher asked, always, or never.
+    #[serde(default)]
+    pub retain: Retain,
     /// Client id; empty means `streambus-<sink name>`.
     #[serde(default)]
     pub client_id: String,
@@ -40,6 +44,32 @@ pub struct MqttConfig {
     /// How long a batch's acknowledgements may take once its last message is sent.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+}
+
+/// The MQTT protocol version the sink speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// MQTT 3.1.1: payload only; a refused publish drops the connection.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5: headers as user properties, and a publish the broker refuses (reason
+    /// code) is a poison record.
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// When a message is published with the retain flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retain {
+    /// When the bus's publisher marked it retain.
+    #[default]
+    AsPublished,
+    /// Every message.
+    Always,
+    /// No message.
+    Never,
 }
 
 fn default_port() -> u16 {
@@ -128,6 +158,18 @@ mod tests {
         assert_eq!(
             build(json!({ "host": "h", "password": "p" })),
             Err("sinks.broker.username".into())
+        );
+        assert_eq!(
+            build(json!({ "host": "h", "protocol": "5", "retain": "always" })),
+            Ok(())
+        );
+        assert_eq!(
+            build(json!({ "host": "h", "protocol": "4" })),
+            Err("sinks.broker.protocol".into())
+        );
+        assert_eq!(
+            build(json!({ "host": "h", "retain": true })),
+            Err("sinks.broker.retain".into())
         );
     }
 }
