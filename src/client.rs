@@ -53,6 +53,7 @@
 mod connection;
 mod publish;
 mod router;
+mod security;
 mod shared;
 mod subscription;
 
@@ -68,6 +69,7 @@ use tonic::transport::Endpoint;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
 use pb::client_frame::Frame as Out;
+pub use security::{ClientAuth, ClientTls};
 use shared::{LiveSubscription, Pending, Shared};
 pub use subscription::ClientSubscription;
 
@@ -140,6 +142,10 @@ pub struct ClientOptions {
     pub ping_interval: Duration,
     /// Whether to reconnect at all after the stream is lost.
     pub reconnect: bool,
+    /// Credentials, sent as `authorization` metadata on every connection.
+    pub auth: ClientAuth,
+    /// TLS (an `https://` URL): the server's CA and an optional client certificate.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientOptions {
@@ -153,6 +159,39 @@ impl ClientOptions {
             reconnect_max: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             reconnect: true,
+            auth: ClientAuth::None,
+            tls: None,
+        }
+    }
+
+    /// Authenticates with a bearer token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = ClientAuth::Token(token.into());
+        self
+    }
+
+    /// Authenticates with a user name and password.
+    pub fn user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = ClientAuth::Basic {
+            user: user.into(),
+            password: password.into(),
+        };
+        self
+    }
+
+    /// Connects over TLS (the URL must be `https://`).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The endpoint these options describe (TLS applied), for a client of the bus's
+    /// other services (the article's chat) that should connect the same way.
+    pub fn endpoint(&self) -> Result<Endpoint, ClientError> {
+        let endpoint = Endpoint::from_shared(self.url.clone()).map_err(ClientError::Connect)?;
+        match &self.tls {
+            Some(tls) => tls.apply(endpoint).map_err(ClientError::Connect),
+            None => Ok(endpoint),
         }
     }
 
@@ -240,8 +279,9 @@ impl Client {
     /// Connects; fails if the first connection cannot be made.
     pub async fn connect_with(options: ClientOptions) -> Result<Client, ClientError> {
         let shared = Shared::new(options);
-        let channel = Endpoint::from_shared(shared.options.url.clone())
-            .map_err(ClientError::Connect)?
+        let channel = shared
+            .options
+            .endpoint()?
             .tcp_nodelay(true)
             // Room for whole delivery frames in flight (see the server's windows).
             .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)

@@ -25,12 +25,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod proto;
 pub mod server;
+pub mod tls;
 
 pub use streambus_core::*;
 pub use {streambus_core as core, streambus_types as types};

@@ -6,6 +6,7 @@
 //! streambus sub 'sensors.>'                # print what arrives, like `nats sub`
 //! streambus pub sensors.dev1.temp 21.5     # publish and wait for the ack
 //! streambus chat hello world               # stream.ChatService/BidirectionalChat
+//! streambus passwd < password.txt          # a password hash for [[auth.users]]
 //! ```
 //!
 //! Exit status: 0 when the command did what it was asked (for `serve`: it stopped on a
@@ -21,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use streambus::client::{Client, ClientOptions};
+use streambus::client::{Client, ClientOptions, ClientTls};
 use streambus::proto::stream::Message as ChatMessage;
 use streambus::proto::stream::chat_service_client::ChatServiceClient;
 use streambus::{Bus, Event, Message, OverflowPolicy, SubscriptionOptions, Topic};
@@ -109,6 +110,14 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Print an argon2id hash of a password read from standard input (one line), for
+    /// `password_hash` in `[[auth.users]]`; with `--token`, make a random token and print
+    /// it with its hash, for `token_hash`.
+    Passwd {
+        /// Make a token instead of hashing a password.
+        #[arg(long)]
+        token: bool,
+    },
     /// The article's chat client: sends each message, prints each echo.
     Chat {
         /// Messages to send; with none, each line of standard input is one.
@@ -123,9 +132,49 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServerArg {
-    /// Server URL.
+    /// Server URL (`https://…` for TLS).
     #[arg(long, env = "STREAMBUS_URL", default_value = "http://127.0.0.1:50051")]
     url: String,
+    /// Bearer token.
+    #[arg(long, env = "STREAMBUS_TOKEN", hide_env_values = true, conflicts_with = "user")]
+    token: Option<String>,
+    /// User name (the password from `--password` or STREAMBUS_PASSWORD).
+    #[arg(long, env = "STREAMBUS_USER", requires = "password")]
+    user: Option<String>,
+    /// Password of `--user`.
+    #[arg(long, env = "STREAMBUS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// CA certificate (PEM) that signs the server's certificate.
+    #[arg(long, env = "STREAMBUS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS.
+    #[arg(long, env = "STREAMBUS_TLS_CERT", requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (PEM), for mutual TLS.
+    #[arg(long, env = "STREAMBUS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Name to check the server's certificate against (default: the URL's host).
+    #[arg(long)]
+    tls_domain: Option<String>,
+}
+
+impl ServerArg {
+    /// Client options for a client called `name`.
+    fn options(&self, name: &str) -> anyhow::Result<ClientOptions> {
+        let mut options = ClientOptions::new(&self.url).name(name).reconnect(false);
+        if let Some(token) = &self.token {
+            options = options.token(token);
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user(user, password);
+        }
+        if let Some(ca) = &self.tls_ca {
+            let mut tls = ClientTls::from_files(ca, self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+            tls.domain = self.tls_domain.clone();
+            options = options.tls(tls);
+        }
+        Ok(options)
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -179,6 +228,8 @@ async fn main() -> ExitCode {
             .init(),
         LogFormat::Json => logs.json().with_current_span(true).init(),
     }
+    // One crypto provider for every TLS user in the process (ring), before any of them.
+    streambus::tls::install_crypto_provider();
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -206,7 +257,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             retain,
             durable,
             server,
-        } => publish(&server.url, &topic, message, count, headers, retain, durable)
+        } => publish(&server, &topic, message, count, headers, retain, durable)
             .await
             .map(|()| done),
         Command::Sub {
@@ -215,14 +266,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             overflow,
             count,
             server,
-        } => subscribe(&server.url, &filter, group, overflow, count)
-            .await
-            .map(|()| done),
+        } => subscribe(&server, &filter, group, overflow, count).await.map(|()| done),
+        Command::Passwd { token } => passwd(token).map(|()| done),
         Command::Chat {
             messages,
             interval_ms,
             server,
-        } => chat(&server.url, messages, Duration::from_millis(interval_ms))
+        } => chat(&server, messages, Duration::from_millis(interval_ms))
             .await
             .map(|()| done),
     }
@@ -248,10 +298,23 @@ async fn serve(
         streambus::server::bind(config.grpc.addr).with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
     let addr = listener.local_addr()?;
     let admin_config = config.admin.clone();
+    let auth = config.auth.clone();
     let bus = Bus::start(config).await?;
     let admin = if admin_config.enabled {
         let at = admin_config.addr;
-        match streambus_admin::Admin::start(bus.clone(), admin_config) {
+        // With authentication on, the admin plane asks for the same identities.
+        let gate = match auth.enabled {
+            true => {
+                let authenticator =
+                    streambus::auth::Authenticator::new(auth).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+                Some(
+                    std::sync::Arc::new(streambus::auth::AdminGate(std::sync::Arc::new(authenticator)))
+                        as streambus_admin::SharedGate,
+                )
+            }
+            false => None,
+        };
+        match streambus_admin::Admin::start_with(bus.clone(), admin_config, gate) {
             Ok(admin) => Some(admin),
             Err(e) => {
                 bus.shutdown().await;
@@ -308,14 +371,31 @@ async fn shutdown_signal() {
     }
 }
 
-async fn connect(url: &str, name: &str) -> anyhow::Result<Client> {
-    Client::connect_with(ClientOptions::new(url).name(name).reconnect(false))
+async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
+    Client::connect_with(server.options(name)?)
         .await
-        .with_context(|| format!("cannot reach a streambus server at {url}"))
+        .with_context(|| format!("cannot reach a streambus server at {}", server.url))
+}
+
+/// `streambus passwd`: a password hash, or a new token and its hash.
+fn passwd(token: bool) -> anyhow::Result<()> {
+    if token {
+        let (token, hash) = streambus::auth::new_token();
+        println!("token:      {token}");
+        println!("token_hash: {hash}");
+        return Ok(());
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    let hash = streambus::auth::hash_password(password).map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
+    println!("{hash}");
+    Ok(())
 }
 
 async fn publish(
-    url: &str,
+    server: &ServerArg,
     topic: &str,
     payload: String,
     count: u64,
@@ -333,7 +413,7 @@ async fn publish(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut message = Message::new(Topic::new(topic)?, payload).with_headers(headers);
     message.retain = retain;
-    let client = connect(url, "streambus-pub").await?;
+    let client = connect(server, "streambus-pub").await?;
     let per_batch = client.welcome().map_or(1, |w| w.max_batch_messages.max(1));
     let mut accepted = 0;
     while accepted < count {
@@ -352,7 +432,7 @@ async fn publish(
 }
 
 async fn subscribe(
-    url: &str,
+    server: &ServerArg,
     filter: &str,
     group: Option<String>,
     overflow: Option<Overflow>,
@@ -365,7 +445,7 @@ async fn subscribe(
     if let Some(o) = overflow {
         options = options.overflow(o.into());
     }
-    let client = connect(url, "streambus-sub").await?;
+    let client = connect(server, "streambus-sub").await?;
     let mut subscription = client.subscribe(filter, options).await?;
     eprintln!("subscribed to {filter}");
     let mut received = 0;
@@ -409,8 +489,9 @@ async fn subscribe(
 
 /// The article's client: one task sends (pausing between messages), this one prints
 /// the echoes until the server ends the stream.
-async fn chat(url: &str, messages: Vec<String>, interval: Duration) -> anyhow::Result<()> {
-    let mut client = chat_client(url).await?;
+async fn chat(server: &ServerArg, messages: Vec<String>, interval: Duration) -> anyhow::Result<()> {
+    let options = server.options("chat")?;
+    let mut client = chat_client(&options).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<ChatMessage>(64);
     let sender = tokio::spawn(async move {
         let send = |content: String| {
@@ -436,10 +517,9 @@ async fn chat(url: &str, messages: Vec<String>, interval: Duration) -> anyhow::R
         }
         // Dropping the last sender ends the request stream (CloseSend).
     });
-    let mut echoes = client
-        .bidirectional_chat(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    options.auth.apply(&mut request);
+    let mut echoes = client.bidirectional_chat(request).await?.into_inner();
     while let Some(reply) = echoes.message().await? {
         println!("Received: {}", reply.content);
     }
@@ -449,10 +529,11 @@ async fn chat(url: &str, messages: Vec<String>, interval: Duration) -> anyhow::R
 
 /// A chat client for `url`. (Generated clients have no `connect(url)` here: it would
 /// clash with the bus service's `Connect` rpc.)
-async fn chat_client(url: &str) -> anyhow::Result<ChatServiceClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+async fn chat_client(options: &ClientOptions) -> anyhow::Result<ChatServiceClient<tonic::transport::Channel>> {
+    let channel = options
+        .endpoint()?
         .connect()
         .await
-        .with_context(|| format!("cannot reach a streambus server at {url}"))?;
+        .with_context(|| format!("cannot reach a streambus server at {}", options.url))?;
     Ok(ChatServiceClient::new(channel))
 }

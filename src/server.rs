@@ -38,15 +38,18 @@ mod shutdown;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use streambus_core::{Bus, BusConfig};
+use streambus_core::{Bus, BusConfig, ConnectOptions};
 use streambus_types::config::{GrpcConfig, LimitsConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::Status;
 use tonic::transport::Server;
+
+use crate::auth::{Authenticator, Credentials};
 use tonic::transport::server::TcpIncoming;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -150,6 +153,12 @@ pub enum ServeError {
     /// The server task panicked or was cancelled.
     #[error("server task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The authentication configuration could not be loaded (the JWT key).
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// What every stream handler shares.
@@ -163,6 +172,8 @@ pub(crate) struct Context {
     pub(crate) limits: LimitsConfig,
     /// The shutdown phase, drain deadline and undelivered count every stream shares.
     pub(crate) shutdown: Shutdown,
+    /// Checks credentials when `[auth]` is on; `None`: every client may do anything.
+    pub(crate) auth: Option<Arc<Authenticator>>,
 }
 
 impl Context {
@@ -187,6 +198,45 @@ impl Context {
     pub(crate) fn drain_timeout(&self) -> Duration {
         self.shutdown.budget()
     }
+
+    /// The credentials of a request (metadata and client certificate).
+    pub(crate) fn credentials<T>(&self, request: &tonic::Request<T>) -> Credentials {
+        match &self.auth {
+            Some(auth) => {
+                let certs = request.peer_certs();
+                Credentials::from_request(
+                    request.metadata(),
+                    certs.as_deref().map(Vec::as_slice),
+                    auth.certificate_identity(),
+                )
+            }
+            None => Credentials::default(),
+        }
+    }
+
+    /// Session options for a client called `name` with `credentials`: with
+    /// authentication on, its identity's rights, or `UNAUTHENTICATED`.
+    pub(crate) async fn connect_options(
+        &self,
+        name: &str,
+        credentials: &Credentials,
+    ) -> Result<ConnectOptions, Status> {
+        let options = ConnectOptions::named(name);
+        let Some(auth) = &self.auth else {
+            return Ok(options);
+        };
+        match auth.authenticate(credentials).await {
+            Ok(access) => {
+                tracing::debug!(identity = access.identity(), client = name, "authenticated");
+                Ok(options.access(access))
+            }
+            Err(status) => {
+                self.bus.note_refusal(streambus_core::ErrorCode::Unauthenticated);
+                tracing::warn!(client = name, reason = status.message(), "authentication failed");
+                Err(status)
+            }
+        }
+    }
 }
 
 /// Serves `bus` on `listener` until `signal` resolves, then drains (see the module doc),
@@ -198,11 +248,21 @@ pub async fn serve(
 ) -> Result<DrainReport, ServeError> {
     let config = bus.config().clone();
     let (shutdown, phase) = Shutdown::new(Duration::from_millis(config.shutdown.drain_timeout_ms));
+    let tls = match &config.grpc.tls {
+        Some(tls) => Some(crate::tls::Reloader::new(tls.clone())?),
+        None => None,
+    };
     let context = Context {
         bus: bus.clone(),
         grpc: config.grpc.clone(),
         limits: config.limits.clone(),
         shutdown: shutdown.clone(),
+        auth: match config.auth.enabled {
+            true => Some(Arc::new(
+                Authenticator::new(config.auth.clone()).map_err(ServeError::Auth)?,
+            )),
+            false => None,
+        },
     };
     let frame_limit = max_frame_bytes(&config.limits);
 
@@ -239,13 +299,18 @@ pub async fn serve(
         let _ = fired_tx.send(());
     };
     let incoming = tcp_incoming(listener, &config);
-    let served = http2_settings(Server::builder(), &config)
+    let router = http2_settings(Server::builder(), &config)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(bus_service)
-        .add_service(chat_service)
-        .serve_with_incoming_shutdown(incoming, shutdown_signal);
+        .add_service(chat_service);
+    // Certificates are watched for as long as the server runs.
+    let watcher = tls.as_ref().map(|t| AbortOnDrop(t.watch()));
+    let served: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + '_>> = match &tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(incoming), shutdown_signal)),
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming, shutdown_signal)),
+    };
     // Once the signal fired: the bus drains into subscriber buffers, then the streams
     // close and flush; the whole is bounded by the drain timeout and a grace second.
     let quiesced = OnceLock::new();
@@ -275,6 +340,7 @@ pub async fn serve(
         inflight_batches: quiesced.inflight_batches,
         undelivered,
     };
+    drop(watcher);
     bus.shutdown().await;
     if report.complete {
         tracing::info!("grpc server stopped; everything admitted was delivered");
@@ -286,6 +352,15 @@ pub async fn serve(
         );
     }
     result.map(|()| report)
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A server running in a background task (for embedding and tests).

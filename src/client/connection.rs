@@ -47,11 +47,14 @@ pub(super) async fn connect_once(shared: &Arc<Shared>, channel: Channel) -> Resu
         frame: Some(Out::Hello(pb::Hello {
             client_name: shared.options.name.clone(),
             initial_credit,
+            ..Default::default()
         })),
     };
     tx.send(hello).await.map_err(|_| ClientError::Closed)?;
     let mut client = BusClient::new(channel).max_decoding_message_size(usize::MAX);
-    let mut responses = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    shared.options.auth.apply(&mut request);
+    let mut responses = client.connect(request).await?.into_inner();
     let welcome = match responses.message().await? {
         Some(pb::ServerFrame {
             frame: Some(In::Welcome(w)),

@@ -10,7 +10,9 @@
 use std::pin::{Pin, pin};
 
 use futures::Stream;
-use streambus_core::{BusError, CloseReason, ConnectOptions, SessionHandle};
+use streambus_core::{BusError, CloseReason, SessionHandle};
+
+use crate::auth::Credentials;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -65,29 +67,49 @@ impl pb::bus_server::Bus for BusService {
 
     async fn connect(&self, request: Request<Streaming<pb::ClientFrame>>) -> Result<Response<FrameStream>, Status> {
         let peer = request.remote_addr();
-        let rx = super::connect::open(self.context.clone(), peer, request.into_inner()).await?;
+        let credentials = self.context.credentials(&request);
+        let rx = super::connect::open(self.context.clone(), peer, credentials, request.into_inner()).await?;
         Ok(Response::new(Box::pin(rx)))
     }
 
     async fn publish(&self, request: Request<pb::PublishBatch>) -> Result<Response<pb::PublishAck>, Status> {
+        // With authentication on, each call is a session of its caller's identity (its
+        // permissions and quota); otherwise calls share the bus's default session.
+        let own = match self.context.auth {
+            Some(_) => Some(
+                self.open_session("publish", &self.context.credentials(&request))
+                    .await?,
+            ),
+            None => None,
+        };
         let batch = request.into_inner();
         let publish_id = batch.publish_id.unwrap_or(0);
-        let session = self
-            .context
-            .bus
-            .default_session()
-            .await
-            .map_err(|e| convert::status(&e))?;
-        let accepted = self.publish_batch(&session, batch).await?;
-        Ok(Response::new(pb::PublishAck { publish_id, accepted }))
+        let session = match &own {
+            Some(session) => session.clone(),
+            None => self
+                .context
+                .bus
+                .default_session()
+                .await
+                .map_err(|e| convert::status(&e))?,
+        };
+        let accepted = self.publish_batch(&session, batch).await;
+        if let Some(session) = own {
+            let _ = session.close().await;
+        }
+        Ok(Response::new(pb::PublishAck {
+            publish_id,
+            accepted: accepted?,
+        }))
     }
 
     type SubscribeStream = FrameStream;
 
     async fn subscribe(&self, request: Request<pb::Subscribe>) -> Result<Response<FrameStream>, Status> {
+        let credentials = self.context.credentials(&request);
         let request = request.into_inner();
         let (filter, options) = convert::subscription(&request).map_err(|e| convert::status(&e))?;
-        let session = self.open_session("subscribe").await?;
+        let session = self.open_session("subscribe", &credentials).await?;
         let subscription = match session.subscribe(filter.as_str(), options).await {
             Ok(s) => s,
             Err(e) => {
@@ -149,8 +171,9 @@ impl pb::bus_server::Bus for BusService {
         &self,
         request: Request<Streaming<pb::PublishBatch>>,
     ) -> Result<Response<pb::PublishAck>, Status> {
+        let credentials = self.context.credentials(&request);
         let mut inbound = request.into_inner();
-        let session = self.open_session("publish-stream").await?;
+        let session = self.open_session("publish-stream", &credentials).await?;
         let mut accepted = 0;
         let mut stopping = pin!(self.context.stopping());
         let result = loop {
@@ -183,10 +206,11 @@ impl pb::bus_server::Bus for BusService {
 }
 
 impl BusService {
-    async fn open_session(&self, name: &str) -> Result<SessionHandle, Status> {
+    async fn open_session(&self, name: &str, credentials: &Credentials) -> Result<SessionHandle, Status> {
+        let options = self.context.connect_options(name, credentials).await?;
         self.context
             .bus
-            .connect(ConnectOptions::named(name))
+            .connect(options)
             .await
             .map_err(|e: BusError| convert::status(&e))
     }

@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use futures::task::AtomicWaker;
-use streambus_core::{ConnectOptions, SessionHandle, Subscription};
+use streambus_core::{SessionHandle, Subscription};
 use streambus_types::{Event, Message, OverflowPolicy, SubscriptionOptions, Topic};
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
@@ -70,11 +70,8 @@ impl chat::chat_service_server::ChatService for ChatService {
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<ChatStream>, Status> {
         let context = self.context.clone();
-        let session = context
-            .bus
-            .connect(ConnectOptions::named("chat"))
-            .await
-            .map_err(|e| convert::status(&e))?;
+        let options = context.connect_options("chat", &context.credentials(&request)).await?;
+        let session = context.bus.connect(options).await.map_err(|e| convert::status(&e))?;
         let topic = match Topic::new(&format!("$chat.{}", session.id())) {
             Ok(t) => t,
             Err(e) => {

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::pin::pin;
 use std::time::Duration;
 
-use streambus_core::{BusError, ConnectOptions, SessionHandle, SubscriptionId};
+use streambus_core::{BusError, SessionHandle, SubscriptionId};
 use streambus_types::{CloseReason, ErrorCode};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -44,6 +44,7 @@ use tracing::Instrument;
 use super::Context;
 use super::outbound::{Outbound, OutboundStream};
 use super::pump::{self, DeliveryCredits};
+use crate::auth::Credentials;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
 use pb::client_frame::Frame as In;
@@ -56,6 +57,7 @@ const ANONYMOUS: &str = "anonymous";
 pub(crate) async fn open(
     context: Context,
     peer: Option<std::net::SocketAddr>,
+    credentials: Credentials,
     mut inbound: Streaming<pb::ClientFrame>,
 ) -> Result<OutboundStream, Status> {
     let hello = match tokio::time::timeout(context.handshake_timeout(), inbound.message()).await {
@@ -72,8 +74,15 @@ pub(crate) async fn open(
     } else {
         hello.client_name
     };
-    let mut options = ConnectOptions::named(name.clone());
+    let credentials = credentials.with_hello(&hello.token, &hello.username, &hello.password);
+    let mut options = context.connect_options(&name, &credentials).await?;
     options.peer = peer.map(|p| p.to_string());
+    // Credentials that expire (a JWT's `exp`) end the stream when they do.
+    let expires = options
+        .access
+        .as_ref()
+        .and_then(|a| a.expires_at())
+        .map(|at| Instant::now() + at.duration_since(std::time::SystemTime::now()).unwrap_or_default());
     let session = context.bus.connect(options).await.map_err(|e| convert::status(&e))?;
     let (out, rx) = context.outbound();
     let max_frame_bytes = super::max_frame_bytes(&context.limits);
@@ -99,6 +108,7 @@ pub(crate) async fn open(
         give_up: watch::channel(false).0,
         max_frame_bytes,
         context,
+        expires,
     };
     tokio::spawn(connection.run(inbound).instrument(span));
     Ok(rx)
@@ -170,6 +180,8 @@ struct Connection {
     give_up: watch::Sender<bool>,
     /// Largest delivery frame a pump cuts (also what the client is told it may send).
     max_frame_bytes: usize,
+    /// When the client's credentials expire, if they do.
+    expires: Option<Instant>,
 }
 
 impl Connection {
@@ -192,12 +204,16 @@ impl Connection {
         // deliveries flow); it closes when the bus says everything admitted is buffered.
         let mut closing = pin!(context.closing());
         let mut kicked = pin!(self.session.close_requested());
+        let mut expired = pin!(tokio::time::sleep_until(
+            self.expires.unwrap_or(Instant::now() + far_future)
+        ));
         let end = loop {
             let frame = tokio::select! {
                 biased;
                 () = &mut closing => break End::Status(Status::unavailable("server shutting down")),
                 () = out.closed() => break End::gone(&out),
                 () = &mut kicked => break End::Status(Status::unavailable("session closed by an operator")),
+                () = &mut expired => break End::Status(Status::unauthenticated("credentials expired")),
                 () = &mut idle_timer => {
                     let due = last_frame + idle.unwrap_or(far_future);
                     if due > Instant::now() {

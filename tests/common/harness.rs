@@ -90,6 +90,7 @@ impl TestServer {
         raw.send(Out::Hello(pb::Hello {
             client_name: "raw".into(),
             initial_credit,
+            ..Default::default()
         }))
         .await;
         raw.start().await.unwrap();

@@ -43,10 +43,12 @@ use streambus_types::config::AdminConfig;
 mod api;
 mod dashboard;
 pub mod error;
+pub mod gate;
 mod health;
 pub mod metrics;
 
 pub use error::ApiError;
+pub use gate::{Gate, SharedGate};
 
 /// What every handler shares.
 pub struct AdminState {
@@ -57,6 +59,8 @@ pub struct AdminState {
     /// The session `POST /api/v1/publish` publishes through (named `http`), opened on
     /// first use; the async lock serializes only its (re)opening.
     http_session: tokio::sync::Mutex<Option<SessionHandle>>,
+    /// Checks credentials when authentication is on (see [`gate`]).
+    gate: Option<SharedGate>,
 }
 
 impl AdminState {
@@ -66,7 +70,14 @@ impl AdminState {
             bus,
             config,
             http_session: tokio::sync::Mutex::new(None),
+            gate: None,
         }
+    }
+
+    /// Asks every request but the probes for credentials, checked by `gate`.
+    pub fn with_gate(mut self, gate: SharedGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 }
 
@@ -77,25 +88,32 @@ pub fn routes(state: web::Data<AdminState>) -> impl FnOnce(&mut web::ServiceConf
         cfg.app_data(state)
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics))
-            .route("/", web::get().to(dashboard::page))
             .service(
-                web::scope("/api/v1")
-                    .route("/overview", web::get().to(api::overview))
-                    .route("/sessions", web::get().to(api::sessions))
-                    .route("/sessions/{id}", web::get().to(api::session))
-                    .route("/sessions/{id}/close", web::post().to(api::close_session))
-                    .route("/topics", web::get().to(api::topics))
-                    .route("/subscriptions", web::get().to(api::subscriptions))
-                    .route("/sinks", web::get().to(api::sinks))
-                    .route("/sinks/{name}/restart", web::post().to(api::restart_sink))
-                    .route("/tree", web::get().to(api::supervision_tree))
-                    .route("/publish", web::post().to(api::publish))
-                    .route("/dashboard", web::get().to(dashboard::state))
-                    .route("/dashboard/stream", web::get().to(dashboard::stream)),
-            )
-            .default_service(web::to(not_found));
+                web::scope("")
+                    .wrap(actix_web::middleware::from_fn(gate::check))
+                    .route("/metrics", web::get().to(health::metrics))
+                    .route("/", web::get().to(dashboard::page))
+                    .service(api_routes())
+                    .default_service(web::to(not_found)),
+            );
     }
+}
+
+/// The JSON API under `/api/v1`.
+fn api_routes() -> actix_web::Scope {
+    web::scope("/api/v1")
+        .route("/overview", web::get().to(api::overview))
+        .route("/sessions", web::get().to(api::sessions))
+        .route("/sessions/{id}", web::get().to(api::session))
+        .route("/sessions/{id}/close", web::post().to(api::close_session))
+        .route("/topics", web::get().to(api::topics))
+        .route("/subscriptions", web::get().to(api::subscriptions))
+        .route("/sinks", web::get().to(api::sinks))
+        .route("/sinks/{name}/restart", web::post().to(api::restart_sink))
+        .route("/tree", web::get().to(api::supervision_tree))
+        .route("/publish", web::post().to(api::publish))
+        .route("/dashboard", web::get().to(dashboard::state))
+        .route("/dashboard/stream", web::get().to(dashboard::stream))
 }
 
 /// Any other path.
@@ -121,9 +139,16 @@ impl Admin {
     /// Binds `config.addr` and serves the admin plane for `bus` on one worker thread.
     /// Must be called within a tokio runtime.
     pub fn start(bus: Bus, config: AdminConfig) -> std::io::Result<Admin> {
+        Admin::start_with(bus, config, None)
+    }
+
+    /// Like [`Admin::start`], with every endpoint but the probes behind `gate`.
+    pub fn start_with(bus: Bus, config: AdminConfig, gate: Option<SharedGate>) -> std::io::Result<Admin> {
         let listener = std::net::TcpListener::bind(config.addr)?;
         let addr = listener.local_addr()?;
-        let state = web::Data::new(AdminState::new(bus, config));
+        let mut state = AdminState::new(bus, config);
+        state.gate = gate;
+        let state = web::Data::new(state);
         let server = HttpServer::new(move || App::new().configure(routes(state.clone())))
             .workers(1)
             // The process's one shutdown path owns the signals.

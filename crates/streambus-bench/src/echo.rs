@@ -125,7 +125,9 @@ async fn stream(
     for _ in 0..window {
         tx.send(message(start)).await?;
     }
-    let mut echoes = client.bidirectional_chat(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    crate::credentials::auth().apply(&mut request);
+    let mut echoes = client.bidirectional_chat(request).await?.into_inner();
     let mut tx = Some(tx);
     let mut latencies = Latencies::new();
     loop {

@@ -21,6 +21,7 @@
 
 pub mod baseline;
 pub mod churn;
+pub mod credentials;
 pub mod devices;
 pub mod echo;
 pub mod plot;

@@ -27,6 +27,9 @@ use streambus_bench::{baseline, churn, devices, echo, plot, proc_stats, stalled}
 #[derive(Debug, Parser)]
 #[command(name = "streambus-bench", version, about)]
 struct Cli {
+    /// Bearer token every streambus connection presents (a bus with `[auth]` on).
+    #[arg(long, global = true, env = "STREAMBUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -364,7 +367,11 @@ async fn run_pubsub(workload: Workload, args: PubSubArgs) -> anyhow::Result<()> 
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(token) = cli.token {
+        streambus_bench::credentials::set_token(token);
+    }
+    match cli.command {
         Command::Echo {
             addr,
             conns,

@@ -217,7 +217,11 @@ impl Feed {
 
 pub(crate) async fn connect(target: &Target, bus: Option<&Bus>, name: String) -> anyhow::Result<Conn> {
     Ok(match target {
-        Target::Grpc(url) => Conn::Grpc(Client::connect_with(ClientOptions::new(url.clone()).name(name)).await?),
+        Target::Grpc(url) => {
+            let mut options = ClientOptions::new(url.clone()).name(name);
+            options.auth = crate::credentials::auth();
+            Conn::Grpc(Client::connect_with(options).await?)
+        }
         Target::Embedded => Conn::Embedded(
             bus.expect("an embedded target has a bus")
                 .connect(ConnectOptions::named(name))

@@ -37,6 +37,7 @@ use serde::Serialize;
 use streambus_sinks::SinkRegistry;
 use streambus_types::{BusConfig, CloseReason, Message, SubscriptionOptions};
 
+use crate::access::Access;
 use crate::actors::session::SessionId;
 use crate::actors::session::{SessionMessage, SessionSnapshot};
 use crate::actors::session_manager::{
@@ -58,12 +59,14 @@ use crate::subscription::Subscription;
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Options of a new session.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnectOptions {
     /// The client's name, shown in snapshots and logs.
     pub name: String,
     /// The client's network address, if it has one (shown in snapshots).
     pub peer: Option<String>,
+    /// What the session may do; `None`: anything.
+    pub access: Option<Access>,
 }
 
 impl ConnectOptions {
@@ -72,12 +75,19 @@ impl ConnectOptions {
         ConnectOptions {
             name: name.into(),
             peer: None,
+            access: None,
         }
     }
 
     /// The client's network address.
     pub fn peer(mut self, peer: impl Into<String>) -> Self {
         self.peer = Some(peer.into());
+        self
+    }
+
+    /// Restricts the session to `access` (its identity's permissions and quota).
+    pub fn access(mut self, access: Access) -> Self {
+        self.access = Some(access);
         self
     }
 }
@@ -253,7 +263,7 @@ impl Bus {
     /// Starts the sink runtime; its subscriptions and dead letters go through a session
     /// of its own, called `sinks`.
     async fn start_sinks(&self, prepared: Vec<PreparedSink>) -> Result<(), BusError> {
-        let (actor, shared) = self.open("sinks".into(), None, true).await?;
+        let (actor, shared) = self.open("sinks".into(), None, None, true).await?;
         let session = SessionHandle::new(self.inner.router.clone(), actor, shared);
         let runtime = SinkRuntime::start(&self.inner.config, prepared, session).await?;
         let _ = self.inner.sinks.set(runtime);
@@ -275,7 +285,13 @@ impl Bus {
 
     /// Opens a session; an `internal` one is the bus's own (see
     /// [`Bus::quiesce`]).
-    async fn open(&self, name: String, peer: Option<String>, internal: bool) -> Result<OpenedSession, BusError> {
+    async fn open(
+        &self,
+        name: String,
+        peer: Option<String>,
+        access: Option<Access>,
+        internal: bool,
+    ) -> Result<OpenedSession, BusError> {
         let router = &self.inner.router;
         if router.is_closing() {
             return Err(BusError::Closed);
@@ -290,6 +306,7 @@ impl Bus {
                     |reply| SessionManagerMessage::Open {
                         name,
                         peer,
+                        access: access.map(Box::new),
                         internal,
                         reply,
                     },
@@ -301,7 +318,7 @@ impl Bus {
 
     /// Opens a session.
     pub async fn connect(&self, options: ConnectOptions) -> Result<SessionHandle, BusError> {
-        let (actor, shared) = self.open(options.name, options.peer, false).await?;
+        let (actor, shared) = self.open(options.name, options.peer, options.access, false).await?;
         Ok(SessionHandle::new(self.inner.router.clone(), actor, shared))
     }
 
@@ -314,7 +331,7 @@ impl Bus {
                 return Ok(handle);
             }
         }
-        let (actor, shared) = self.open("default".into(), None, false).await?;
+        let (actor, shared) = self.open("default".into(), None, None, false).await?;
         *slot = Some((actor.clone(), shared.clone()));
         Ok(SessionHandle::new(self.inner.router.clone(), actor, shared))
     }
@@ -402,6 +419,12 @@ impl Bus {
     /// The bus-wide metrics alone (atomic reads, no actor call).
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.router.metrics.snapshot()
+    }
+
+    /// Counts a request refused with `code` before any session saw it (a transport's
+    /// refusal: a client that failed to authenticate).
+    pub fn note_refusal(&self, code: streambus_types::ErrorCode) {
+        self.inner.router.metrics.refused(code);
     }
 
     /// Whether the bus takes new sessions and publishes (not draining or stopped).

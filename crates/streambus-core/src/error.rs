@@ -73,6 +73,16 @@ pub enum BusError {
     /// The session or the bus is closed.
     #[error("closed")]
     Closed,
+    /// The session's identity may not do this (its roles' permissions).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The session's identity is over its message or byte rate, and its quota refuses
+    /// rather than waits.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The session's identity holds its most sessions or subscriptions.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// An unexpected failure inside the bus.
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,7 +103,10 @@ impl BusError {
             | BusError::BatchTooLarge { .. }
             | BusError::TooManySubscriptions { .. }
             | BusError::TooManySessions { .. }
-            | BusError::TooManyTopics { .. } => ErrorCode::ResourceExhausted,
+            | BusError::TooManyTopics { .. }
+            | BusError::RateLimited(_)
+            | BusError::QuotaExceeded(_) => ErrorCode::ResourceExhausted,
+            BusError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             BusError::UnknownSubscription(_) | BusError::UnknownSession(_) | BusError::UnknownSink(_) => {
                 ErrorCode::NotFound
             }

@@ -23,6 +23,7 @@
 //!   admin plane.
 //! - [`error`]: the one error type, [`BusError`].
 
+pub mod access;
 mod actors;
 mod admission;
 mod budget;
@@ -38,6 +39,7 @@ pub mod session_handle;
 pub mod sinks;
 pub mod subscription;
 
+pub use access::{Access, Quota};
 pub use actors::session::{SessionId, SessionSnapshot};
 pub use actors::session_manager::SessionManagerSnapshot;
 pub use actors::topic::TopicSnapshot;
@@ -50,6 +52,7 @@ pub use queue::{DeliveryRun, QueueSnapshot};
 pub use session_handle::{DurableAck, SessionHandle};
 pub use sinks::{SinkSnapshot, SinkStatus};
 pub use streambus_sinks as sink;
+pub use streambus_types::config::{QuotaAction, QuotaConfig, Rules};
 pub use streambus_types::{
     BusConfig, CloseReason, ConfigError, Delivery, ErrorCode, Event, Gap, Headers, Message, OverflowPolicy, SinkConfig,
     SubscriptionOptions, Topic, TopicFilter,

@@ -123,15 +123,34 @@ impl SessionHandle {
         admit: Admit,
         receipt: Option<&Arc<crate::receipt::ReceiptToken>>,
     ) -> Result<(), BusError> {
-        let routed = if self.is_open() {
-            self.router.route(&self.shared, messages, admit, receipt).await
-        } else {
+        let routed = if !self.is_open() {
             Err(BusError::Closed)
+        } else if let Some(access) = &self.shared.access {
+            match self.admit(access, &messages, admit).await {
+                Ok(()) => self.router.route(&self.shared, messages, admit, receipt).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            self.router.route(&self.shared, messages, admit, receipt).await
         };
         if let Err(e) = &routed {
             self.note_refusal(e);
         }
         routed
+    }
+
+    /// Checks a batch against the session's permissions, then its identity's rate: a
+    /// waiting quota holds the publisher back here (a `try_` publish is refused
+    /// instead, as it never waits).
+    async fn admit(&self, access: &crate::access::Access, messages: &[Message], admit: Admit) -> Result<(), BusError> {
+        access.check_publish(messages)?;
+        if let Some(quota) = access.quota() {
+            let bytes = messages.iter().map(Message::byte_len).sum();
+            quota
+                .admit(access.identity(), messages.len(), bytes, admit == Admit::Try)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Counts a request of this session refused with `error` in the bus-wide metrics.
@@ -235,6 +254,13 @@ impl SessionHandle {
         if !self.shared.internal && self.router.is_draining() {
             return Err(BusError::Draining);
         }
+        let mut slot = None;
+        if let Some(access) = &self.shared.access {
+            access.check_subscribe(&filter, options.queue_group.as_deref())?;
+            if let Some(quota) = access.quota() {
+                slot = Some(quota.subscribe(access.identity())?);
+            }
+        }
         let sub = answered(
             self.actor
                 .call(
@@ -248,7 +274,9 @@ impl SessionHandle {
                 )
                 .await,
         )??;
-        Ok(Subscription::new(&sub, self.actor.clone()))
+        let mut subscription = Subscription::new(&sub, self.actor.clone());
+        subscription.quota_slot = slot;
+        Ok(subscription)
     }
 
     /// Closes the session gracefully: refuses new publishes, waits (up to the shutdown

@@ -102,6 +102,8 @@ pub struct Subscription {
     current: Option<DeliveryRun>,
     /// The close reason was handed out: the stream is over.
     done: bool,
+    /// Its place in its identity's subscription quota, given back when it is dropped.
+    pub(crate) quota_slot: Option<crate::access::QuotaSlot>,
 }
 
 impl Subscription {
@@ -113,6 +115,7 @@ impl Subscription {
             session,
             current: None,
             done: false,
+            quota_slot: None,
         }
     }
 

@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::OverflowPolicy;
 
+mod security;
 mod sinks;
 
+pub use security::{
+    AdminAccess, AuthConfig, CertificateIdentity, JwtAlgorithm, JwtConfig, QuotaAction, QuotaConfig, RoleConfig, Rules,
+    TlsConfig, UserConfig,
+};
 pub use sinks::{
     BufferKind, FsyncPolicy, SinkBatchConfig, SinkBufferConfig, SinkConfig, SinkRestartConfig, SinkRetryConfig,
     StorageConfig, WhenFull,
@@ -36,6 +41,8 @@ pub struct BusConfig {
     pub storage: StorageConfig,
     /// The HTTP admin plane (used by `streambus serve`; the in-process bus ignores it).
     pub admin: AdminConfig,
+    /// Authentication, permissions and quotas of clients (off by default).
+    pub auth: AuthConfig,
     /// Sinks: where messages are written outside the bus (`[[sinks]]` entries).
     pub sinks: Vec<SinkConfig>,
 }
@@ -160,6 +167,8 @@ pub struct GrpcConfig {
     /// is closed as a slow consumer (`RESOURCE_EXHAUSTED`) and its memory released; it
     /// is also the TCP user timeout of accepted connections. 0 turns both off.
     pub write_deadline_ms: u64,
+    /// TLS (and mutual TLS) on the listener; absent: plain text.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GrpcConfig {
@@ -172,6 +181,7 @@ impl Default for GrpcConfig {
             outbound_frames: 256,
             outbound_bytes: 4 * 1024 * 1024,
             write_deadline_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -278,6 +288,10 @@ impl BusConfig {
         positive("grpc.keepalive_timeout_ms", g.keepalive_timeout_ms)?;
         positive("grpc.outbound_frames", g.outbound_frames as u64)?;
         positive("grpc.outbound_bytes", g.outbound_bytes as u64)?;
+        if let Some(tls) = &g.tls {
+            tls.validate("grpc.tls")?;
+        }
+        self.auth.validate()?;
         let a = &self.admin;
         positive("admin.dashboard_interval_ms", a.dashboard_interval_ms)?;
         if a.metrics_topics.len() > AdminConfig::MAX_METRICS_TOPICS {

@@ -220,6 +220,25 @@ impl TopicFilter {
         }
     }
 
+    /// Whether every topic that `other` matches is matched by this filter too (a
+    /// permission to subscribe to `self` covers a subscription to `other`).
+    pub fn covers(&self, other: &TopicFilter) -> bool {
+        let (mut a, mut b) = (self.tokens().peekable(), other.tokens().peekable());
+        // System topics are only matched by a filter that names their first token.
+        if other.as_str().starts_with('$') && !matches!(a.peek(), Some(FilterToken::Literal(_))) {
+            return false;
+        }
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (Some(FilterToken::Tail), Some(_)) => return true,
+                (Some(FilterToken::AnyOne), Some(FilterToken::AnyOne | FilterToken::Literal(_))) => {}
+                (Some(FilterToken::Literal(x)), Some(FilterToken::Literal(y))) if x == y => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// The filter as a topic, when it has no wildcard.
     pub fn as_topic(&self) -> Option<Topic> {
         (!self.has_wildcard()).then(|| Topic(self.0.clone()))
@@ -416,6 +435,39 @@ mod tests {
         fn validators_never_panic(s in ".{0,300}") {
             let _ = Topic::new(&s);
             let _ = TopicFilter::new(&s);
+        }
+    }
+
+    /// `covers` is exactly "every topic the second matches, the first matches", checked
+    /// exhaustively: every filter of up to three tokens over `a`, `b`, `$s`, `*`, `>`
+    /// against every topic of up to four tokens over `a`, `b`, `c`, `$s`.
+    #[test]
+    fn covers_is_exact() {
+        fn all(alphabet: &[&str], depth: usize) -> Vec<String> {
+            let mut out: Vec<String> = alphabet.iter().map(|t| (*t).to_owned()).collect();
+            let mut last = out.clone();
+            for _ in 1..depth {
+                last = last
+                    .iter()
+                    .flat_map(|p| alphabet.iter().map(move |t| format!("{p}.{t}")))
+                    .collect();
+                out.extend(last.iter().cloned());
+            }
+            out
+        }
+        let filters: Vec<TopicFilter> = all(&["a", "b", "$s", "*", ">"], 3)
+            .iter()
+            .filter_map(|s| TopicFilter::new(s).ok())
+            .collect();
+        let topics: Vec<Topic> = all(&["a", "b", "c", "$s"], 4)
+            .iter()
+            .map(|s| Topic::new(s).unwrap())
+            .collect();
+        for x in &filters {
+            for y in &filters {
+                let brute = topics.iter().all(|t| !y.matches(t) || x.matches(t));
+                assert_eq!(x.covers(y), brute, "{x} covers {y}");
+            }
         }
     }
 

@@ -23,6 +23,7 @@ use serde::Serialize;
 use streambus_types::config::{LimitsConfig, SubscriptionDefaults};
 use streambus_types::{CloseReason, SubscriptionOptions, TopicFilter};
 
+use crate::access::{Access, QuotaSlot};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::Inflight;
 use crate::error::BusError;
@@ -106,6 +107,11 @@ pub(crate) struct SessionShared {
     /// An operator asked for the session to close ([`crate::Bus::close_session`]);
     /// notified once (`notify_one` keeps the permit if the transport is not waiting).
     pub(crate) close_requested: tokio::sync::Notify,
+    /// What the session may do (`None`: anything).
+    pub(crate) access: Option<Access>,
+    /// The session's place in its identity's session quota, given back when the actor
+    /// stops.
+    pub(crate) quota_slot: parking_lot::Mutex<Option<QuotaSlot>>,
 }
 
 /// A point-in-time view of one session.
@@ -332,6 +338,7 @@ impl Actor for SessionActor {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         state.args.shared.closed.store(true, Ordering::Release);
+        state.args.shared.quota_slot.lock().take();
         tracing::info!(parent: &state.span, "session closed");
         Ok(())
     }

@@ -25,6 +25,7 @@ use serde::Serialize;
 use streambus_types::CloseReason;
 use streambus_types::config::{LimitsConfig, SubscriptionDefaults};
 
+use crate::access::Access;
 use crate::actors::session::{SessionActor, SessionArgs, SessionId, SessionMessage, SessionShared};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::Inflight;
@@ -38,6 +39,7 @@ pub(crate) enum SessionManagerMessage {
     Open {
         name: String,
         peer: Option<String>,
+        access: Option<Box<Access>>,
         internal: bool,
         reply: RpcReplyPort<Result<OpenedSession, BusError>>,
     },
@@ -154,6 +156,7 @@ impl Actor for SessionManager {
             SessionManagerMessage::Open {
                 name,
                 peer,
+                access,
                 internal,
                 reply,
             } => {
@@ -162,6 +165,17 @@ impl Actor for SessionManager {
                     let _ = reply.send(Err(BusError::TooManySessions { max }));
                     return Ok(());
                 }
+                // The identity's own session limit; the slot goes with the session.
+                let quota_slot = match access.as_ref().and_then(|a| a.quota().map(|q| (a.identity(), q))) {
+                    Some((identity, quota)) => match quota.open_session(identity) {
+                        Ok(slot) => Some(slot),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return Ok(());
+                        }
+                    },
+                    None => None,
+                };
                 let shared = Arc::new(SessionShared {
                     id: SessionId(state.next_session),
                     name,
@@ -177,6 +191,8 @@ impl Actor for SessionManager {
                         .map_or(0, |d| d.as_millis() as u64),
                     watched: AtomicBool::new(false),
                     close_requested: tokio::sync::Notify::new(),
+                    access: access.map(|a| *a),
+                    quota_slot: parking_lot::Mutex::new(quota_slot),
                 });
                 state.next_session += 1;
                 let args = SessionArgs {
