@@ -298,23 +298,27 @@ async fn serve(
         streambus::server::bind(config.grpc.addr).with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
     let addr = listener.local_addr()?;
     let admin_config = config.admin.clone();
-    let auth = config.auth.clone();
+    // With authentication on, the admin plane asks for the same identities.
+    let gate = match config.auth.enabled {
+        true => {
+            let authenticator =
+                streambus::auth::Authenticator::new(config.auth.clone()).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
+            Some(
+                std::sync::Arc::new(streambus::auth::AdminGate(std::sync::Arc::new(authenticator)))
+                    as streambus_admin::SharedGate,
+            )
+        }
+        false => None,
+    };
+    let admin_tls = match &admin_config.tls {
+        Some(tls) => Some(streambus::tls::server_config(tls).context("admin.tls")?),
+        None => None,
+    };
+    let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
     let bus = Bus::start(config).await?;
     let admin = if admin_config.enabled {
         let at = admin_config.addr;
-        // With authentication on, the admin plane asks for the same identities.
-        let gate = match auth.enabled {
-            true => {
-                let authenticator =
-                    streambus::auth::Authenticator::new(auth).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
-                Some(
-                    std::sync::Arc::new(streambus::auth::AdminGate(std::sync::Arc::new(authenticator)))
-                        as streambus_admin::SharedGate,
-                )
-            }
-            false => None,
-        };
-        match streambus_admin::Admin::start_with(bus.clone(), admin_config, gate) {
+        match streambus_admin::Admin::start_with(bus.clone(), admin_config, gate, admin_tls) {
             Ok(admin) => Some(admin),
             Err(e) => {
                 bus.shutdown().await;
@@ -328,7 +332,7 @@ async fn serve(
     // written at once: a reader that stops after the first line loses nothing.
     let mut banner = format!("streambus listening on {addr}\n");
     if let Some(admin) = &admin {
-        banner.push_str(&format!("streambus admin on http://{}\n", admin.addr()));
+        banner.push_str(&format!("streambus admin on {admin_scheme}://{}\n", admin.addr()));
     }
     {
         use std::io::Write as _;

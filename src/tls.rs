@@ -101,10 +101,14 @@ pub fn server_config(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut server = builder
+    builder
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    // gRPC is HTTP/2 only.
+        .map_err(|e| TlsError::Rustls(e.to_string()))
+}
+
+/// [`server_config`] for the gRPC listener: HTTP/2 only.
+fn grpc_server_config(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
+    let mut server = server_config(config)?;
     server.alpn_protocols = vec![b"h2".to_vec()];
     Ok(server)
 }
@@ -137,7 +141,7 @@ impl Reloader {
     /// Loads the files once; fails when they are unusable.
     pub fn new(config: TlsConfig) -> Result<Arc<Reloader>, TlsError> {
         let loaded = fingerprint(&config);
-        let server = server_config(&config)?;
+        let server = grpc_server_config(&config)?;
         Ok(Arc::new(Reloader {
             config,
             acceptor: RwLock::new(TlsAcceptor::from(Arc::new(server))),
@@ -152,7 +156,7 @@ impl Reloader {
         if *self.loaded.lock() == now {
             return false;
         }
-        match server_config(&self.config) {
+        match grpc_server_config(&self.config) {
             Ok(server) => {
                 *self.acceptor.write() = TlsAcceptor::from(Arc::new(server));
                 *self.loaded.lock() = now;

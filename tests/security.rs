@@ -407,7 +407,8 @@ async fn certificate_reload_keeps_streams() {
 
 /// A refusing quota holds a flooding identity to its rate (what it got through is
 /// bounded by the bucket, whatever the time it took) while another identity publishes
-/// everything; a session quota refuses a second session of the same identity.
+/// everything; a session quota refuses a second session of the same identity, and a
+/// subscription quota a third subscription until one ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_hold_one_identity_not_another() {
     let (flood_token, flood_hash) = streambus::auth::new_token();
@@ -418,6 +419,7 @@ async fn quotas_hold_one_identity_not_another() {
         burst_messages: 40,
         when_exceeded: QuotaAction::Refuse,
         max_sessions: 1,
+        max_subscriptions: 2,
         ..QuotaConfig::default()
     });
     let config = BusConfig {
@@ -447,6 +449,18 @@ async fn quotas_hold_one_identity_not_another() {
         Some(tonic::Code::ResourceExhausted),
         "one session per flooding identity"
     );
+
+    // Two subscriptions at once, then a third is refused until one goes.
+    let first = flood.subscribe("a.>", SubscriptionOptions::default()).await.unwrap();
+    let _second = flood.subscribe("b.>", SubscriptionOptions::default()).await.unwrap();
+    let third = flood.subscribe("c.>", SubscriptionOptions::default()).await;
+    assert_eq!(refused(third), ErrorCode::ResourceExhausted);
+    drop(first);
+    let deadline = Instant::now() + harness::PATIENCE;
+    while flood.subscribe("c.>", SubscriptionOptions::default()).await.is_err() {
+        assert!(Instant::now() < deadline, "the subscription slot never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let started = Instant::now();
     let (mut accepted, mut limited) = (0u32, 0u32);
@@ -767,4 +781,59 @@ async fn jwt_claims_and_expiry() {
         .expect("the stream ended with a status");
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     server.shutdown().await;
+}
+
+/// The admin plane over HTTPS (`[admin.tls]`): a client trusting the CA gets its probes
+/// over TLS, and the served address says `https`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_plane_over_https() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let ca = Ca::new("admin-ca");
+    let files = ServerFiles::new(&ca, None);
+    let mut config = BusConfig::default();
+    config.admin.tls = Some(files.config(false));
+    let path = files.path("streambus.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let served = served::Served::start(&["--grpc-addr", "127.0.0.1:0", "--config", path.to_str().unwrap()], &[]);
+    let admin = served.admin.clone().unwrap();
+    let addr = admin.strip_prefix("https://").expect("the admin plane says https");
+
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let provider = streambus::tls::install_crypto_provider();
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    harness::within("the health answer", tls.read_to_string(&mut response))
+        .await
+        .ok();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // Plain HTTP to the HTTPS port gets no answer of the admin plane.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    served.terminate();
 }

@@ -139,11 +139,17 @@ impl Admin {
     /// Binds `config.addr` and serves the admin plane for `bus` on one worker thread.
     /// Must be called within a tokio runtime.
     pub fn start(bus: Bus, config: AdminConfig) -> std::io::Result<Admin> {
-        Admin::start_with(bus, config, None)
+        Admin::start_with(bus, config, None, None)
     }
 
-    /// Like [`Admin::start`], with every endpoint but the probes behind `gate`.
-    pub fn start_with(bus: Bus, config: AdminConfig, gate: Option<SharedGate>) -> std::io::Result<Admin> {
+    /// Like [`Admin::start`], with every endpoint but the probes behind `gate`, and over
+    /// HTTPS with `tls` (HTTP/1.1 and HTTP/2 are offered by ALPN).
+    pub fn start_with(
+        bus: Bus,
+        config: AdminConfig,
+        gate: Option<SharedGate>,
+        tls: Option<tokio_rustls::rustls::ServerConfig>,
+    ) -> std::io::Result<Admin> {
         let listener = std::net::TcpListener::bind(config.addr)?;
         let addr = listener.local_addr()?;
         let mut state = AdminState::new(bus, config);
@@ -153,9 +159,12 @@ impl Admin {
             .workers(1)
             // The process's one shutdown path owns the signals.
             .disable_signals()
-            .shutdown_timeout(2)
-            .listen(listener)?
-            .run();
+            .shutdown_timeout(2);
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        }
+        .run();
         let handle = server.handle();
         let task = tokio::spawn(server);
         tracing::info!(%addr, "admin plane listening");

@@ -205,6 +205,8 @@ pub struct AdminConfig {
     pub ready_requires_sinks: bool,
     /// How often the dashboard's live feed sends an update, in milliseconds.
     pub dashboard_interval_ms: u64,
+    /// HTTPS for the admin plane; absent: plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl AdminConfig {
@@ -220,6 +222,7 @@ impl Default for AdminConfig {
             metrics_topics: Vec::new(),
             ready_requires_sinks: false,
             dashboard_interval_ms: 1_000,
+            tls: None,
         }
     }
 }
@@ -294,6 +297,9 @@ impl BusConfig {
         self.auth.validate()?;
         let a = &self.admin;
         positive("admin.dashboard_interval_ms", a.dashboard_interval_ms)?;
+        if let Some(tls) = &a.tls {
+            tls.validate("admin.tls")?;
+        }
         if a.metrics_topics.len() > AdminConfig::MAX_METRICS_TOPICS {
             return Err(ConfigError {
                 field: "admin.metrics_topics".into(),
