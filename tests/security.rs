@@ -837,3 +837,65 @@ async fn admin_plane_over_https() {
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
     served.terminate();
 }
+
+/// SIGHUP reloads the certificate of `streambus serve` at once (here with the polling
+/// turned off, `reload_check_ms = 0`): new handshakes need the new CA, and a stream
+/// opened before goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate() {
+    let (old_ca, new_ca) = (Ca::new("hup-old"), Ca::new("hup-new"));
+    let files = ServerFiles::new(&old_ca, None);
+    let mut config = BusConfig::default();
+    let mut tls = files.config(false);
+    tls.reload_check_ms = 0;
+    config.grpc.tls = Some(tls);
+    let path = files.path("streambus.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let served = served::Served::start(
+        &[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--no-admin",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let port = served.url.rsplit(':').next().unwrap().to_owned();
+    let options = |ca: &Ca| {
+        let tls = ClientTls {
+            ca_pem: ca.pem().into_bytes(),
+            identity: None,
+            domain: Some("localhost".into()),
+        };
+        ClientOptions::new(format!("https://127.0.0.1:{port}"))
+            .reconnect(false)
+            .tls(tls)
+    };
+    let early = Client::connect_with(options(&old_ca)).await.unwrap();
+    let mut sub = early.subscribe("hup.>", SubscriptionOptions::default()).await.unwrap();
+    files.install(&new_ca);
+    // Nothing polls: the old certificate is still served until the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Client::connect_with(options(&old_ca)).await.unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + harness::PATIENCE;
+    let late = loop {
+        if let Ok(client) = Client::connect_with(options(&new_ca)).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not load the new certificate");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    late.publish_acked("hup.x", "after").await.unwrap();
+    let Some(Event::Delivery(d)) = harness::within("a delivery on the old stream", sub.next()).await else {
+        panic!("no delivery")
+    };
+    assert_eq!(&d.payload[..], b"after");
+    drop((early, late));
+    served.terminate();
+}
