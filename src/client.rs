@@ -146,6 +146,10 @@ pub struct ClientOptions {
     pub auth: ClientAuth,
     /// TLS (an `https://` URL): the server's CA and an optional client certificate.
     pub tls: Option<ClientTls>,
+    /// More servers of the same bus: the first connect goes to `url`, then to these in
+    /// turn if it fails; after a lost connection, reconnecting starts with the next
+    /// server in the list (the one just lost is tried last).
+    pub fallback_urls: Vec<String>,
 }
 
 impl ClientOptions {
@@ -161,7 +165,19 @@ impl ClientOptions {
             reconnect: true,
             auth: ClientAuth::None,
             tls: None,
+            fallback_urls: Vec::new(),
         }
+    }
+
+    /// Adds a server to fail over to (see [`ClientOptions::fallback_urls`]).
+    pub fn fallback(mut self, url: impl Into<String>) -> Self {
+        self.fallback_urls.push(url.into());
+        self
+    }
+
+    /// Every server URL, `url` first.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.url.as_str()).chain(self.fallback_urls.iter().map(String::as_str))
     }
 
     /// Authenticates with a bearer token.
@@ -188,7 +204,12 @@ impl ClientOptions {
     /// The endpoint these options describe (TLS applied), for a client of the bus's
     /// other services (the article's chat) that should connect the same way.
     pub fn endpoint(&self) -> Result<Endpoint, ClientError> {
-        let endpoint = Endpoint::from_shared(self.url.clone()).map_err(ClientError::Connect)?;
+        self.endpoint_for(&self.url)
+    }
+
+    /// The endpoint of one of the URLs, TLS applied.
+    fn endpoint_for(&self, url: &str) -> Result<Endpoint, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(ClientError::Connect)?;
         match &self.tls {
             Some(tls) => tls.apply(endpoint).map_err(ClientError::Connect),
             None => Ok(endpoint),
@@ -279,18 +300,36 @@ impl Client {
     /// Connects; fails if the first connection cannot be made.
     pub async fn connect_with(options: ClientOptions) -> Result<Client, ClientError> {
         let shared = Shared::new(options);
-        let channel = shared
-            .options
-            .endpoint()?
-            .tcp_nodelay(true)
-            // Room for whole delivery frames in flight (see the server's windows).
-            .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CLIENT_STREAM_WINDOW_BYTES * 4)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .connect_lazy();
-        let first = connection::connect_once(&shared, channel.clone()).await?;
-        tokio::spawn(connection::drive(shared.clone(), channel, first));
+        let mut servers = Vec::new();
+        for url in shared.options.urls() {
+            let channel = shared
+                .options
+                .endpoint_for(url)?
+                .tcp_nodelay(true)
+                // Room for whole delivery frames in flight (see the server's windows).
+                .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(CLIENT_STREAM_WINDOW_BYTES * 4)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .connect_lazy();
+            servers.push((url.to_owned(), channel));
+        }
+        // The first server that answers; the error of the last one otherwise.
+        let mut first = Err(ClientError::Disconnected);
+        let mut current = 0;
+        for (i, (url, channel)) in servers.iter().enumerate() {
+            first = connection::connect_once(&shared, channel.clone()).await;
+            match &first {
+                Ok(_) => {
+                    current = i;
+                    break;
+                }
+                Err(ClientError::Closed) => break,
+                Err(e) => tracing::debug!(%url, error = %e, "server did not answer; trying the next"),
+            }
+        }
+        let first = first?;
+        tokio::spawn(connection::drive(shared.clone(), servers, current, first));
         Ok(Client {
             _last: Arc::new(CloseOnDrop(shared.clone())),
             shared,

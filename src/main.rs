@@ -132,9 +132,15 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServerArg {
-    /// Server URL (`https://…` for TLS).
-    #[arg(long, env = "STREAMBUS_URL", default_value = "http://127.0.0.1:50051")]
-    url: String,
+    /// Server URL (`https://…` for TLS); several, comma-separated, to fail over between
+    /// the nodes of one bus.
+    #[arg(
+        long,
+        env = "STREAMBUS_URL",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    url: Vec<String>,
     /// Bearer token.
     #[arg(long, env = "STREAMBUS_TOKEN", hide_env_values = true, conflicts_with = "user")]
     token: Option<String>,
@@ -161,7 +167,11 @@ struct ServerArg {
 impl ServerArg {
     /// Client options for a client called `name`.
     fn options(&self, name: &str) -> anyhow::Result<ClientOptions> {
-        let mut options = ClientOptions::new(&self.url).name(name).reconnect(false);
+        let (first, rest) = self.url.split_first().context("no server URL")?;
+        let mut options = ClientOptions::new(first).name(name).reconnect(false);
+        for url in rest {
+            options = options.fallback(url);
+        }
         if let Some(token) = &self.token {
             options = options.token(token);
         }
@@ -378,7 +388,7 @@ async fn shutdown_signal() {
 async fn connect(server: &ServerArg, name: &str) -> anyhow::Result<Client> {
     Client::connect_with(server.options(name)?)
         .await
-        .with_context(|| format!("cannot reach a streambus server at {}", server.url))
+        .with_context(|| format!("cannot reach a streambus server at {}", server.url.join(", ")))
 }
 
 /// `streambus passwd`: a password hash, or a new token and its hash.

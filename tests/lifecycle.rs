@@ -182,3 +182,55 @@ async fn sdk_reconnects_and_resubscribes() {
         "{next:?}"
     );
 }
+
+/// With a list of servers, a client whose server goes away for good reconnects to the
+/// next one and resubscribes there; a first server that does not answer is skipped at
+/// connect.
+#[tokio::test]
+async fn sdk_fails_over_to_the_next_server() {
+    let (a, b) = (TestServer::start().await, TestServer::start().await);
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let mut options = ClientOptions::new(a.url()).fallback(b.url()).name("roamer");
+    options.reconnect_initial = std::time::Duration::from_millis(20);
+    options.reconnect_max = std::time::Duration::from_millis(200);
+    let client = Client::connect_with(options).await.unwrap();
+    let mut sub = client
+        .subscribe("roam.*", SubscriptionOptions::default())
+        .await
+        .unwrap();
+    assert!(a.snapshot().await.sessions.iter().any(|s| s.name == "roamer"));
+
+    a.shutdown().await;
+    wait_until("the client moved to the second server and resubscribed", || async {
+        let snapshot = b.snapshot().await;
+        client.reconnects() >= 1
+            && snapshot
+                .sessions
+                .iter()
+                .any(|s| s.name == "roamer" && s.subscriptions.len() == 1)
+    })
+    .await;
+    let other = b.client("other").await;
+    other.publish_acked("roam.x", "on b").await.unwrap();
+    let next = within("a delivery from the second server", sub.next()).await;
+    assert!(
+        matches!(&next, Some(Event::Delivery(d)) if d.payload == "on b"),
+        "{next:?}"
+    );
+
+    // Connecting with a dead first server lands on the next one.
+    let skipped = Client::connect_with(
+        ClientOptions::new(gone)
+            .fallback(b.url())
+            .name("skipper")
+            .reconnect(false),
+    )
+    .await
+    .unwrap();
+    skipped.publish_acked("roam.y", "via b").await.unwrap();
+    assert!(b.snapshot().await.sessions.iter().any(|s| s.name == "skipper"));
+    b.shutdown().await;
+}

@@ -85,8 +85,9 @@ pub(super) fn next_delay(delay: Duration, max: Duration) -> Duration {
     delay.saturating_mul(2).min(max)
 }
 
-/// The driver: reads each connection until it ends, then reconnects with backoff.
-pub(super) async fn drive(shared: Arc<Shared>, channel: Channel, first: Connected) {
+/// The driver: reads each connection until it ends, then reconnects with backoff,
+/// trying `servers` in turn from the one after `current` (the one just lost last).
+pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, mut current: usize, first: Connected) {
     let mut connection = Some(first);
     let mut delay = shared.options.reconnect_initial;
     loop {
@@ -103,14 +104,19 @@ pub(super) async fn drive(shared: Arc<Shared>, channel: Channel, first: Connecte
                 shared.close_subscriptions(CloseReason::SessionClosed);
                 return;
             }
-            tracing::warn!(error = %ended, url = %shared.options.url, "connection lost; reconnecting");
+            tracing::warn!(error = %ended, url = %servers[current].0, "connection lost; reconnecting");
         }
         tokio::time::sleep(delay).await;
-        delay = next_delay(delay, shared.options.reconnect_max);
+        // A full round of the list before the delay grows.
+        current = (current + 1) % servers.len();
+        if current == 0 || servers.len() == 1 {
+            delay = next_delay(delay, shared.options.reconnect_max);
+        }
+        let (url, channel) = &servers[current];
         match connect_once(&shared, channel.clone()).await {
             Ok(c) => {
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(url = %shared.options.url, "reconnected");
+                tracing::info!(%url, "reconnected");
                 connection = Some(c);
             }
             Err(ClientError::Closed) => {
