@@ -433,7 +433,7 @@ mod tests {
     use super::*;
 
     fn config() -> AuthConfig {
-        let (_, token_hash) = ("", token_hash("secret-token"));
+        let token_hash = token_hash("secret-token");
         AuthConfig {
             enabled: true,
             users: vec![
