@@ -213,6 +213,7 @@ pub fn deliveries_from_wire(batch: pb::DeliveryBatch) -> Result<Vec<Delivery>, B
             retained: d.retained,
             // The wire does not carry the publish-time flag; a replay was retained.
             retain: d.retained,
+            groups_served: None,
         })
         .collect())
 }

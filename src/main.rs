@@ -68,6 +68,13 @@ enum Command {
         /// Do not start the admin plane (overrides `admin.enabled`).
         #[arg(long)]
         no_admin: bool,
+        /// NATS servers of the cluster to federate over, comma-separated
+        /// (`nats://127.0.0.1:4222,nats://127.0.0.1:4223`; overrides `cluster.servers`).
+        #[arg(long, env = "STREAMBUS_CLUSTER", value_delimiter = ',')]
+        cluster: Vec<String>,
+        /// This node's name in the cluster (overrides `cluster.node`; the host name by default).
+        #[arg(long, env = "STREAMBUS_NODE")]
+        node: Option<String>,
         /// TOML configuration file (see streambus.example.toml). `STREAMBUS_<SECTION>__<KEY>`
         /// environment variables override it.
         #[arg(long, env = "STREAMBUS_CONFIG")]
@@ -257,8 +264,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             grpc_addr,
             admin_addr,
             no_admin,
+            cluster,
+            node,
             config,
-        } => serve(grpc_addr, admin_addr, no_admin, config).await,
+        } => serve(grpc_addr, admin_addr, no_admin, cluster, node, config).await,
         Command::Pub {
             topic,
             message,
@@ -292,6 +301,8 @@ async fn serve(
     grpc_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     no_admin: bool,
+    cluster: Vec<String>,
+    node: Option<String>,
     config_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let mut config = streambus::config::load(config_file.as_deref())?;
@@ -304,33 +315,54 @@ async fn serve(
     if no_admin {
         config.admin.enabled = false;
     }
+    if !cluster.is_empty() {
+        config.cluster.servers = cluster;
+    }
+    if let Some(node) = node {
+        config.cluster.node = node;
+    }
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener =
         streambus::server::bind(config.grpc.addr).with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
     let addr = listener.local_addr()?;
     let admin_config = config.admin.clone();
-    // With authentication on, the admin plane asks for the same identities.
-    let gate = match config.auth.enabled {
-        true => {
-            let authenticator =
-                streambus::auth::Authenticator::new(config.auth.clone()).map_err(|e| anyhow::anyhow!("auth: {e}"))?;
-            Some(
-                std::sync::Arc::new(streambus::auth::AdminGate(std::sync::Arc::new(authenticator)))
-                    as streambus_admin::SharedGate,
-            )
-        }
+    // With authentication on, the admin plane asks for the same identities, checked by
+    // the one authenticator the gRPC API uses.
+    let authenticator = match config.auth.enabled {
+        true => Some(std::sync::Arc::new(
+            streambus::auth::Authenticator::new(config.auth.clone()).map_err(|e| anyhow::anyhow!("auth: {e}"))?,
+        )),
         false => None,
     };
+    let gate = authenticator
+        .clone()
+        .map(|a| std::sync::Arc::new(streambus::auth::AdminGate(a)) as streambus_admin::SharedGate);
     let admin_tls = match &admin_config.tls {
         Some(tls) => Some(streambus::tls::server_config(tls).context("admin.tls")?),
         None => None,
     };
     let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+    let federate = config.cluster.enabled();
     let bus = Bus::start(config).await?;
+    let cluster = if federate {
+        match streambus_cluster::Cluster::start(&bus).await {
+            Ok(cluster) => Some(cluster),
+            Err(e) => {
+                bus.shutdown().await;
+                return Err(anyhow::Error::new(e).context("cannot join the cluster"));
+            }
+        }
+    } else {
+        None
+    };
     let admin = if admin_config.enabled {
         let at = admin_config.addr;
-        match streambus_admin::Admin::start_with(bus.clone(), admin_config, gate, admin_tls) {
+        match streambus_admin::Admin::start_with(bus.clone(), admin_config, gate, admin_tls, cluster.clone()) {
             Ok(admin) => Some(admin),
             Err(e) => {
+                if let Some(cluster) = &cluster {
+                    cluster.shutdown().await;
+                }
                 bus.shutdown().await;
                 return Err(anyhow::Error::new(e).context(format!("cannot start the admin plane on {at}")));
             }
@@ -344,13 +376,25 @@ async fn serve(
     if let Some(admin) = &admin {
         banner.push_str(&format!("streambus admin on {admin_scheme}://{}\n", admin.addr()));
     }
+    if let Some(cluster) = &cluster {
+        banner.push_str(&format!("streambus cluster node {}\n", cluster.snapshot().origin));
+    }
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(banner.as_bytes());
         let _ = out.flush();
     }
-    let report = streambus::server::serve(bus, listener, shutdown_signal()).await;
+    // On the signal the node leaves the cluster first (what it published is forwarded,
+    // nothing more comes in), then drains its own clients.
+    let leave = cluster.clone();
+    let signal = async move {
+        shutdown_signal().await;
+        if let Some(cluster) = leave {
+            cluster.shutdown().await;
+        }
+    };
+    let report = streambus::server::serve_with_auth(bus, listener, signal, authenticator).await;
     // The admin plane answers (`/readyz` says draining) until the server has drained.
     if let Some(admin) = admin {
         admin.stop().await;

@@ -246,6 +246,25 @@ pub async fn serve(
     listener: TcpListener,
     signal: impl Future<Output = ()> + Send,
 ) -> Result<DrainReport, ServeError> {
+    let auth = match bus.config().auth.enabled {
+        true => Some(Arc::new(
+            Authenticator::new(bus.config().auth.clone()).map_err(ServeError::Auth)?,
+        )),
+        false => None,
+    };
+    serve_with_auth(bus, listener, signal, auth).await
+}
+
+/// [`serve`] with an authenticator made by the caller (required when `[auth]` is
+/// enabled, ignored otherwise), so that one authenticator (its keys read once, its
+/// remembered passwords shared) serves the gRPC API and whatever else the caller
+/// guards with it, such as the admin plane.
+pub async fn serve_with_auth(
+    bus: Bus,
+    listener: TcpListener,
+    signal: impl Future<Output = ()> + Send,
+    auth: Option<Arc<Authenticator>>,
+) -> Result<DrainReport, ServeError> {
     let config = bus.config().clone();
     let (shutdown, phase) = Shutdown::new(Duration::from_millis(config.shutdown.drain_timeout_ms));
     let tls = match &config.grpc.tls {
@@ -258,9 +277,9 @@ pub async fn serve(
         limits: config.limits.clone(),
         shutdown: shutdown.clone(),
         auth: match config.auth.enabled {
-            true => Some(Arc::new(
-                Authenticator::new(config.auth.clone()).map_err(ServeError::Auth)?,
-            )),
+            true => {
+                Some(auth.ok_or_else(|| ServeError::Auth("[auth] is enabled and no authenticator was given".into()))?)
+            }
             false => None,
         },
     };

@@ -531,6 +531,16 @@ struct PublishBody {
 
 /// `POST /api/v1/publish`: publishes one message through the admin plane's own
 /// session and answers once the bus has admitted it (as a gRPC publish ack).
+/// `GET /api/v1/cluster`: the node's backplane; 404 on a node that does not federate.
+pub(crate) async fn cluster(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    match &state.cluster {
+        Some(cluster) => Ok(HttpResponse::Ok().json(cluster.snapshot())),
+        None => Err(ApiError::not_found(
+            "this node does not federate (no [cluster] servers)",
+        )),
+    }
+}
+
 pub(crate) async fn publish(state: web::Data<AdminState>, body: web::Payload) -> Result<HttpResponse, ApiError> {
     // A body may hold a largest message base64-encoded, its headers and the JSON around.
     let limit = state.bus.config().limits.max_message_bytes * 2 + 64 * 1024;

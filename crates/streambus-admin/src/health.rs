@@ -46,7 +46,7 @@ pub(crate) async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
 
 /// `GET /metrics`.
 pub(crate) async fn metrics(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
-    let scrape = Scrape::read(&state.bus, &state.config.metrics_topics).await?;
+    let scrape = Scrape::read(&state.bus, &state.config.metrics_topics, state.cluster.as_ref()).await?;
     Ok(HttpResponse::Ok()
         .content_type(prometheus::TEXT_FORMAT)
         .body(render(&scrape)))

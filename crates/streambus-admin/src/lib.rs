@@ -23,6 +23,7 @@
 //! | `GET /api/v1/topics`, `/subscriptions`, `/sinks`, `/tree` | the rest of the bus |
 //! | `POST /api/v1/sinks/{name}/restart` | restart a quarantined sink |
 //! | `POST /api/v1/publish` | publish one message (JSON body) |
+//! | `GET /api/v1/cluster` | the cluster backplane: node, NATS connection, forwarded, received, gaps (404 on a lone node) |
 //! | `GET /` | the dashboard; `GET /api/v1/dashboard` its data, `/api/v1/dashboard/stream` the same as server-sent events |
 //!
 //! Modules: `api` (the JSON API), [`metrics`] (the Prometheus exposition),
@@ -61,6 +62,8 @@ pub struct AdminState {
     http_session: tokio::sync::Mutex<Option<SessionHandle>>,
     /// Checks credentials when authentication is on (see [`gate`]).
     gate: Option<SharedGate>,
+    /// The node's cluster backplane, when it federates.
+    cluster: Option<streambus_cluster::Cluster>,
 }
 
 impl AdminState {
@@ -71,7 +74,14 @@ impl AdminState {
             config,
             http_session: tokio::sync::Mutex::new(None),
             gate: None,
+            cluster: None,
         }
+    }
+
+    /// Shows the node's cluster backplane (`/api/v1/cluster`, `streambus_cluster_*`).
+    pub fn with_cluster(mut self, cluster: streambus_cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Asks every request but the probes for credentials, checked by `gate`.
@@ -112,6 +122,7 @@ fn api_routes() -> actix_web::Scope {
         .route("/sinks/{name}/restart", web::post().to(api::restart_sink))
         .route("/tree", web::get().to(api::supervision_tree))
         .route("/publish", web::post().to(api::publish))
+        .route("/cluster", web::get().to(api::cluster))
         .route("/dashboard", web::get().to(dashboard::state))
         .route("/dashboard/stream", web::get().to(dashboard::stream))
 }
@@ -139,21 +150,23 @@ impl Admin {
     /// Binds `config.addr` and serves the admin plane for `bus` on one worker thread.
     /// Must be called within a tokio runtime.
     pub fn start(bus: Bus, config: AdminConfig) -> std::io::Result<Admin> {
-        Admin::start_with(bus, config, None, None)
+        Admin::start_with(bus, config, None, None, None)
     }
 
-    /// Like [`Admin::start`], with every endpoint but the probes behind `gate`, and over
-    /// HTTPS with `tls` (HTTP/1.1 and HTTP/2 are offered by ALPN).
+    /// Like [`Admin::start`], with every endpoint but the probes behind `gate`, over
+    /// HTTPS with `tls` (HTTP/1.1 and HTTP/2 are offered by ALPN), showing `cluster`.
     pub fn start_with(
         bus: Bus,
         config: AdminConfig,
         gate: Option<SharedGate>,
         tls: Option<tokio_rustls::rustls::ServerConfig>,
+        cluster: Option<streambus_cluster::Cluster>,
     ) -> std::io::Result<Admin> {
         let listener = std::net::TcpListener::bind(config.addr)?;
         let addr = listener.local_addr()?;
         let mut state = AdminState::new(bus, config);
         state.gate = gate;
+        state.cluster = cluster;
         let state = web::Data::new(state);
         let server = HttpServer::new(move || App::new().configure(routes(state.clone())))
             .workers(1)

@@ -112,11 +112,17 @@ pub(crate) struct Scrape {
     pub(crate) sinks: Vec<SinkSnapshot>,
     /// The configured topics that are alive now.
     pub(crate) topics: Vec<TopicSnapshot>,
+    /// The cluster backplane, when the node federates.
+    pub(crate) cluster: Option<streambus_cluster::ClusterSnapshot>,
 }
 
 impl Scrape {
     /// Reads the bus; `topics` are the names configured for per-topic series.
-    pub(crate) async fn read(bus: &Bus, topics: &[String]) -> Result<Scrape, BusError> {
+    pub(crate) async fn read(
+        bus: &Bus,
+        topics: &[String],
+        cluster: Option<&streambus_cluster::Cluster>,
+    ) -> Result<Scrape, BusError> {
         let counters = bus.counters().await?;
         let sinks = bus.sinks().await?;
         let mut live = Vec::new();
@@ -129,6 +135,7 @@ impl Scrape {
             counters,
             sinks,
             topics: live,
+            cluster: cluster.map(streambus_cluster::Cluster::snapshot),
         })
     }
 }
@@ -357,6 +364,9 @@ pub(crate) fn render(scrape: &Scrape) -> Vec<u8> {
             })
             .collect(),
     );
+    if let Some(c) = &scrape.cluster {
+        cluster_families(&mut f, c);
+    }
     // The configured topics.
     let topics = &scrape.topics;
     let per_topic = |value: fn(&TopicSnapshot) -> f64| -> Vec<Sample<'static>> {
@@ -393,6 +403,70 @@ pub(crate) fn render(scrape: &Scrape) -> Vec<u8> {
 }
 
 /// The publish→deliver histogram.
+/// `streambus_cluster_*`: the backplane of a federated node.
+fn cluster_families(f: &mut Families, c: &streambus_cluster::ClusterSnapshot) {
+    f.gauge(
+        "streambus_cluster_connected",
+        "1 while the node's NATS connection is up.",
+        if c.connected { 1.0 } else { 0.0 },
+    );
+    let counters: [(&str, &str, u64); 13] = [
+        (
+            "forwarded",
+            "Messages published here and forwarded to NATS.",
+            c.forwarded,
+        ),
+        (
+            "forward_lost",
+            "Messages published here that were never forwarded (NATS down or slower than the publishers).",
+            c.forward_lost,
+        ),
+        ("received", "Messages received from NATS.", c.received),
+        ("relayed", "Received messages handed to local subscribers.", c.relayed),
+        (
+            "duplicates",
+            "Messages received twice (overlapping subscriptions) and dropped.",
+            c.duplicates,
+        ),
+        (
+            "gaps",
+            "Gaps found in other nodes' runs, reported to the affected subscribers.",
+            c.gaps,
+        ),
+        ("lost", "Messages those gaps stand for.", c.lost),
+        (
+            "served_elsewhere",
+            "Queue-group copies dropped because the publishing node served the group.",
+            c.served_elsewhere,
+        ),
+        (
+            "invalid",
+            "Received messages that were not a topic or had a broken stamp.",
+            c.invalid,
+        ),
+        ("refused", "Received messages the local bus refused.", c.refused),
+        (
+            "retained_written",
+            "Retained publishes written to the retained stream.",
+            c.retained_written,
+        ),
+        (
+            "retained_received",
+            "Retained values taken from other nodes.",
+            c.retained_received,
+        ),
+        ("disconnects", "Times the NATS connection was lost.", c.disconnects),
+    ];
+    for (name, help, value) in counters {
+        f.counter(&format!("streambus_cluster_{name}_total"), help, value);
+    }
+    f.gauge(
+        "streambus_cluster_subscriptions",
+        "NATS subscriptions the node holds for its local interest.",
+        c.subscriptions as f64,
+    );
+}
+
 fn latency_family(h: &streambus_core::HistogramSnapshot) -> MetricFamily {
     let mut histogram = Histogram::default();
     histogram.set_sample_count(h.count);

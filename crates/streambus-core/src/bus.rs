@@ -222,6 +222,7 @@ impl Bus {
             limits: config.limits.clone(),
             budget: budget.clone(),
             directory: tx,
+            federated: config.cluster.enabled(),
         };
         let (topics, _) = Actor::spawn(None, TopicSupervisor, args)
             .await
@@ -268,6 +269,20 @@ impl Bus {
         let runtime = SinkRuntime::start(&self.inner.config, prepared, session).await?;
         let _ = self.inner.sinks.set(runtime);
         Ok(())
+    }
+
+    /// The bus as a cluster backplane sees it, through a session of its own called
+    /// `cluster`. Only a bus started with `[cluster]` enabled keeps the local interest
+    /// a backplane follows; any other is refused with [`BusError::InvalidOption`].
+    pub async fn federation(&self) -> Result<crate::Federation, BusError> {
+        let Some(interest) = self.inner.router.directory.interest.clone() else {
+            return Err(BusError::InvalidOption(
+                "the bus was started without [cluster] servers: it keeps no interest to federate".into(),
+            ));
+        };
+        let (actor, shared) = self.open("cluster".into(), None, None, true).await?;
+        let session = SessionHandle::new(self.inner.router.clone(), actor, shared);
+        Ok(crate::Federation::new(session, interest))
     }
 
     /// Every configured sink's snapshot.

@@ -68,6 +68,15 @@ impl TopicRef {
     }
 }
 
+/// What a batch carries beside its messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BatchTags<'a> {
+    /// A durable publish's receipt.
+    pub(crate) receipt: Option<&'a Arc<ReceiptToken>>,
+    /// Relayed from another node: whom it is for.
+    pub(crate) relay: Option<&'a crate::Relay>,
+}
+
 /// Whether a publish waits for admission or fails at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
@@ -85,14 +94,18 @@ pub(crate) struct Directory {
     pub(crate) supervisor: ActorRef<TopicSupervisorMessage>,
     /// Origin of [`Directory::now_ms`].
     epoch: Instant,
+    /// On a federated bus, the local interest the backplane follows; topics then also
+    /// record which queue groups they served.
+    pub(crate) interest: Option<Arc<crate::federation::Interest>>,
 }
 
 impl Directory {
-    pub(crate) fn new(supervisor: ActorRef<TopicSupervisorMessage>) -> Self {
+    pub(crate) fn new(supervisor: ActorRef<TopicSupervisorMessage>, federated: bool) -> Self {
         Directory {
             topics: DashMap::new(),
             supervisor,
             epoch: Instant::now(),
+            interest: federated.then(Default::default),
         }
     }
 
@@ -127,8 +140,9 @@ impl Directory {
         admit: Admit,
         budget: &Arc<MemoryBudget>,
         guards: impl Fn() -> [InflightGuard; 2],
-        receipt: Option<&Arc<ReceiptToken>>,
+        tags: BatchTags<'_>,
     ) -> Result<(), BusError> {
+        let BatchTags { receipt, relay } = tags;
         let mut stale = None;
         let mut reroutes = 0;
         while !messages.is_empty() {
@@ -184,6 +198,7 @@ impl Directory {
                 permit,
                 _guards: guards(),
                 receipt: receipt.map(|r| r.sibling(1)),
+                relay: relay.cloned(),
             };
             match target.actor.cast(TopicMessage::Publish(batch)) {
                 Ok(()) => messages = rest,

@@ -22,6 +22,8 @@
 //! - [`metrics`]: bus-wide counters (messages, refusals, drops, gaps, latency) for the
 //!   admin plane.
 //! - [`error`]: the one error type, [`BusError`].
+//! - [`federation`]: what a cluster backplane needs of a bus ([`Federation`]): local
+//!   interest, the forwarder's subscription, relayed batches.
 
 pub mod access;
 mod actors;
@@ -30,6 +32,7 @@ mod budget;
 pub mod bus;
 mod directory;
 pub mod error;
+pub mod federation;
 mod index;
 pub mod metrics;
 mod queue;
@@ -47,6 +50,7 @@ pub use actors::topic_supervisor::TopicSupervisorSnapshot;
 pub use budget::MemorySnapshot;
 pub use bus::{Bus, BusCounters, BusSnapshot, ConnectOptions, Quiesced};
 pub use error::BusError;
+pub use federation::{Federation, InterestChange, InterestKey, Relay};
 pub use metrics::{HistogramSnapshot, MetricsSnapshot};
 pub use queue::{DeliveryRun, QueueSnapshot};
 pub use session_handle::{DurableAck, SessionHandle};

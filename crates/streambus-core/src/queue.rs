@@ -624,6 +624,7 @@ mod tests {
             headers: Headers::new(),
             retained: false,
             retain: false,
+            groups_served: None,
         })
         .collect()
     }

@@ -30,7 +30,7 @@ use streambus_types::{Message, Topic};
 use crate::actors::session::SessionShared;
 use crate::admission::Inflight;
 use crate::budget::MemoryBudget;
-use crate::directory::{Admit, Directory};
+use crate::directory::{Admit, BatchTags, Directory};
 use crate::error::BusError;
 use crate::metrics::BusMetrics;
 use crate::receipt::ReceiptToken;
@@ -166,6 +166,7 @@ impl Router {
         messages: Vec<Message>,
         admit: Admit,
         receipt: Option<&Arc<ReceiptToken>>,
+        relay: Option<crate::Relay>,
     ) -> Result<(), BusError> {
         self.publishing.fetch_add(1, Ordering::SeqCst);
         let _publishing = Publishing(&self.publishing);
@@ -179,7 +180,17 @@ impl Router {
             let (count, bytes) = (group.len(), group.iter().map(Message::byte_len).sum::<usize>());
             match self
                 .directory
-                .send(&topic, group, admit, &self.budget, guards, receipt)
+                .send(
+                    &topic,
+                    group,
+                    admit,
+                    &self.budget,
+                    guards,
+                    BatchTags {
+                        receipt,
+                        relay: relay.as_ref(),
+                    },
+                )
                 .await
             {
                 Ok(()) => {

@@ -123,15 +123,32 @@ impl SessionHandle {
         admit: Admit,
         receipt: Option<&Arc<crate::receipt::ReceiptToken>>,
     ) -> Result<(), BusError> {
+        self.route_as(messages, admit, receipt, None).await
+    }
+
+    /// Routes a batch relayed from another node (see [`crate::Federation::relay`]).
+    pub(crate) async fn relay(&self, messages: Vec<Message>, relay: crate::Relay) -> Result<(), BusError> {
+        self.route_as(messages, Admit::Wait, None, Some(relay)).await
+    }
+
+    /// Routes a batch after the open check (see [`Router::route`]); a relayed one
+    /// carries whom it is for.
+    async fn route_as(
+        &self,
+        messages: Vec<Message>,
+        admit: Admit,
+        receipt: Option<&Arc<crate::receipt::ReceiptToken>>,
+        relay: Option<crate::Relay>,
+    ) -> Result<(), BusError> {
         let routed = if !self.is_open() {
             Err(BusError::Closed)
         } else if let Some(access) = &self.shared.access {
             match self.admit(access, &messages, admit).await {
-                Ok(()) => self.router.route(&self.shared, messages, admit, receipt).await,
+                Ok(()) => self.router.route(&self.shared, messages, admit, receipt, relay).await,
                 Err(e) => Err(e),
             }
         } else {
-            self.router.route(&self.shared, messages, admit, receipt).await
+            self.router.route(&self.shared, messages, admit, receipt, relay).await
         };
         if let Err(e) = &routed {
             self.note_refusal(e);

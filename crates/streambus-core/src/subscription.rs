@@ -49,6 +49,9 @@ pub(crate) struct Subscriber {
     pub(crate) session_ref: ActorRef<SessionMessage>,
     /// A durable sink's subscription: topics give it a share of each durable receipt.
     pub(crate) durable: bool,
+    /// Takes only what was published on this node (see
+    /// [`streambus_types::SubscriptionOptions::local_only`]).
+    pub(crate) local_only: bool,
 }
 
 /// A point-in-time view of one subscription.
@@ -66,6 +69,14 @@ pub struct SubscriptionSnapshot {
 }
 
 impl Subscriber {
+    /// Its (filter, group), as the backplane's interest counts it.
+    pub(crate) fn interest_key(&self) -> crate::InterestKey {
+        crate::InterestKey {
+            filter: self.filter.clone(),
+            group: self.group.clone(),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> SubscriptionSnapshot {
         SubscriptionSnapshot {
             id: self.id,

@@ -69,6 +69,7 @@ mod tests {
             headers: headers.into(),
             retained: false,
             retain: false,
+            groups_served: None,
         }
     }
 

@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::OverflowPolicy;
 
+mod cluster;
 mod security;
 mod sinks;
+
+pub use cluster::ClusterConfig;
 
 pub use security::{
     AdminAccess, AuthConfig, CertificateIdentity, JwtAlgorithm, JwtConfig, QuotaAction, QuotaConfig, RoleConfig, Rules,
@@ -45,6 +48,8 @@ pub struct BusConfig {
     pub auth: AuthConfig,
     /// Sinks: where messages are written outside the bus (`[[sinks]]` entries).
     pub sinks: Vec<SinkConfig>,
+    /// Federation with other nodes over a NATS cluster (off by default).
+    pub cluster: ClusterConfig,
 }
 
 /// Hard limits. Each refusal is a typed error that names the limit.
@@ -320,6 +325,7 @@ impl BusConfig {
                 reason: format!("{t:?} is not a topic: {e}"),
             });
         }
+        self.cluster.validate()?;
         sinks::validate_sinks(&self.sinks, l.max_message_bytes)
     }
 }

@@ -126,6 +126,10 @@ pub struct Delivery {
     /// delivery as on its replays), so that a sink can carry the flag on (an MQTT
     /// broker's retained message).
     pub retain: bool,
+    /// On a federated bus, the queue groups this node served the message to (so that
+    /// other nodes do not serve those groups again); `None` elsewhere.
+    #[serde(skip)]
+    pub groups_served: Option<Arc<[Arc<str>]>>,
 }
 
 impl Delivery {

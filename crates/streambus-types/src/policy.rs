@@ -58,6 +58,11 @@ pub struct SubscriptionOptions {
     /// Buffer capacity in bytes (payload plus headers); the bus default when unset.
     #[serde(default)]
     pub buffer_bytes: Option<usize>,
+    /// Only messages published on this node: on a federated bus, what other nodes relay
+    /// is not delivered to it. Sinks and the cluster's forwarder subscribe this way, so
+    /// that each message is written (and forwarded) by the one node it was published on.
+    #[serde(default)]
+    pub local_only: bool,
 }
 
 impl SubscriptionOptions {
@@ -70,6 +75,12 @@ impl SubscriptionOptions {
     /// Sets the overflow policy.
     pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
         self.overflow = Some(policy);
+        self
+    }
+
+    /// Takes only messages published on this node (see [`SubscriptionOptions::local_only`]).
+    pub fn local_only(mut self) -> Self {
+        self.local_only = true;
         self
     }
 

@@ -213,6 +213,7 @@ impl SessionState {
             ),
             session_ref: myself.clone(),
             durable,
+            local_only: options.local_only,
         });
         let sub = subscriber.clone();
         self.args

@@ -34,6 +34,7 @@ use streambus_types::{CloseReason, Delivery, Gap, Message, Topic};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::{InflightGuard, Permit};
 use crate::directory::{Directory, TopicShared};
+use crate::federation::Relay;
 use crate::queue::Push;
 use crate::receipt::ReceiptToken;
 use crate::subscription::{Subscriber, SubscriptionId};
@@ -51,6 +52,8 @@ pub(crate) struct PublishBatch {
     /// A durable publish: confirmed when the batch is in every subscriber buffer, and
     /// the source of each durable sink subscriber's share.
     pub(crate) receipt: Option<Arc<ReceiptToken>>,
+    /// Relayed from another node: whom it is for. `None`: published on this node.
+    pub(crate) relay: Option<Relay>,
 }
 
 impl PublishBatch {
@@ -289,6 +292,37 @@ impl TopicState {
 
     /// Stamps a batch and fans it out; parks it if a `block` subscriber is full.
     fn fan_out(&mut self, mut publish: PublishBatch, myself: &ActorRef<TopicMessage>) {
+        // Whom the batch is for: everyone, or (relayed from another node) the plain
+        // subscribers or one group. Relayed batches never reach `local_only` ones.
+        let (relayed, only_group) = match publish.relay.take() {
+            None => (false, None),
+            Some(Relay::Plain) => (true, None),
+            Some(Relay::Group(g)) => (true, Some(g)),
+            Some(Relay::Lost { count, group }) => {
+                self.report_relay_loss(count, group);
+                publish.complete();
+                return;
+            }
+            Some(Relay::Retain) => {
+                self.store_relayed_retained(&publish.messages);
+                publish.complete();
+                return;
+            }
+        };
+        // On a federated bus, what this node serves its own publishes' groups with, so
+        // that the other nodes leave those groups alone.
+        let groups_served = match (&self.directory.interest, relayed) {
+            (Some(_), false) => {
+                let served: Vec<Arc<str>> = self
+                    .groups
+                    .iter()
+                    .filter(|g| g.members.iter().any(|m| !m.queue.is_closed()))
+                    .map(|g| g.name.clone())
+                    .collect();
+                (!served.is_empty()).then(|| Arc::<[Arc<str>]>::from(served))
+            }
+            _ => None,
+        };
         let messages = std::mem::take(&mut publish.messages);
         let n = messages.len() as u64;
         // The batch's publish time, one nanosecond apart per message, after the last.
@@ -301,7 +335,9 @@ impl TopicState {
             .zip(first..)
             .map(|(m, sequence)| {
                 let timestamp_ns = base_ns + (sequence - first);
-                if m.retain {
+                // A group's relayed copy is not the topic's value here: the plain
+                // relay (or the retained stream) brings that.
+                if m.retain && only_group.is_none() {
                     let mut retained = self.shared.retained.lock();
                     *retained = (!m.payload.is_empty()).then(|| Delivery {
                         topic: m.topic.clone(),
@@ -311,6 +347,7 @@ impl TopicState {
                         headers: m.headers.clone(),
                         retained: true,
                         retain: true,
+                        groups_served: None,
                     });
                 }
                 Delivery {
@@ -321,6 +358,7 @@ impl TopicState {
                     headers: m.headers,
                     retained: false,
                     retain: m.retain,
+                    groups_served: groups_served.clone(),
                 }
             })
             .collect();
@@ -331,7 +369,10 @@ impl TopicState {
         let len = batch.len();
 
         let plain = std::mem::take(&mut self.plain);
-        for sub in &plain {
+        for sub in plain
+            .iter()
+            .filter(|s| only_group.is_none() && !(relayed && s.local_only))
+        {
             let share = match &publish.receipt {
                 Some(r) if sub.durable => Some(r.sibling(len)),
                 _ => None,
@@ -343,7 +384,13 @@ impl TopicState {
 
         let mut groups = std::mem::take(&mut self.groups);
         for group in &mut groups {
-            self.fan_out_group(group, &batch, myself);
+            let wanted = match &only_group {
+                None => !relayed,
+                Some(name) => &group.name == name,
+            };
+            if wanted {
+                self.fan_out_group(group, &batch, myself);
+            }
         }
         self.groups = groups;
 
@@ -430,6 +477,57 @@ impl TopicState {
         {
             sub.queue.push_gap(gap.clone());
         }
+    }
+
+    /// Reports `count` messages another node published on this topic, and this node
+    /// never received, to the subscribers they were for (outside groups, or `group`'s
+    /// members), with fresh sequence numbers reserved for them as for a crash loss.
+    fn report_relay_loss(&mut self, count: u64, group: Option<Arc<str>>) {
+        if count == 0 {
+            return;
+        }
+        let first = self.shared.next_sequence.fetch_add(count, Ordering::AcqRel);
+        let gap = Gap {
+            topic: self.shared.name.clone(),
+            dropped: count,
+            first_sequence: first,
+            last_sequence: first + count - 1,
+        };
+        tracing::warn!(parent: &self.span, lost = count, group = group.as_deref(), "messages lost on the cluster backplane, reported as a gap");
+        let targets: Vec<&Arc<Subscriber>> = match &group {
+            None => self.plain.iter().filter(|s| !s.local_only).collect(),
+            Some(name) => self
+                .groups
+                .iter()
+                .filter(|g| &g.name == name)
+                .flat_map(|g| g.members.iter())
+                .collect(),
+        };
+        for sub in targets {
+            sub.queue.push_gap(gap.clone());
+        }
+    }
+
+    /// Takes the retained value another node holds for this topic (the last of
+    /// `messages`; an empty payload clears it). It has no sequence number here: it
+    /// was not published on this node, so it is stored with sequence 0.
+    fn store_relayed_retained(&mut self, messages: &[Message]) {
+        let Some(m) = messages.last() else {
+            return;
+        };
+        *self.shared.retained.lock() = (!m.payload.is_empty()).then(|| Delivery {
+            topic: m.topic.clone(),
+            sequence: 0,
+            timestamp_ns: now_ns(),
+            payload: m.payload.clone(),
+            headers: m.headers.clone(),
+            retained: true,
+            retain: true,
+            groups_served: None,
+        });
+        self.shared
+            .last_active_ms
+            .store(self.directory.now_ms(), Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> TopicSnapshot {

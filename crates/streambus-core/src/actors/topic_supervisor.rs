@@ -107,6 +107,8 @@ pub(crate) struct TopicSupervisorArgs {
     /// Filled in by `pre_start`, which is where the directory is created (it needs this
     /// actor's own reference).
     pub(crate) directory: tokio::sync::oneshot::Sender<Arc<Directory>>,
+    /// `[cluster]` is enabled: the directory keeps the local interest for the backplane.
+    pub(crate) federated: bool,
 }
 
 /// State of the topic supervisor.
@@ -226,6 +228,11 @@ impl TopicSupervisorState {
     fn subscribe(&mut self, sub: Arc<Subscriber>) {
         self.by_session.entry(sub.session).or_default().insert(sub.id);
         self.index.insert(sub.id, sub.filter.clone(), sub.clone());
+        if let Some(interest) = &self.directory.interest
+            && !sub.local_only
+        {
+            interest.add(sub.interest_key());
+        }
         self.for_each_match(&sub.filter, |r| {
             let _ = r.actor.cast(TopicMessage::AddSubscriber(sub.clone()));
         });
@@ -239,6 +246,11 @@ impl TopicSupervisorState {
         let Some((filter, sub)) = self.index.remove(id) else {
             return;
         };
+        if let Some(interest) = &self.directory.interest
+            && !sub.local_only
+        {
+            interest.remove(&sub.interest_key());
+        }
         self.for_each_match(&filter, |r| {
             let _ = r.actor.cast(TopicMessage::RemoveSubscriber(id));
         });
@@ -265,7 +277,7 @@ impl Actor for TopicSupervisor {
         myself: ActorRef<TopicSupervisorMessage>,
         args: TopicSupervisorArgs,
     ) -> Result<TopicSupervisorState, ActorProcessingErr> {
-        let directory = Arc::new(Directory::new(myself.clone()));
+        let directory = Arc::new(Directory::new(myself.clone(), args.federated));
         let _ = args.directory.send(directory.clone());
         let sweep = Duration::from_millis((args.topics.idle_timeout_ms / 4).clamp(10, 10_000));
         myself.send_interval(sweep, || TopicSupervisorMessage::Sweep);

@@ -121,6 +121,8 @@ async fn start_one(config: &BusConfig, cfg: &SinkConfig, session: &SessionHandle
             overflow: Some(overflow),
             buffer_messages: memory.then_some(b.max_events),
             buffer_bytes: memory.then_some(b.max_bytes as usize),
+            // Each message is written by the node it was published on.
+            local_only: true,
         };
         subscriptions.push(session.subscribe_as(filter, options, !memory).await?);
     }
