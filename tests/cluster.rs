@@ -258,7 +258,21 @@ async fn three_nodes_deliver_exactly_once_in_order() {
         "no interest on c, nothing sent there"
     );
 
-    // The admin plane shows the backplane.
+    // The admin plane shows the backplane: every node knows the three members.
+    for n in [&a, &b, &c] {
+        wait_until("each node lists the three members", || async {
+            let info = cluster_info(n).await;
+            let mut names: Vec<String> = info["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["node"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names == ["a", "b", "c"]
+        })
+        .await;
+    }
     let metrics = reqwest::get(format!("{}/metrics", a.admin.as_ref().unwrap()))
         .await
         .unwrap()

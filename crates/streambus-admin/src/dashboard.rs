@@ -48,6 +48,8 @@ pub(crate) struct DashboardData {
     subscriptions: Vec<SubscriptionRow>,
     /// The supervision tree, each supervisor's children cut at [`ROWS`].
     tree: TreeNode,
+    /// The cluster backplane, when the node federates.
+    cluster: Option<streambus_cluster::ClusterSnapshot>,
 }
 
 /// Reads one update.
@@ -86,6 +88,7 @@ async fn collect(state: &AdminState) -> Result<DashboardData, BusError> {
         subscriptions_total,
         subscriptions,
         tree,
+        cluster: state.cluster.as_ref().map(streambus_cluster::Cluster::snapshot),
     })
 }
 

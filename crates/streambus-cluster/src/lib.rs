@@ -27,6 +27,7 @@
 
 mod cover;
 mod forward;
+mod members;
 mod receive;
 mod retained;
 mod track;
@@ -35,6 +36,7 @@ mod wire;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use members::Member;
 use serde::Serialize;
 use streambus_core::{Bus, BusError};
 use streambus_types::config::ClusterConfig;
@@ -84,6 +86,9 @@ pub struct ClusterSnapshot {
     pub node: String,
     /// This node's id on the backplane (name and incarnation).
     pub origin: String,
+    /// The nodes of the cluster, this one first (see `members`: presence, heard from
+    /// within the last five seconds).
+    pub members: Vec<Member>,
     /// The NATS servers configured.
     pub servers: Vec<String>,
     /// Whether the NATS connection is up.
@@ -142,6 +147,7 @@ struct Inner {
     servers: Vec<String>,
     client: async_nats::Client,
     stats: Arc<Stats>,
+    roster: members::Roster,
     stop: watch::Sender<bool>,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -245,6 +251,13 @@ impl Cluster {
             writer,
             stop_rx.clone(),
         )));
+        let roster = members::Roster::default();
+        tasks.push(tokio::spawn(members::run(
+            shared.clone(),
+            node.clone(),
+            roster.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(receive::run(shared, stop_rx)));
         tracing::info!(%node, %origin, servers = ?config.servers, "cluster: joined");
         Ok(Cluster {
@@ -254,6 +267,7 @@ impl Cluster {
                 servers: config.servers,
                 client,
                 stats,
+                roster,
                 stop,
                 tasks: parking_lot::Mutex::new(tasks),
             }),
@@ -269,6 +283,7 @@ impl Cluster {
         ClusterSnapshot {
             node: i.node.clone(),
             origin: i.origin.to_string(),
+            members: members::list(&i.node, &i.origin, &i.roster),
             servers: i.servers.clone(),
             connected: i.client.connection_state() == async_nats::connection::State::Connected,
             server: info.server_name,

@@ -26,8 +26,6 @@ pub struct ClusterConfig {
     pub retained_stream: String,
     /// Replicas of the retained stream (1 on a single NATS server, 3 on a 3-node cluster).
     pub retained_replicas: usize,
-    /// Most messages the forwarder sends to NATS before it flushes the connection.
-    pub forward_batch: usize,
     /// Most (origin, topic) pairs whose sequence a node tracks to find gaps and
     /// duplicates; past it the oldest tracking is forgotten (the next message of such a
     /// pair is taken as the start of a new run).
@@ -42,7 +40,6 @@ impl Default for ClusterConfig {
             subject_prefix: "streambus".into(),
             retained_stream: "STREAMBUS_RETAINED".into(),
             retained_replicas: 1,
-            forward_batch: 256,
             max_tracked_topics: 100_000,
         }
     }
@@ -100,9 +97,6 @@ impl ClusterConfig {
         }
         if self.retained_replicas == 0 || self.retained_replicas > 5 {
             return Err(err("retained_replicas", "must be 1 to 5".into()));
-        }
-        if self.forward_batch == 0 {
-            return Err(err("forward_batch", "must be greater than zero".into()));
         }
         if self.max_tracked_topics == 0 {
             return Err(err("max_tracked_topics", "must be greater than zero".into()));
