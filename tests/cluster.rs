@@ -22,17 +22,44 @@ use streambus::{Event, Message, SubscriptionOptions, Topic};
 
 /// A bus node named `name` whose NATS server is `cluster`'s server `first`.
 fn node(cluster: &NatsCluster, name: &str, first: usize) -> Served {
-    Served::start(
-        &[
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--cluster",
-            &cluster.urls_from(first),
-            "--node",
-            name,
-        ],
-        &[("STREAMBUS_CLUSTER__RETAINED_REPLICAS", "3")],
+    node_with(cluster, name, first, &[])
+}
+
+/// [`node`] with more arguments for `streambus serve`.
+fn node_with(cluster: &NatsCluster, name: &str, first: usize, extra: &[&str]) -> Served {
+    let urls = cluster.urls_from(first);
+    let mut args = vec!["--grpc-addr", "127.0.0.1:0", "--cluster", &urls, "--node", name];
+    args.extend_from_slice(extra);
+    Served::start(&args, &[("STREAMBUS_CLUSTER__RETAINED_REPLICAS", "3")])
+}
+
+/// A config file giving a node a `file` sink on `sensors.>` writing under `dir`.
+fn file_sink_config(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = \"{data}\"\n\n[[sinks]]\nname = \"files\"\ntype = \"file\"\ntopics = [\"sensors.>\"]\npath = \"{out}\"\n",
+            data = dir.join(format!("{name}-data")).display(),
+            out = dir.join(format!("{name}-out")).display(),
+        ),
     )
+    .unwrap();
+    config
+}
+
+/// Records in the files of a `file` sink's directory whose topic is not a warm-up one.
+fn sink_records(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        n += text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|v| v["topic"].as_str().is_some_and(|t| !t.contains("warm")))
+            .count();
+    }
+    n
 }
 
 async fn client(node: &Served, name: &str) -> Client {
@@ -154,7 +181,14 @@ fn in_order(got: &[(String, String)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_exactly_once_in_order() {
     let Some(nats) = NatsCluster::start(3) else { return };
-    let (a, b, c) = (node(&nats, "a", 0), node(&nats, "b", 1), node(&nats, "c", 2));
+    // A and B each write `sensors.>` to a file sink of their own.
+    let dir = tempfile::tempdir().unwrap();
+    let (config_a, config_b) = (file_sink_config(dir.path(), "a"), file_sink_config(dir.path(), "b"));
+    let (a, b, c) = (
+        node_with(&nats, "a", 0, &["--config", config_a.to_str().unwrap()]),
+        node_with(&nats, "b", 1, &["--config", config_b.to_str().unwrap()]),
+        node(&nats, "c", 2),
+    );
     let (pa, sa, sb, sc) = (
         client(&a, "pub-a").await,
         client(&a, "sub-a").await,
@@ -256,6 +290,17 @@ async fn three_nodes_deliver_exactly_once_in_order() {
         topic_published(&c, "sensors.d0.hum").await,
         0,
         "no interest on c, nothing sent there"
+    );
+
+    // Each message is written by the node it was published on: all on A, none on B.
+    wait_until("A's sink wrote every message", || async {
+        sink_records(&dir.path().join("a-out")) == N
+    })
+    .await;
+    assert_eq!(
+        sink_records(&dir.path().join("b-out")),
+        0,
+        "B writes nothing A published"
     );
 
     // The admin plane shows the backplane: every node knows the three members.
@@ -374,20 +419,24 @@ async fn queue_groups_span_nodes_and_retained_values_travel() {
     lamp.retain = true;
     pa.publish_batch(vec![lamp], true).await.unwrap();
     // The retained stream is replicated three times: the JetStream cluster may still be
-    // electing its leaders, so this allows longer than other steps.
-    let value = tokio::time::timeout(Duration::from_secs(40), async {
-        loop {
-            let mut sub = cc.subscribe("state.>", SubscriptionOptions::default()).await.unwrap();
-            if let Ok(Some(Event::Delivery(d))) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
-                return d;
-            }
+    // electing its leaders, so this allows longer than other steps. C subscribes only
+    // once it has the value from the stream (had it subscribed sooner, the forwarded
+    // publish itself might have reached it live).
+    tokio::time::timeout(Duration::from_secs(40), async {
+        while cluster_info(&c).await["retained_received"].as_u64().unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await
-    .expect("C replays the retained value");
+    .expect("C took the retained value from the stream");
+    assert!(cluster_info(&a).await["retained_written"].as_u64().unwrap() >= 1);
+    let mut sub = cc.subscribe("state.>", SubscriptionOptions::default()).await.unwrap();
+    let value = match within("C replays the retained value", sub.next()).await {
+        Some(Event::Delivery(d)) => d,
+        other => panic!("{other:?}"),
+    };
     assert_eq!(value.payload, "on");
-    assert!(value.retained);
-    assert!(cluster_info(&c).await["retained_received"].as_u64().unwrap() >= 1);
+    assert!(value.retained, "a replay, not a live delivery");
     for n in [a, b, c] {
         n.terminate();
     }

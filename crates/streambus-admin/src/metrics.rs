@@ -418,7 +418,7 @@ fn cluster_families(f: &mut Families, c: &streambus_cluster::ClusterSnapshot) {
         ),
         (
             "forward_lost",
-            "Messages published here that were never forwarded (NATS down or slower than the publishers).",
+            "Messages published here that were not forwarded (the NATS connection was down).",
             c.forward_lost,
         ),
         ("received", "Messages received from NATS.", c.received),

@@ -183,6 +183,10 @@ struct PubSubArgs {
     /// Run against a bus inside this process instead of a server.
     #[arg(long, conflicts_with_all = ["addr", "target"])]
     embedded: bool,
+    /// Subscribers connect here instead of `--addr` (a server of the same kind): for a
+    /// fan-in across the nodes of a cluster.
+    #[arg(long, conflicts_with = "embedded")]
+    sub_addr: Option<String>,
     /// Connections of `pub` (publishers) or `sub` (subscribers).
     #[arg(long, default_value_t = 1)]
     conns: usize,
@@ -287,9 +291,14 @@ fn pubsub_options(workload: Workload, args: &PubSubArgs) -> anyhow::Result<(PubS
         Workload::Sub => (0, args.conns),
         Workload::PubSub => (args.pubs, args.subs),
     };
+    let sub_target = args
+        .sub_addr
+        .as_deref()
+        .map(|addr| network_target(args.target, Some(addr)).0);
     let options = PubSubOptions {
         workload,
         target,
+        sub_target,
         pubs,
         subs,
         size: args.size,

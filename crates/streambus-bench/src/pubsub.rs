@@ -64,6 +64,9 @@ pub struct PubSubOptions {
     pub workload: Workload,
     /// The server.
     pub target: Target,
+    /// Where subscribers connect instead of `target` (another node of a cluster, or
+    /// another server of a NATS cluster): what crossing the backplane costs.
+    pub sub_target: Option<Target>,
     /// Publishers, one connection each.
     pub pubs: usize,
     /// Subscribers, one connection each.
@@ -407,7 +410,8 @@ pub async fn run(options: &PubSubOptions, progress: Arc<Progress>) -> anyhow::Re
             expected.store(m, Ordering::Release);
         }
         for i in 0..options.subs {
-            let conn = connect(&options.target, bus.as_ref(), format!("bench-sub-{i}")).await?;
+            let target = options.sub_target.as_ref().unwrap_or(&options.target);
+            let conn = connect(target, bus.as_ref(), format!("bench-sub-{i}")).await?;
             let feed = conn.subscribe("bench.>").await?;
             if let Conn::Nats(c) = &conn {
                 c.flush().await?;
@@ -529,6 +533,7 @@ mod tests {
         PubSubOptions {
             workload,
             target,
+            sub_target: None,
             pubs: 2,
             subs: 2,
             size: 64,

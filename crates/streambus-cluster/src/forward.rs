@@ -2,10 +2,13 @@
 //!
 //! It reads a `local_only` subscription on `>` (system topics stay on their node) and
 //! publishes each delivery on `<prefix>.<topic>`, stamped with the node's id and the
-//! delivery's number in its topic's run. Its buffer drops the newest when full (NATS
-//! down or slower than the publishers): local delivery never waits for the backplane.
-//! What it drops is never forwarded, and its numbers are skipped, so the other nodes
-//! see exactly that gap.
+//! delivery's number in its topic's run.
+//!
+//! Its subscription's policy is `block`: while NATS takes what it is given, the
+//! forwarder is one more subscriber the publishers are paced by, and nothing is lost
+//! on the way out. While the connection is down (or a publish cannot be handed to the
+//! client within [`HANDOFF`]), it does not wait: it lets those messages go, skips their
+//! numbers so that the other nodes see exactly that gap, and local delivery carries on.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,15 +21,16 @@ use crate::wire::{self, Stamp};
 use crate::{Shared, retained};
 
 /// The forwarder's buffer, in messages.
-const BUFFER_MESSAGES: usize = 65_536;
+const BUFFER_MESSAGES: usize = 8192;
 /// The forwarder's buffer, in payload and header bytes.
-const BUFFER_BYTES: usize = 64 * 1024 * 1024;
+const BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// Longest wait for the NATS client to take one message while connected.
+const HANDOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The forwarder's subscription: a bounded buffer that drops the newest when full, so
-/// that a slow or absent backplane never holds back local delivery.
+/// The forwarder's subscription: `block` (see the module doc), bounded.
 pub(crate) fn options() -> SubscriptionOptions {
     SubscriptionOptions::default()
-        .overflow(OverflowPolicy::DropNewest)
+        .overflow(OverflowPolicy::Block)
         .buffer(BUFFER_MESSAGES, BUFFER_BYTES)
 }
 
@@ -40,6 +44,9 @@ pub(crate) async fn run(
 ) {
     let prefix = shared.config.subject_prefix.as_str();
     let mut numbering = Numbering::new(shared.config.max_tracked_topics);
+    let mut lost_log = crate::EveryFewSeconds::new(
+        "cluster: messages published here not forwarded (NATS unreachable or not taking them); the other nodes see a gap",
+    );
     let stats = &shared.stats;
     let mut leaving = false;
     loop {
@@ -78,27 +85,33 @@ pub(crate) async fn run(
                             tracing::error!(topic = %d.topic, "cluster: the retained writer is gone; value not replicated");
                         }
                     }
-                    match shared
-                        .client
-                        .publish_with_headers(wire::subject(prefix, d.topic.as_str()), headers, d.payload.clone())
-                        .await
-                    {
-                        Ok(()) => {
-                            stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            // Only a closed client refuses; the message is lost to the
-                            // other nodes and they will see its number missing.
-                            stats.forward_lost.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(topic = %d.topic, error = %e, "cluster: forwarding failed");
-                        }
+                    let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
+                    let sent = connected
+                        && matches!(
+                            tokio::time::timeout(
+                                HANDOFF,
+                                shared.client.publish_with_headers(
+                                    wire::subject(prefix, d.topic.as_str()),
+                                    headers,
+                                    d.payload.clone()
+                                ),
+                            )
+                            .await,
+                            Ok(Ok(()))
+                        );
+                    if sent {
+                        stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        // Its number is spent: the other nodes see it missing.
+                        stats.forward_lost.fetch_add(1, Ordering::Relaxed);
+                        lost_log.add(1, &d.topic);
                     }
                 }
             }
             Some(BatchEvent::Gap(gap)) => {
                 numbering.skip(&gap.topic, gap.dropped);
                 stats.forward_lost.fetch_add(gap.dropped, Ordering::Relaxed);
-                tracing::error!(topic = %gap.topic, lost = gap.dropped, "cluster: the forwarder fell behind; messages not forwarded (the other nodes see a gap)");
+                lost_log.add(gap.dropped, &gap.topic);
             }
             Some(BatchEvent::Closed(_)) | None => break,
         }

@@ -4,7 +4,7 @@
 //! subscribers through its own topic actors exactly as a lone node does. Beside that:
 //!
 //! - the **forwarder** (`forward`) takes what was published on this node (a
-//!   `local_only` subscription on `>`) and publishes it on NATS as
+//!   `local_only`, `block` subscription on `>`) and publishes it on NATS as
 //!   `<prefix>.<topic>`, stamped with the node's id and the message's number in its
 //!   topic's run, on a connection with `no_echo`, so the node never hears itself;
 //! - the **receiver** (`receive`) follows the node's interest: for every filter a
@@ -57,6 +57,41 @@ pub enum ClusterError {
     Connect(String),
 }
 
+/// A warning about losses logged at most every few seconds, with what was lost since
+/// the last one: a backplane in trouble loses many messages on many topics, and one
+/// line per topic would bury the log.
+pub(crate) struct EveryFewSeconds {
+    what: &'static str,
+    since: std::time::Instant,
+    count: u64,
+    last_topic: Option<streambus_types::Topic>,
+}
+
+impl EveryFewSeconds {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub(crate) fn new(what: &'static str) -> Self {
+        EveryFewSeconds {
+            what,
+            since: std::time::Instant::now() - Self::EVERY,
+            count: 0,
+            last_topic: None,
+        }
+    }
+
+    /// Counts `n` lost messages of `topic`; logs when the last line is old enough.
+    pub(crate) fn add(&mut self, n: u64, topic: &streambus_types::Topic) {
+        self.count += n;
+        self.last_topic = Some(topic.clone());
+        if self.since.elapsed() >= Self::EVERY {
+            let topic = self.last_topic.take();
+            tracing::warn!(lost = self.count, last_topic = ?topic.as_ref().map(|t| t.as_str()), "{}", self.what);
+            self.count = 0;
+            self.since = std::time::Instant::now();
+        }
+    }
+}
+
 /// Counters of the backplane, read by the admin plane.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -99,8 +134,8 @@ pub struct ClusterSnapshot {
     pub known_servers: Vec<String>,
     /// Messages published here and forwarded to NATS.
     pub forwarded: u64,
-    /// Messages published here the forwarder could not take (NATS slower than the
-    /// publishers or down): never forwarded, seen by the other nodes as a gap.
+    /// Messages published here that were not forwarded (the NATS connection was down):
+    /// seen by the other nodes as a gap.
     pub forward_lost: u64,
     /// Messages received from NATS.
     pub received: u64,
@@ -185,7 +220,8 @@ impl Cluster {
         } else {
             config.node.clone()
         };
-        let origin: Arc<str> = format!("{node}/{:016x}", fastrand::u64(..)).into();
+        // The id travels in a space-separated stamp: no spaces in it.
+        let origin: Arc<str> = format!("{}/{:016x}", node.replace(char::is_whitespace, "_"), fastrand::u64(..)).into();
         let addrs = config
             .servers
             .iter()
@@ -203,6 +239,9 @@ impl Cluster {
             // The first server listed is the node's own (the nearest); the others are
             // where it fails over to, in order.
             .retain_servers_order()
+            // What waits for the local bus, per NATS subscription; past it the client
+            // drops (NATS's slow consumer) and the run numbers report the gap.
+            .subscription_capacity(receive::SUBSCRIPTION_CAPACITY)
             .retry_on_initial_connect()
             .max_reconnects(None)
             .event_callback(move |event| {

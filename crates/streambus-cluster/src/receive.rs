@@ -26,6 +26,9 @@ use crate::track::{Runs, Verdict};
 use crate::wire;
 use crate::{Shared, cover};
 
+/// Messages the NATS client holds per subscription for the receiver.
+pub(crate) const SUBSCRIPTION_CAPACITY: usize = 8192;
+
 /// What one NATS subscription is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Route {
@@ -49,6 +52,8 @@ struct Receiver {
     pending: Vec<Message>,
     /// Whom `pending` is for.
     pending_relay: Option<Relay>,
+    /// Backplane losses, logged every few seconds.
+    lost_log: crate::EveryFewSeconds,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -61,6 +66,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         runs: Runs::new(max),
         pending: Vec::new(),
         pending_relay: None,
+        lost_log: crate::EveryFewSeconds::new(
+            "cluster: messages lost on the backplane (reported to the subscribers as gaps)",
+        ),
     };
     let most = r.shared.batch_limit.clamp(1, 512);
     loop {
@@ -179,7 +187,7 @@ impl Receiver {
                         Verdict::Deliver { lost } if lost > 0 => {
                             stats.gaps.fetch_add(1, Ordering::Relaxed);
                             stats.lost.fetch_add(lost, Ordering::Relaxed);
-                            tracing::warn!(%topic, origin = %stamp.origin, lost, "cluster: messages lost on the backplane");
+                            self.lost_log.add(lost, &topic);
                             self.push(
                                 Relay::Lost {
                                     count: lost,

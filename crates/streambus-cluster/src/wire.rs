@@ -13,14 +13,11 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use streambus_types::{Headers, Topic, TopicFilter};
 
-/// The origin node's id (node name and incarnation).
-pub(crate) const ORIGIN: &str = "Streambus-Origin";
-/// `<generation>.<sequence>`: the message's place in its origin's run for its topic.
-pub(crate) const SEQUENCE: &str = "Streambus-Seq";
-/// The queue groups the origin served, form-encoded (`g=a&g=b`).
-pub(crate) const SERVED: &str = "Streambus-Served";
-/// Present (`1`) when the publisher asked for the message to be retained.
-pub(crate) const RETAIN: &str = "Streambus-Retain";
+/// The stamp: `<origin> <generation>.<sequence> <flags>[ <served groups>]`, where the
+/// origin is the node's id (name and incarnation, no spaces), flags are `r` (retain)
+/// or `-`, and the served groups are form-encoded (`g=a&g=b`). One header, so that
+/// each message costs NATS and both nodes one header to write and parse.
+pub(crate) const STAMP: &str = "Streambus";
 /// The message's own headers, form-encoded in order.
 pub(crate) const HEADERS: &str = "Streambus-Headers";
 
@@ -66,19 +63,26 @@ pub(crate) struct Incoming {
 
 /// The NATS headers of a forwarded message.
 pub(crate) fn encode(stamp: &Stamp, served: Option<&[Arc<str>]>, retain: bool, headers: &Headers) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    map.insert(ORIGIN, &*stamp.origin);
-    map.insert(SEQUENCE, format!("{}.{}", stamp.generation, stamp.sequence).as_str());
+    use std::fmt::Write as _;
+    let mut value = String::with_capacity(stamp.origin.len() + 32);
+    let _ = write!(
+        value,
+        "{} {}.{} {}",
+        stamp.origin,
+        stamp.generation,
+        stamp.sequence,
+        if retain { 'r' } else { '-' }
+    );
     if let Some(groups) = served.filter(|g| !g.is_empty()) {
-        let mut form = form_urlencoded::Serializer::new(String::new());
+        value.push(' ');
+        let mut form = form_urlencoded::Serializer::new(value);
         for g in groups {
             form.append_pair("g", g);
         }
-        map.insert(SERVED, form.finish().as_str());
+        value = form.finish();
     }
-    if retain {
-        map.insert(RETAIN, "1");
-    }
+    let mut map = HeaderMap::new();
+    map.insert(STAMP, value.as_str());
     if !headers.is_empty() {
         let mut form = form_urlencoded::Serializer::new(String::new());
         for (name, value) in headers.as_slice() {
@@ -100,8 +104,7 @@ pub(crate) fn decode(map: Option<&HeaderMap>) -> Result<Incoming, String> {
             headers: Headers::new(),
         });
     };
-    let get = |name: &str| map.get(name).map(|v| v.as_str());
-    let Some(origin) = get(ORIGIN) else {
+    let Some(stamp) = map.get(STAMP).map(|v| v.as_str()) else {
         // A plain NATS client's message: its headers as they are (NATS keeps no order
         // between names, so they are sorted to be deterministic).
         let mut pairs: Vec<(String, String)> = map
@@ -116,13 +119,26 @@ pub(crate) fn decode(map: Option<&HeaderMap>) -> Result<Incoming, String> {
             headers: pairs.into(),
         });
     };
-    let sequence = get(SEQUENCE).ok_or_else(|| format!("{SEQUENCE} missing"))?;
-    let (generation, sequence) = sequence
+    let broken = || format!("{STAMP} {stamp:?} is not `<origin> <generation>.<sequence> <flags>`");
+    let mut parts = stamp.splitn(4, ' ');
+    let (Some(origin), Some(numbers), Some(flags)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(broken());
+    };
+    let (generation, sequence) = numbers
         .split_once('.')
-        .and_then(|(g, s)| Some((g.parse().ok()?, s.parse().ok()?)))
-        .filter(|&(_, s): &(u64, u64)| s > 0)
-        .ok_or_else(|| format!("{SEQUENCE} {sequence:?} is not <generation>.<sequence>"))?;
-    let served = get(SERVED)
+        .and_then(|(g, s)| Some((g.parse::<u64>().ok()?, s.parse::<u64>().ok()?)))
+        .filter(|&(_, s)| s > 0)
+        .ok_or_else(broken)?;
+    let retain = match flags {
+        "r" => true,
+        "-" => false,
+        _ => return Err(broken()),
+    };
+    if origin.is_empty() {
+        return Err(broken());
+    }
+    let served = parts
+        .next()
         .map(|v| {
             form_urlencoded::parse(v.as_bytes())
                 .filter(|(k, _)| k == "g")
@@ -130,9 +146,10 @@ pub(crate) fn decode(map: Option<&HeaderMap>) -> Result<Incoming, String> {
                 .collect()
         })
         .unwrap_or_default();
-    let headers: Vec<(String, String)> = get(HEADERS)
+    let headers: Vec<(String, String)> = map
+        .get(HEADERS)
         .map(|v| {
-            form_urlencoded::parse(v.as_bytes())
+            form_urlencoded::parse(v.as_str().as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect()
         })
@@ -144,7 +161,7 @@ pub(crate) fn decode(map: Option<&HeaderMap>) -> Result<Incoming, String> {
             sequence,
         }),
         served,
-        retain: get(RETAIN) == Some("1"),
+        retain,
         headers: headers.into(),
     })
 }
@@ -190,15 +207,26 @@ mod tests {
 
     #[test]
     fn a_broken_stamp_is_refused() {
-        for seq in ["", "1", "x.1", "1.x", "1.0", "-1.2"] {
+        for stamp in [
+            "",
+            "n/1",
+            "n/1 1.1",
+            "n/1 x.1 -",
+            "n/1 1.x -",
+            "n/1 1.0 -",
+            "n/1 -1.2 -",
+            "n/1 1.2 q",
+            " 1.2 -",
+        ] {
             let mut map = HeaderMap::new();
-            map.insert(ORIGIN, "n/1");
-            map.insert(SEQUENCE, seq);
-            assert!(decode(Some(&map)).is_err(), "{seq:?}");
+            map.insert(STAMP, stamp);
+            assert!(decode(Some(&map)).is_err(), "{stamp:?}");
         }
         let mut map = HeaderMap::new();
-        map.insert(ORIGIN, "n/1");
-        assert!(decode(Some(&map)).is_err());
+        map.insert(STAMP, "n/1 3.4 r");
+        let got = decode(Some(&map)).unwrap();
+        assert!(got.retain);
+        assert_eq!(got.stamp.unwrap().sequence, 4);
     }
 
     proptest! {

@@ -493,7 +493,8 @@ impl TopicState {
             first_sequence: first,
             last_sequence: first + count - 1,
         };
-        tracing::warn!(parent: &self.span, lost = count, group = group.as_deref(), "messages lost on the cluster backplane, reported as a gap");
+        // The backplane logs these losses in summary; one line per gap would bury the log.
+        tracing::debug!(parent: &self.span, lost = count, group = group.as_deref(), "messages lost on the cluster backplane, reported as a gap");
         let targets: Vec<&Arc<Subscriber>> = match &group {
             None => self.plain.iter().filter(|s| !s.local_only).collect(),
             Some(name) => self
