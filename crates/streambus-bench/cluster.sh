@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# What the backplane costs: a fan-in (publishers → one subscriber on `bench.>`, 100
-# topics, 128 B) with publishers and subscriber on one node, then with publishers on
-# node A and the subscriber on node C of a federated pair (three private nats-servers
-# in a cluster on loopback, each node on its own), alternated for three rounds; the
-# ratio of delivered rates and the latency added by the backplane. Also the same
-# fan-in straight through nats-server (one publisher connection per publisher, on
-# server 1, the subscriber on server 3) as the peer: what NATS alone does across its
-# own cluster. Loopback only; stops by itself.
+# What the backplane costs: a fan-in (publishers → one subscriber, 100 topics, 128 B)
+# on a lone node, on node A of a federated pair with the subscriber on A too, and with
+# the publishers on A and the subscriber on C (three private nats-servers in a cluster
+# on loopback, A and C each on its own server), alternated for three rounds; then the
+# same fan-in straight through nats-server (publishers on server 1, the subscriber on
+# server 3) as the peer: what NATS alone does across its own cluster. Each twice:
+# closed loop (throughput) and open loop at 20,000 msgs/s (the latency the backplane
+# adds, below saturation). Loopback only; stops by itself.
 #
 #   bash crates/streambus-bench/cluster.sh [seconds per run, default 8] [publishers, default 20]
 #
@@ -44,14 +44,18 @@ pids+=($!)
 pids+=($!)
 for p in 29500 29501 29503; do wait_port $p; done
 sleep 1
-summary='import json, sys; d = json.load(sys.stdin); print("%8.0f msgs/s delivered, p50 %6s us, p99 %7s us" % (d["msgs_per_sec"], d["latency_us"]["p50"], d["latency_us"]["p99"]))'
+summary='import json, sys; d = json.load(sys.stdin); print("%8.0f msgs/s delivered, p50 %7s us, p99 %8s us" % (d["msgs_per_sec"], d["latency_us"]["p50"], d["latency_us"]["p99"]))'
 run() {
   "$bench" pubsub "$@" --pubs "$pubs" --subs 1 --topics 100 --size 128 --duration "$secs" --json | python3 -c "$summary"
 }
 for round in 1 2 3; do
-  echo "-- round $round"
-  echo -n "one node (alone)      "; run --addr 127.0.0.1:29500
-  echo -n "one node (a, in cluster) "; run --addr 127.0.0.1:29501
-  echo -n "across nodes (a -> c) "; run --addr 127.0.0.1:29501 --sub-addr 127.0.0.1:29503
-  echo -n "nats-server (1 -> 3)  "; run --target nats --addr 127.0.0.1:29421 --sub-addr 127.0.0.1:29423
+  for load in "closed loop" "--rate 20000"; do
+    extra=()
+    [ "$load" = "closed loop" ] || extra=($load)
+    echo "-- round $round, $load"
+    echo -n "lone node              "; run --addr 127.0.0.1:29500 "${extra[@]}"
+    echo -n "node a, in the cluster "; run --addr 127.0.0.1:29501 "${extra[@]}"
+    echo -n "across nodes, a -> c   "; run --addr 127.0.0.1:29501 --sub-addr 127.0.0.1:29503 "${extra[@]}"
+    echo -n "nats-server, 1 -> 3    "; run --target nats --addr 127.0.0.1:29421 --sub-addr 127.0.0.1:29423 "${extra[@]}"
+  done
 done

@@ -67,8 +67,13 @@ pub(crate) async fn run(
         };
         match event {
             Some(BatchEvent::Deliveries(run)) => {
-                for d in run.iter() {
-                    let (generation, sequence) = numbering.next(&d.topic);
+                // A run is one topic: its subject and its numbers are found once.
+                let Some(topic) = run.first().map(|d| d.topic.clone()) else {
+                    continue;
+                };
+                let subject = async_nats::Subject::from(wire::subject(prefix, topic.as_str()));
+                let (generation, first) = numbering.next_run(&topic, run.len() as u64);
+                for (d, sequence) in run.iter().zip(first..) {
                     let stamp = Stamp {
                         origin: shared.origin.clone(),
                         generation,
@@ -86,19 +91,7 @@ pub(crate) async fn run(
                         }
                     }
                     let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
-                    let sent = connected
-                        && matches!(
-                            tokio::time::timeout(
-                                HANDOFF,
-                                shared.client.publish_with_headers(
-                                    wire::subject(prefix, d.topic.as_str()),
-                                    headers,
-                                    d.payload.clone()
-                                ),
-                            )
-                            .await,
-                            Ok(Ok(()))
-                        );
+                    let sent = connected && hand_off(&shared.client, subject.clone(), headers, d.payload.clone()).await;
                     if sent {
                         stats.forwarded.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -116,4 +109,19 @@ pub(crate) async fn run(
             Some(BatchEvent::Closed(_)) | None => break,
         }
     }
+}
+
+/// Hands one message to the NATS client: at once when its queue has room (the usual
+/// case, with no timer), else waiting up to [`HANDOFF`]. False if it was not taken.
+async fn hand_off(
+    client: &async_nats::Client,
+    subject: async_nats::Subject,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> bool {
+    let mut publish = std::pin::pin!(client.publish_with_headers(subject, headers, payload));
+    if let std::task::Poll::Ready(result) = futures::poll!(publish.as_mut()) {
+        return result.is_ok();
+    }
+    matches!(tokio::time::timeout(HANDOFF, publish).await, Ok(Ok(())))
 }

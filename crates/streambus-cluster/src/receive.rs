@@ -54,6 +54,8 @@ struct Receiver {
     pending_relay: Option<Relay>,
     /// Backplane losses, logged every few seconds.
     lost_log: crate::EveryFewSeconds,
+    /// The subject parsed last and its topic.
+    last_topic: Option<(async_nats::Subject, Topic)>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -69,6 +71,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         lost_log: crate::EveryFewSeconds::new(
             "cluster: messages lost on the backplane (reported to the subscribers as gaps)",
         ),
+        last_topic: None,
     };
     let most = r.shared.batch_limit.clamp(1, 512);
     loop {
@@ -163,10 +166,18 @@ impl Receiver {
     async fn take(&mut self, (route, message): (Route, async_nats::Message)) {
         let stats = self.shared.stats.clone();
         stats.received.fetch_add(1, Ordering::Relaxed);
-        let Some(topic) = wire::topic_of(&self.shared.config.subject_prefix, message.subject.as_str()) else {
-            stats.invalid.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(subject = %message.subject, "cluster: a subject that is not a topic");
-            return;
+        // Messages come in runs of one subject: its topic is parsed once.
+        let topic = match &self.last_topic {
+            Some((subject, topic)) if *subject == message.subject => topic.clone(),
+            _ => {
+                let Some(topic) = wire::topic_of(&self.shared.config.subject_prefix, message.subject.as_str()) else {
+                    stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(subject = %message.subject, "cluster: a subject that is not a topic");
+                    return;
+                };
+                self.last_topic = Some((message.subject.clone(), topic.clone()));
+                topic
+            }
         };
         let incoming = match wire::decode(message.headers.as_ref()) {
             Ok(incoming) => incoming,

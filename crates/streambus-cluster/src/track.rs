@@ -27,6 +27,9 @@ pub(crate) enum Verdict {
 #[derive(Debug)]
 pub(crate) struct Runs {
     last: HashMap<(Arc<str>, Topic), (u64, u64)>,
+    /// The pair judged last, kept out of the map: messages come in runs of one topic
+    /// from one origin, and this spares hashing them one by one.
+    hot: Option<((Arc<str>, Topic), (u64, u64))>,
     max: usize,
 }
 
@@ -34,36 +37,50 @@ impl Runs {
     pub(crate) fn new(max: usize) -> Self {
         Runs {
             last: HashMap::new(),
+            hot: None,
             max,
         }
     }
 
     /// Judges the message of `topic` with `stamp`, and remembers it.
     pub(crate) fn judge(&mut self, topic: &Topic, stamp: &Stamp) -> Verdict {
-        let key = (stamp.origin.clone(), topic.clone());
-        match self.last.get_mut(&key) {
-            Some((generation, last)) if *generation == stamp.generation => {
-                if stamp.sequence <= *last {
-                    return Verdict::Duplicate;
+        let is_hot = self
+            .hot
+            .as_ref()
+            .is_some_and(|((origin, t), _)| t == topic && **origin == *stamp.origin);
+        if !is_hot {
+            if let Some((key, value)) = self.hot.take() {
+                self.last.insert(key, value);
+            }
+            let key = (stamp.origin.clone(), topic.clone());
+            let value = match self.last.remove(&key) {
+                Some(value) => value,
+                None => {
+                    if self.last.len() >= self.max {
+                        self.last.clear();
+                    }
+                    self.hot = Some((key, (stamp.generation, stamp.sequence)));
+                    return Verdict::Deliver { lost: 0 };
                 }
-                let lost = stamp.sequence - *last - 1;
-                *last = stamp.sequence;
-                Verdict::Deliver { lost }
-            }
-            Some(entry) => {
-                // A new run: the origin forgot the topic (or restarted under the same
-                // id, which incarnations rule out). Nothing can be said about loss.
-                *entry = (stamp.generation, stamp.sequence);
-                Verdict::Deliver { lost: 0 }
-            }
-            None => {
-                if self.last.len() >= self.max {
-                    self.last.clear();
-                }
-                self.last.insert(key, (stamp.generation, stamp.sequence));
-                Verdict::Deliver { lost: 0 }
-            }
+            };
+            self.hot = Some((key, value));
         }
+        let Some((_, (generation, last))) = self.hot.as_mut() else {
+            unreachable!("set above");
+        };
+        if *generation != stamp.generation {
+            // A new run: the origin forgot the topic (or restarted under the same id,
+            // which incarnations rule out). Nothing can be said about loss.
+            *generation = stamp.generation;
+            *last = stamp.sequence;
+            return Verdict::Deliver { lost: 0 };
+        }
+        if stamp.sequence <= *last {
+            return Verdict::Duplicate;
+        }
+        let lost = stamp.sequence - *last - 1;
+        *last = stamp.sequence;
+        Verdict::Deliver { lost }
     }
 
     /// Forgets every topic `filter` matches: the node stopped listening to them, so the
@@ -71,11 +88,14 @@ impl Runs {
     /// for this node, and is no gap).
     pub(crate) fn forget(&mut self, filter: &TopicFilter) {
         self.last.retain(|(_, topic), _| !filter.matches(topic));
+        if self.hot.as_ref().is_some_and(|((_, topic), _)| filter.matches(topic)) {
+            self.hot = None;
+        }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.last.len()
+        self.last.len() + usize::from(self.hot.is_some())
     }
 }
 
@@ -97,16 +117,24 @@ impl Numbering {
     }
 
     /// The (generation, sequence) of the next message of `topic`.
+    #[cfg(test)]
     pub(crate) fn next(&mut self, topic: &Topic) -> (u64, u64) {
+        self.next_run(topic, 1)
+    }
+
+    /// The generation and the first sequence of the next `n` messages of `topic`
+    /// (numbered `first..first + n`).
+    pub(crate) fn next_run(&mut self, topic: &Topic, n: u64) -> (u64, u64) {
         if let Some((generation, seq)) = self.next.get_mut(topic) {
-            *seq += 1;
-            return (*generation, *seq);
+            let first = *seq + 1;
+            *seq += n;
+            return (*generation, first);
         }
         if self.next.len() >= self.max {
             self.next.clear();
         }
         self.generation += 1;
-        self.next.insert(topic.clone(), (self.generation, 1));
+        self.next.insert(topic.clone(), (self.generation, n));
         (self.generation, 1)
     }
 
@@ -134,6 +162,47 @@ mod tests {
             origin: origin.into(),
             generation,
             sequence,
+        }
+    }
+
+    proptest::proptest! {
+        /// The hot pair changes nothing: verdicts are those of a plain map, whatever
+        /// the mix of origins, topics, generations, sequences and forgetting.
+        #[test]
+        fn the_hot_pair_is_only_a_shortcut(
+            steps in proptest::collection::vec((0u8..3, 0u8..4, 1u64..3, 1u64..12, proptest::bool::weighted(0.05)), 1..300)
+        ) {
+            let mut runs = Runs::new(1000);
+            let mut model: HashMap<(String, String), (u64, u64)> = HashMap::new();
+            for (origin, topic, generation, sequence, forget) in steps {
+                let (o, t) = (format!("o{origin}"), format!("t.{topic}"));
+                if forget {
+                    runs.forget(&TopicFilter::new(&t).unwrap());
+                    model.retain(|(_, mt), _| *mt != t);
+                    continue;
+                }
+                let expected = match model.get_mut(&(o.clone(), t.clone())) {
+                    Some((g, last)) if *g == generation => {
+                        if sequence <= *last {
+                            Verdict::Duplicate
+                        } else {
+                            let lost = sequence - *last - 1;
+                            *last = sequence;
+                            Verdict::Deliver { lost }
+                        }
+                    }
+                    Some(entry) => {
+                        *entry = (generation, sequence);
+                        Verdict::Deliver { lost: 0 }
+                    }
+                    None => {
+                        model.insert((o.clone(), t.clone()), (generation, sequence));
+                        Verdict::Deliver { lost: 0 }
+                    }
+                };
+                let got = runs.judge(&Topic::new(&t).unwrap(), &stamp(&o, generation, sequence));
+                proptest::prop_assert_eq!(got, expected);
+            }
         }
     }
 
@@ -187,6 +256,10 @@ mod tests {
         assert_eq!(n.next(&b), (2, 1));
         n.skip(&a, 3);
         assert_eq!(n.next(&a), (1, 6));
+        assert_eq!(n.next_run(&a, 10), (1, 7));
+        assert_eq!(n.next(&a), (1, 17));
+        assert_eq!(n.next_run(&t("c"), 5), (3, 1));
+        assert_eq!(n.next(&t("c")), (3, 6));
         // Sender and receiver together: the skip is seen as exactly that gap.
         let mut runs = Runs::new(100);
         let mut n = Numbering::new(100);

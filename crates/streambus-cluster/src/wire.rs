@@ -64,7 +64,7 @@ pub(crate) struct Incoming {
 /// The NATS headers of a forwarded message.
 pub(crate) fn encode(stamp: &Stamp, served: Option<&[Arc<str>]>, retain: bool, headers: &Headers) -> HeaderMap {
     use std::fmt::Write as _;
-    let mut value = String::with_capacity(stamp.origin.len() + 32);
+    let mut value = String::with_capacity(stamp.origin.len() + 48);
     let _ = write!(
         value,
         "{} {}.{} {}",
