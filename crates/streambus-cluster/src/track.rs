@@ -23,13 +23,18 @@ pub(crate) enum Verdict {
     Duplicate,
 }
 
+/// An origin and a topic.
+type Pair = (Arc<str>, Topic);
+/// A run: its generation and the last sequence seen.
+type Run = (u64, u64);
+
 /// The receiving side: the last number seen per (origin, topic).
 #[derive(Debug)]
 pub(crate) struct Runs {
-    last: HashMap<(Arc<str>, Topic), (u64, u64)>,
+    last: HashMap<Pair, Run>,
     /// The pair judged last, kept out of the map: messages come in runs of one topic
     /// from one origin, and this spares hashing them one by one.
-    hot: Option<((Arc<str>, Topic), (u64, u64))>,
+    hot: Option<(Pair, Run)>,
     max: usize,
 }
 
