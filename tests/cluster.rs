@@ -520,3 +520,38 @@ async fn losing_a_nats_server_or_a_node_loses_only_what_is_reported() {
         n.terminate();
     }
 }
+
+/// With every NATS server gone, a node keeps serving its own clients: local delivery
+/// never waits for the backplane, and what could not be forwarded is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_nats_keeps_delivering_locally() {
+    let Some(mut nats) = NatsCluster::start(1) else { return };
+    let a = node(&nats, "a", 0);
+    let (pa, sa) = (client(&a, "pub-a").await, client(&a, "sub-a").await);
+    let mut local = sa.subscribe("local.>", SubscriptionOptions::default()).await.unwrap();
+    wait_until("A is connected to NATS", || async {
+        cluster_info(&a).await["connected"] == true
+    })
+    .await;
+    nats.kill(0);
+    wait_until("A saw NATS go", || async {
+        cluster_info(&a).await["connected"] == false
+    })
+    .await;
+
+    const N: usize = 2_000;
+    let messages: Vec<Message> = (0..N)
+        .map(|i| Message::new(Topic::new("local.x").unwrap(), i.to_string()))
+        .collect();
+    for chunk in messages.chunks(200) {
+        within("publishing without NATS", pa.publish_batch(chunk.to_vec(), true))
+            .await
+            .unwrap();
+    }
+    let got = collect(&mut local, N).await;
+    in_order(&got);
+    let info = cluster_info(&a).await;
+    assert_eq!(info["forward_lost"].as_u64().unwrap(), N as u64, "{info}");
+    assert_eq!(info["forwarded"], 0, "{info}");
+    a.terminate();
+}

@@ -351,11 +351,19 @@ impl Cluster {
     /// closes the connection. Call it before the bus's own shutdown.
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
+        // Each task stops at its next step; one stuck handing a message to a full local
+        // topic (a `block` subscriber that stopped reading) or to NATS is given up on.
         let tasks = std::mem::take(&mut *self.inner.tasks.lock());
-        for task in tasks {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        for mut task in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!(node = %self.inner.node, "cluster: a backplane task did not stop in time; stopped");
+            }
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.inner.client.flush()).await;
+        if self.inner.client.connection_state() == async_nats::connection::State::Connected {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.inner.client.flush()).await;
+        }
         tracing::info!(node = %self.inner.node, "cluster: left");
     }
 }

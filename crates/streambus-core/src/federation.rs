@@ -1,7 +1,7 @@
 //! What a cluster backplane needs from a bus: its local interest, a way to take what
 //! was published here, and a way to hand it what other nodes published.
 //!
-//! A bus started with `[cluster]` enabled keeps an [`Interest`] registry: the topic
+//! A bus started with `[cluster]` enabled keeps an `Interest` registry: the topic
 //! supervisor counts every subscription's (filter, queue group) as it is added and
 //! removed, and the backplane takes the changes (first holder, last holder gone) with
 //! [`Federation::interest_changes`]. The registry holds one entry per distinct
