@@ -162,6 +162,9 @@ async fn bad_input_gets_the_error_body() {
     assert_eq!((status, &reply["error"]["field"]), (400, &json!("limit")));
     let (status, _) = get!(app, "/api/v2/everything");
     assert_eq!(status, 404);
+    // A node that does not federate has no cluster to show.
+    let (status, reply) = get!(app, "/api/v1/cluster");
+    assert_eq!((status, &reply["error"]["code"]), (404, &json!("not_found")));
     assert_eq!(bus.metrics().published_messages, 0, "nothing was published");
     bus.shutdown().await;
 }
