@@ -321,7 +321,6 @@ async fn serve(
     if let Some(node) = node {
         config.cluster.node = node;
     }
-    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener =
         streambus::server::bind(config.grpc.addr).with_context(|| format!("cannot listen on {}", config.grpc.addr))?;
     let addr = listener.local_addr()?;

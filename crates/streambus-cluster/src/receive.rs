@@ -221,7 +221,7 @@ impl Receiver {
                 Relay::Group(group)
             }
         };
-        let mut m = Message::new(topic, wire::payload(&message)).with_headers(incoming.headers);
+        let mut m = Message::new(topic, message.payload.clone()).with_headers(incoming.headers);
         m.retain = incoming.retain;
         self.push(relay, m).await;
     }

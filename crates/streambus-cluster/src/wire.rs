@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use bytes::Bytes;
 use streambus_types::{Headers, Topic, TopicFilter};
 
 /// The stamp: `<origin> <generation>.<sequence> <flags>[ <served groups>]`, where the
@@ -164,11 +163,6 @@ pub(crate) fn decode(map: Option<&HeaderMap>) -> Result<Incoming, String> {
         retain,
         headers: headers.into(),
     })
-}
-
-/// The payload as NATS hands it over (shared, not copied).
-pub(crate) fn payload(message: &async_nats::Message) -> Bytes {
-    message.payload.clone()
 }
 
 #[cfg(test)]

@@ -452,6 +452,19 @@ impl TopicState {
         }
     }
 
+    /// A gap of `lost` (at least one) messages that never got sequence numbers: a fresh
+    /// range is reserved for them, so the gap says exactly how many and the sequence
+    /// stays dense for everyone.
+    fn reserve_gap(&self, lost: u64) -> Gap {
+        let first = self.shared.next_sequence.fetch_add(lost, Ordering::AcqRel);
+        Gap {
+            topic: self.shared.name.clone(),
+            dropped: lost,
+            first_sequence: first,
+            last_sequence: first + lost - 1,
+        }
+    }
+
     /// Reports messages lost in a previous incarnation's crash to every subscriber.
     ///
     /// The loss has no sequence numbers of its own (the batches died unstamped), so it
@@ -462,13 +475,7 @@ impl TopicState {
         if lost == 0 {
             return;
         }
-        let first = self.shared.next_sequence.fetch_add(lost, Ordering::AcqRel);
-        let gap = Gap {
-            topic: self.shared.name.clone(),
-            dropped: lost,
-            first_sequence: first,
-            last_sequence: first + lost - 1,
-        };
+        let gap = self.reserve_gap(lost);
         tracing::error!(parent: &self.span, lost, "messages lost in a topic crash, reported to subscribers as a gap");
         for sub in self
             .plain
@@ -486,13 +493,7 @@ impl TopicState {
         if count == 0 {
             return;
         }
-        let first = self.shared.next_sequence.fetch_add(count, Ordering::AcqRel);
-        let gap = Gap {
-            topic: self.shared.name.clone(),
-            dropped: count,
-            first_sequence: first,
-            last_sequence: first + count - 1,
-        };
+        let gap = self.reserve_gap(count);
         // The backplane logs these losses in summary; one line per gap would bury the log.
         tracing::debug!(parent: &self.span, lost = count, group = group.as_deref(), "messages lost on the cluster backplane, reported as a gap");
         let targets: Vec<&Arc<Subscriber>> = match &group {
