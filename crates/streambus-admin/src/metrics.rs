@@ -185,7 +185,12 @@ pub(crate) fn render(scrape: &Scrape) -> Vec<u8> {
         ],
     );
     // Topics and subscriptions.
-    f.gauge("streambus_topics", "Topics with a live actor.", ts.topics as f64);
+    f.gauge("streambus_topics", "Live topics, asleep or awake.", ts.topics as f64);
+    f.gauge(
+        "streambus_topics_asleep",
+        "Live topics without an actor: nothing subscribes to them.",
+        ts.topics_asleep as f64,
+    );
     f.counter(
         "streambus_topics_reaped_total",
         "Topics stopped for idleness.",

@@ -45,7 +45,7 @@ use crate::actors::session_manager::{
 };
 use crate::actors::topic::{TopicMessage, TopicSnapshot};
 use crate::actors::topic_supervisor::{
-    TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot,
+    ObservedTopics, TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot,
 };
 use crate::budget::{MemoryBudget, MemorySnapshot};
 use crate::error::{BusError, answered};
@@ -151,8 +151,6 @@ pub struct BusCounters {
 
 /// The session manager's live sessions and counters.
 type ObservedSessions = (Vec<ActorRef<SessionMessage>>, SessionManagerSnapshot);
-/// The topic supervisor's live topics and counters.
-type ObservedTopics = (Vec<ActorRef<TopicMessage>>, TopicSupervisorSnapshot);
 
 /// What [`Bus::quiesce`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -368,7 +366,8 @@ impl Bus {
 
     /// A snapshot of every actor's state.
     pub async fn snapshot(&self) -> Result<BusSnapshot, BusError> {
-        let ((session_actors, session_manager), (topic_actors, topic_supervisor)) = self.observe_roots().await?;
+        let ((session_actors, session_manager), (topic_actors, asleep, topic_supervisor)) =
+            self.observe_roots().await?;
         let sessions = join_all(
             session_actors
                 .iter()
@@ -384,6 +383,7 @@ impl Bus {
         // An actor that stopped between the two steps simply is not in the snapshot.
         let mut sessions: Vec<SessionSnapshot> = sessions.into_iter().filter_map(|r| answered(r).ok()).collect();
         let mut topics: Vec<TopicSnapshot> = topics.into_iter().filter_map(|r| answered(r).ok()).collect();
+        topics.extend(asleep);
         sessions.sort_by_key(|s| s.id);
         topics.sort_by(|a, b| a.topic.cmp(&b.topic));
         Ok(BusSnapshot {
@@ -400,7 +400,7 @@ impl Bus {
     /// The counters that cost no per-actor call (two supervisor calls and atomic reads),
     /// cheap enough for every metrics scrape whatever the number of sessions and topics.
     pub async fn counters(&self) -> Result<BusCounters, BusError> {
-        let ((_, session_manager), (_, topic_supervisor)) = self.observe_roots().await?;
+        let ((_, session_manager), (_, _, topic_supervisor)) = self.observe_roots().await?;
         let router = &self.inner.router;
         Ok(BusCounters {
             session_manager,
@@ -482,13 +482,16 @@ impl Bus {
         }
     }
 
-    /// A snapshot of the live topic `name`; `None` if no actor runs for it now.
+    /// A snapshot of the live topic `name`; `None` if it is not live (never published
+    /// to, or reaped).
     pub async fn topic(&self, name: &str) -> Result<Option<TopicSnapshot>, BusError> {
         let topic = streambus_types::Topic::new(name)?;
-        let actor = self.inner.router.directory.topics.get(&topic).map(|r| r.actor.clone());
-        match actor {
+        let Some(entry) = self.inner.router.directory.topics.get(&topic).map(|r| r.clone()) else {
+            return Ok(None);
+        };
+        match &entry.actor {
             Some(actor) => Ok(answered(actor.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT)).await).ok()),
-            None => Ok(None),
+            None => Ok(entry.asleep_snapshot()),
         }
     }
 
@@ -580,7 +583,7 @@ impl Bus {
             .directory
             .topics
             .get(&topic)
-            .map(|r| r.actor.clone())
+            .and_then(|r| r.actor.clone())
             .ok_or(BusError::Closed)?;
         r.cast(TopicMessage::Crash).map_err(|_| BusError::Closed)
     }

@@ -5,6 +5,8 @@
 mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use harness::*;
 use streambus_core::{BusError, ConnectOptions, Event, SubscriptionOptions};
@@ -250,6 +252,112 @@ async fn publish_times_are_unique_and_increasing_per_topic() {
         };
         assert!(d.timestamp_ns > last, "{} after {last}", d.timestamp_ns);
         last = d.timestamp_ns;
+    }
+    bus.shutdown().await;
+}
+
+/// A topic nothing subscribes to sleeps (no actor) but keeps its sequence, counters and
+/// retained value; the first matching subscription wakes it, and numbering goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_nobody_subscribes_to_sleep_and_wake_on_subscription() {
+    let bus = bus().await;
+    for i in 1..=5 {
+        let m = msg("idle.a", format!("m{i}"));
+        bus.publish_message(if i == 3 { m.retained() } else { m })
+            .await
+            .unwrap();
+    }
+    let snap = bus.snapshot().await.unwrap();
+    assert_eq!(snap.topic_supervisor.topics, 1);
+    assert_eq!(snap.topic_supervisor.topics_asleep, 1);
+    let topic = bus.topic("idle.a").await.unwrap().expect("the topic is live");
+    assert!(topic.asleep);
+    assert_eq!((topic.published, topic.next_sequence), (5, 6));
+    assert!(topic.retained);
+
+    let mut sub = bus.subscribe("idle.*", opts()).await.unwrap();
+    let topic = bus.topic("idle.a").await.unwrap().expect("the topic is live");
+    assert!(
+        !topic.asleep,
+        "a matching subscription wakes the topic before it is acknowledged"
+    );
+    assert_eq!(topic.subscribers, 1);
+    match next(&mut sub).await {
+        Some(Event::Delivery(d)) => {
+            assert!(d.retained);
+            assert_eq!((&d.payload[..], d.sequence), (&b"m3"[..], 3));
+        }
+        other => panic!("expected the retained value kept asleep, got {other:?}"),
+    }
+    bus.publish("idle.a", "live").await.unwrap();
+    match next(&mut sub).await {
+        Some(Event::Delivery(d)) => assert_eq!((&d.payload[..], d.sequence), (&b"live"[..], 6)),
+        other => panic!("expected the live message, got {other:?}"),
+    }
+    assert_eq!(bus.snapshot().await.unwrap().topic_supervisor.topics_asleep, 0);
+    bus.shutdown().await;
+}
+
+/// Publishers stamping a topic asleep race a subscription that wakes it: whatever the
+/// interleaving, the subscriber's sequence numbers run without a hole from its first
+/// delivery to the last message published, so nothing stamped after the subscription
+/// went to no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_woken_under_publishers_loses_nothing_after_the_subscription() {
+    let bus = bus().await;
+    for round in 0..20 {
+        let topic = format!("race.t{round}");
+        // Each publisher goes on for 100 messages after the subscription is acknowledged.
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for p in 0..2 {
+            let session = bus
+                .connect(ConnectOptions::named(format!("p{round}.{p}")))
+                .await
+                .unwrap();
+            let (topic, subscribed) = (topic.clone(), subscribed.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut after = 0;
+                for i in 0.. {
+                    session.publish(&topic, format!("{p}:{i}")).await.unwrap();
+                    if subscribed.load(Ordering::Acquire) {
+                        after += 1;
+                        if after == 100 {
+                            break;
+                        }
+                    }
+                }
+            }));
+        }
+        // Let the publishers get going, then subscribe in the middle of their stream.
+        wait_until("the publishers started", || async {
+            let t = bus.topic(&topic).await.ok().flatten()?;
+            (t.published > 20).then_some(())
+        })
+        .await;
+        let mut sub = bus.subscribe(&topic, opts().buffer(100_000, 1 << 26)).await.unwrap();
+        subscribed.store(true, Ordering::Release);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let total = bus.topic(&topic).await.unwrap().expect("live").next_sequence - 1;
+        let mut expected = None;
+        loop {
+            let Some(Event::Delivery(d)) = next(&mut sub).await else {
+                panic!("expected a delivery")
+            };
+            if let Some(e) = expected {
+                assert_eq!(
+                    d.sequence, e,
+                    "round {round}: a hole in the sequence after the subscription"
+                );
+            }
+            if d.sequence == total {
+                break;
+            }
+            expected = Some(d.sequence + 1);
+        }
+        sub.unsubscribe().await.unwrap();
     }
     bus.shutdown().await;
 }

@@ -25,7 +25,6 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
@@ -115,6 +114,9 @@ pub struct TopicSnapshot {
     pub restarts: u32,
     /// Messages lost in crashes (reported to subscribers as gaps).
     pub lost_in_crashes: u64,
+    /// Nothing subscribes to it: it has no actor, and its publishers stamp their
+    /// messages themselves (see the directory).
+    pub asleep: bool,
 }
 
 /// Arguments of a topic actor, given by the topic supervisor.
@@ -174,12 +176,6 @@ pub(crate) struct TopicState {
     backlog: VecDeque<PublishBatch>,
     /// Subscribers whose buffer closed during a fan-out; removed right after it.
     ended: Vec<SubscriptionId>,
-    /// Messages this incarnation fanned out (the snapshot's `published`).
-    published: u64,
-    /// The publish time given to the last message fanned out, in nanoseconds: each
-    /// message gets a later one than the last, so that publish times are unique and
-    /// increasing per topic (time-series stores key points on them).
-    last_timestamp_ns: u64,
     /// The topic's span (its name): the parent of its logs.
     span: tracing::Span,
 }
@@ -190,13 +186,6 @@ pub(crate) struct TopicActor;
 /// Where each new group's round robin starts, so that topics carrying a message or two
 /// each (one per device, say) do not all pick the group's first member.
 static GROUP_SEED: AtomicUsize = AtomicUsize::new(0);
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
 
 impl TopicState {
     fn add(&mut self, sub: Arc<Subscriber>, myself: &ActorRef<TopicMessage>) {
@@ -304,7 +293,10 @@ impl TopicState {
                 return;
             }
             Some(Relay::Retain) => {
-                self.store_relayed_retained(&publish.messages);
+                self.shared.retain_relayed(&publish.messages);
+                self.shared
+                    .last_active_ms
+                    .store(self.directory.now_ms(), Ordering::Relaxed);
                 publish.complete();
                 return;
             }
@@ -324,11 +316,7 @@ impl TopicState {
             _ => None,
         };
         let messages = std::mem::take(&mut publish.messages);
-        let n = messages.len() as u64;
-        // The batch's publish time, one nanosecond apart per message, after the last.
-        let base_ns = now_ns().max(self.last_timestamp_ns + 1);
-        self.last_timestamp_ns = base_ns + n.saturating_sub(1);
-        let first = self.shared.next_sequence.fetch_add(n, Ordering::AcqRel);
+        let (first, base_ns) = self.shared.stamp(messages.len() as u64);
         // Collected straight into the shared slice: one allocation, no copy.
         let batch: Arc<[Delivery]> = messages
             .into_iter()
@@ -338,17 +326,7 @@ impl TopicState {
                 // A group's relayed copy is not the topic's value here: the plain
                 // relay (or the retained stream) brings that.
                 if m.retain && only_group.is_none() {
-                    let mut retained = self.shared.retained.lock();
-                    *retained = (!m.payload.is_empty()).then(|| Delivery {
-                        topic: m.topic.clone(),
-                        sequence,
-                        timestamp_ns,
-                        payload: m.payload.clone(),
-                        headers: m.headers.clone(),
-                        retained: true,
-                        retain: true,
-                        groups_served: None,
-                    });
+                    self.shared.retain(&m, sequence, timestamp_ns);
                 }
                 Delivery {
                     topic: m.topic,
@@ -362,7 +340,6 @@ impl TopicState {
                 }
             })
             .collect();
-        self.published += n;
         self.shared
             .last_active_ms
             .store(self.directory.now_ms(), Ordering::Relaxed);
@@ -510,49 +487,17 @@ impl TopicState {
         }
     }
 
-    /// Takes the retained value another node holds for this topic (the last of
-    /// `messages`; an empty payload clears it). It has no sequence number here: it
-    /// was not published on this node, so it is stored with sequence 0.
-    fn store_relayed_retained(&mut self, messages: &[Message]) {
-        let Some(m) = messages.last() else {
-            return;
-        };
-        *self.shared.retained.lock() = (!m.payload.is_empty()).then(|| Delivery {
-            topic: m.topic.clone(),
-            sequence: 0,
-            timestamp_ns: now_ns(),
-            payload: m.payload.clone(),
-            headers: m.headers.clone(),
-            retained: true,
-            retain: true,
-            groups_served: None,
-        });
-        self.shared
-            .last_active_ms
-            .store(self.directory.now_ms(), Ordering::Relaxed);
-    }
-
     fn snapshot(&self) -> TopicSnapshot {
-        let (mailbox_messages, mailbox_bytes) = self.shared.admission.outstanding();
         TopicSnapshot {
-            topic: self.shared.name.clone(),
             subscribers: self.plain.len(),
             queue_groups: self
                 .groups
                 .iter()
                 .map(|g| (g.name.to_string(), g.members.len()))
                 .collect(),
-            published: self.published,
-            next_sequence: self.shared.next_sequence.load(Ordering::Acquire),
-            mailbox_messages,
-            mailbox_bytes,
-            mailbox_capacity_messages: self.shared.admission.capacity_messages(),
-            mailbox_capacity_bytes: self.shared.admission.capacity_bytes(),
             backlog_batches: self.backlog.len(),
             stalled_subscribers: self.parked.len(),
-            retained: self.shared.retained.lock().is_some(),
-            restarts: self.shared.restarts.load(Ordering::Relaxed),
-            lost_in_crashes: self.shared.admission.lost(),
+            ..self.shared.snapshot()
         }
     }
 }
@@ -577,8 +522,6 @@ impl Actor for TopicActor {
             parked_batch: None,
             backlog: VecDeque::new(),
             ended: Vec::new(),
-            published: 0,
-            last_timestamp_ns: 0,
             span,
         };
         for sub in args.subscribers {

@@ -6,6 +6,11 @@
 //! subscription resolves it from the index; a subscription added after a topic started
 //! is sent to it. Publishers only read the directory this actor writes.
 //!
+//! A topic that nothing in the index matches starts asleep, without an actor (see the
+//! directory); the first matching subscription wakes it: its gate is closed to
+//! publishers and its actor started, with the subscription among its subscribers,
+//! before the subscription is acknowledged.
+//!
 //! ## Supervision
 //!
 //! Supervises every `Topic` (linked at spawn). A topic that fails is restarted at once
@@ -22,6 +27,8 @@
 //! - A topic is reaped only when nothing matches it in the index, it holds no retained
 //!   value, it has been idle for `topics.idle_timeout_ms`, and its admission could be
 //!   closed with no live permit; so reaping never loses an admitted message.
+//! - A topic is asleep (no actor, gate `Asleep`) only while nothing in the index matches
+//!   it: a subscription that matches wakes it before it is acknowledged.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,10 +41,10 @@ use streambus_types::config::{LimitsConfig, TopicsConfig};
 use streambus_types::{CloseReason, Topic, TopicFilter};
 
 use crate::actors::session::{SessionId, SessionMessage};
-use crate::actors::topic::{TopicActor, TopicArgs, TopicMessage};
+use crate::actors::topic::{TopicActor, TopicArgs, TopicMessage, TopicSnapshot};
 use crate::admission::Admission;
 use crate::budget::MemoryBudget;
-use crate::directory::{Directory, TopicRef, TopicShared};
+use crate::directory::{Directory, Gate, TopicRef, TopicShared};
 use crate::error::BusError;
 use crate::index::SubscriptionIndex;
 use crate::subscription::{Subscriber, SubscriptionId};
@@ -75,15 +82,21 @@ pub(crate) enum TopicSupervisorMessage {
     },
     /// Reap idle topics (timer).
     Sweep,
-    /// The live topic actors and the supervisor's own counters.
-    Observe(RpcReplyPort<(Vec<ActorRef<TopicMessage>>, TopicSupervisorSnapshot)>),
+    /// The live topic actors, the snapshots of the topics asleep, and the supervisor's
+    /// own counters.
+    Observe(RpcReplyPort<ObservedTopics>),
 }
+
+/// What the topic supervisor answers to `Observe`.
+pub(crate) type ObservedTopics = (Vec<ActorRef<TopicMessage>>, Vec<TopicSnapshot>, TopicSupervisorSnapshot);
 
 /// Counters of the topic supervisor.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TopicSupervisorSnapshot {
-    /// Live topic actors.
+    /// Live topics, asleep or awake.
     pub topics: usize,
+    /// Live topics without an actor (nothing subscribes to them).
+    pub topics_asleep: usize,
     /// Subscriptions in the index.
     pub subscriptions: usize,
     /// Deliveries waiting in every subscription's buffer.
@@ -137,11 +150,15 @@ pub(crate) struct TopicSupervisorState {
 pub(crate) struct TopicSupervisor;
 
 impl TopicSupervisorState {
+    /// Starts (or restarts) the actor of a topic, with every matching subscription,
+    /// and puts it in the directory. The gate is closed to publishers stamping asleep
+    /// first, so the actor stamps every publish that follows.
     async fn spawn(
         &mut self,
         myself: &ActorRef<TopicSupervisorMessage>,
         shared: Arc<TopicShared>,
     ) -> Result<TopicRef, BusError> {
+        *shared.gate.lock() = Gate::Awake;
         let mut matches = Vec::new();
         self.index.matches(&shared.name, &mut matches);
         let args = TopicArgs {
@@ -153,7 +170,10 @@ impl TopicSupervisorState {
             .await
             .map_err(|e| BusError::Internal(format!("starting topic {}: {e}", shared.name)))?;
         self.by_actor.insert(actor.get_id(), shared.name.clone());
-        let topic_ref = TopicRef { shared, actor };
+        let topic_ref = TopicRef {
+            shared,
+            actor: Some(actor),
+        };
         self.directory
             .topics
             .insert(topic_ref.shared.name.clone(), topic_ref.clone());
@@ -170,11 +190,16 @@ impl TopicSupervisorState {
     ) -> Result<TopicRef, BusError> {
         let shared = match self.directory.topics.get(&topic).map(|r| r.clone()) {
             Some(r) => {
+                // An entry asleep is always current: this actor wakes a topic and
+                // updates its entry in one step.
+                let Some(actor) = &r.actor else {
+                    return Ok(r);
+                };
                 let running = matches!(
-                    r.actor.get_status(),
+                    actor.get_status(),
                     ractor::ActorStatus::Starting | ractor::ActorStatus::Running
                 );
-                if running && Some(r.actor.get_id()) != stale {
+                if running && Some(actor.get_id()) != stale {
                     return Ok(r);
                 }
                 // Dead, or refusing messages: start its successor now, with the same
@@ -189,7 +214,8 @@ impl TopicSupervisorState {
                         max: self.limits.max_topics,
                     });
                 }
-                TopicShared::new(
+                let wanted = self.index.has_match(&topic);
+                let shared = TopicShared::new(
                     topic.clone(),
                     Admission::new(
                         self.topics.mailbox_messages,
@@ -197,10 +223,27 @@ impl TopicSupervisorState {
                         self.budget.clone(),
                     ),
                     self.directory.now_ms(),
-                )
+                    if wanted { Gate::Awake } else { Gate::Asleep },
+                );
+                if !wanted {
+                    let r = TopicRef { shared, actor: None };
+                    self.directory.topics.insert(topic, r.clone());
+                    return Ok(r);
+                }
+                shared
             }
         };
         self.spawn(myself, shared).await
+    }
+
+    /// Starts the actor of a topic asleep that a subscription now matches. A failure
+    /// forgets the topic (its next publish starts it again, awake).
+    async fn wake(&mut self, myself: &ActorRef<TopicSupervisorMessage>, shared: Arc<TopicShared>) {
+        if let Err(e) = self.spawn(myself, shared.clone()).await {
+            *shared.gate.lock() = Gate::Closed;
+            self.directory.topics.remove(&shared.name);
+            tracing::error!(topic = %shared.name, error = %e, "waking a topic failed; it will start again on the next publish");
+        }
     }
 
     /// Calls `f` on every live topic `filter` matches: one lookup for an exact filter, a
@@ -223,9 +266,10 @@ impl TopicSupervisorState {
     }
 
     /// Adds a subscription to the index and to every live topic it matches (one lookup
-    /// for an exact filter). Casts only: a topic busy fanning out never holds this
-    /// actor, and it gets the subscriber before any publish that follows the reply.
-    fn subscribe(&mut self, sub: Arc<Subscriber>) {
+    /// for an exact filter), waking those asleep. Casts only to running topics: a topic
+    /// busy fanning out never holds this actor, and it gets the subscriber before any
+    /// publish that follows the reply.
+    async fn subscribe(&mut self, myself: &ActorRef<TopicSupervisorMessage>, sub: Arc<Subscriber>) {
         self.by_session.entry(sub.session).or_default().insert(sub.id);
         self.index.insert(sub.id, sub.filter.clone(), sub.clone());
         if let Some(interest) = &self.directory.interest
@@ -233,9 +277,16 @@ impl TopicSupervisorState {
         {
             interest.add(sub.interest_key());
         }
-        self.for_each_match(&sub.filter, |r| {
-            let _ = r.actor.cast(TopicMessage::AddSubscriber(sub.clone()));
+        let mut asleep = Vec::new();
+        self.for_each_match(&sub.filter, |r| match &r.actor {
+            Some(actor) => {
+                let _ = actor.cast(TopicMessage::AddSubscriber(sub.clone()));
+            }
+            None => asleep.push(r.shared.clone()),
         });
+        for shared in asleep {
+            self.wake(myself, shared).await;
+        }
     }
 
     /// Removes a subscription from the index, its session's set and every topic it
@@ -252,7 +303,9 @@ impl TopicSupervisorState {
             interest.remove(&sub.interest_key());
         }
         self.for_each_match(&filter, |r| {
-            let _ = r.actor.cast(TopicMessage::RemoveSubscriber(id));
+            if let Some(actor) = &r.actor {
+                let _ = actor.cast(TopicMessage::RemoveSubscriber(id));
+            }
         });
         if let Some(ids) = self.by_session.get_mut(&sub.session) {
             ids.remove(&id);
@@ -304,7 +357,7 @@ impl Actor for TopicSupervisor {
                 let _ = reply.send(state.ensure(&myself, topic, stale).await);
             }
             TopicSupervisorMessage::Subscribe { subscriber, reply } => {
-                state.subscribe(subscriber);
+                state.subscribe(&myself, subscriber).await;
                 let _ = reply.send(());
             }
             TopicSupervisorMessage::Unsubscribe { ids, reason, reply } => {
@@ -350,18 +403,31 @@ impl Actor for TopicSupervisor {
                     {
                         continue;
                     }
+                    // A publisher stamping it asleep finishes first; later ones start
+                    // the name anew.
+                    *r.shared.gate.lock() = Gate::Closed;
                     state.directory.topics.remove(&r.shared.name);
-                    state.by_actor.remove(&r.actor.get_id());
-                    // Its admission is closed with no permit out, so no publish can be in
-                    // its mailbox; draining answers whatever else is.
-                    let _ = r.actor.drain();
+                    if let Some(actor) = &r.actor {
+                        state.by_actor.remove(&actor.get_id());
+                        // Its admission is closed with no permit out, so no publish can
+                        // be in its mailbox; draining answers whatever else is.
+                        let _ = actor.drain();
+                    }
                     state.counters.topics_reaped += 1;
                 }
             }
             TopicSupervisorMessage::Observe(reply) => {
-                let actors = state.directory.topics.iter().map(|r| r.actor.clone()).collect();
+                let mut actors = Vec::new();
+                let mut asleep = Vec::new();
+                for r in state.directory.topics.iter() {
+                    match &r.actor {
+                        Some(actor) => actors.push(actor.clone()),
+                        None => asleep.push(r.shared.snapshot()),
+                    }
+                }
                 let mut counters = state.counters.clone();
                 counters.topics = state.directory.topics.len();
+                counters.topics_asleep = asleep.len();
                 counters.subscriptions = state.index.len();
                 // One short lock per subscription buffer, no actor call.
                 for subscriber in state.index.values() {
@@ -369,7 +435,7 @@ impl Actor for TopicSupervisor {
                     counters.buffered_messages += messages;
                     counters.buffered_bytes += bytes;
                 }
-                let _ = reply.send((actors, counters));
+                let _ = reply.send((actors, asleep, counters));
             }
         }
         Ok(())
@@ -392,7 +458,7 @@ impl Actor for TopicSupervisor {
                 current.shared.restarts.fetch_add(1, Ordering::Relaxed);
                 state.counters.topic_restarts += 1;
                 tracing::warn!(%topic, error = %err, "topic actor failed; restarting");
-                if current.actor.get_id() != cell.get_id() {
+                if current.actor.as_ref().map(|a| a.get_id()) != Some(cell.get_id()) {
                     // A publisher already had it replaced.
                     return Ok(());
                 }
