@@ -178,6 +178,11 @@ impl Admission {
         false
     }
 
+    /// Opens the gate again (a topic put to sleep is woken with its admission).
+    pub(crate) fn reopen(&self) {
+        self.state.lock().closed = false;
+    }
+
     /// (messages, bytes) held by live permits: admitted and not yet fanned out.
     pub(crate) fn outstanding(&self) -> (usize, usize) {
         let st = self.state.lock();

@@ -17,7 +17,9 @@
 //! sequence numbers are taken, a retained value is kept, the messages go to no one. The
 //! supervisor wakes the topic (starts its actor) when a matching subscription arrives,
 //! closing the gate first, so that no publish is stamped asleep after the subscription
-//! was added. An idle topic costs a few hundred bytes asleep against about 4 KB awake.
+//! was added; its sweep puts an awake topic to sleep again once nothing matches it and
+//! nothing admitted is in its mailbox. A topic costs under 1 KB asleep against about
+//! 8 KB awake.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -361,3 +361,67 @@ async fn a_topic_woken_under_publishers_loses_nothing_after_the_subscription() {
     }
     bus.shutdown().await;
 }
+
+/// An awake topic whose last subscriber left goes back to sleep at the supervisor's
+/// sweep, whether its publisher goes on or it holds a retained value; its sequence and
+/// retained value carry on asleep, and a new subscription wakes it again. An idle topic
+/// with nothing retained is reaped instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_whose_subscribers_left_goes_back_to_sleep() {
+    let bus = bus_with(|c| c.topics.idle_timeout_ms = 400).await;
+    let first = bus.subscribe("sleepy.*", opts()).await.unwrap();
+    bus.publish_message(msg("sleepy.kept", "value").retained())
+        .await
+        .unwrap();
+    bus.publish("sleepy.gone", "once").await.unwrap();
+    // `sleepy.busy` is published every 20 ms, so it never idles.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (session, stop) = (bus.connect(ConnectOptions::named("busy")).await.unwrap(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                session.publish("sleepy.busy", "tick").await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+    };
+    wait_snapshot(&bus, "every topic awake", |s| {
+        s.topics.len() == 3 && s.topics.iter().all(|t| !t.asleep)
+    })
+    .await;
+    first.unsubscribe().await.unwrap();
+
+    let snap = wait_snapshot(&bus, "busy and kept asleep, gone reaped", |s| {
+        let names: Vec<(&str, bool)> = s.topics.iter().map(|t| (t.topic.as_str(), t.asleep)).collect();
+        names == [("sleepy.busy", true), ("sleepy.kept", true)]
+    })
+    .await;
+    assert!(snap.topic_supervisor.topics_put_to_sleep >= 2);
+    assert!(snap.topic_supervisor.topics_reaped >= 1);
+
+    let mut again = bus.subscribe("sleepy.*", opts()).await.unwrap();
+    stop.store(true, Ordering::Release);
+    busy.await.unwrap();
+    bus.publish("sleepy.busy", "last").await.unwrap();
+    let busy_last = bus.topic("sleepy.busy").await.unwrap().expect("live").next_sequence - 1;
+    let mut previous = None;
+    let mut kept = false;
+    loop {
+        let Some(Event::Delivery(d)) = next(&mut again).await else {
+            panic!("expected a delivery")
+        };
+        if d.topic.as_str() == "sleepy.kept" {
+            assert!(d.retained && &d.payload[..] == b"value" && d.sequence == 1, "{d:?}");
+            kept = true;
+            continue;
+        }
+        if let Some(p) = previous {
+            assert_eq!(d.sequence, p + 1, "the woken topic's numbers run on");
+        }
+        previous = Some(d.sequence);
+        if d.sequence == busy_last && kept {
+            break;
+        }
+    }
+    bus.shutdown().await;
+}

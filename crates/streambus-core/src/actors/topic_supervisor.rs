@@ -28,7 +28,9 @@
 //!   value, it has been idle for `topics.idle_timeout_ms`, and its admission could be
 //!   closed with no live permit; so reaping never loses an admitted message.
 //! - A topic is asleep (no actor, gate `Asleep`) only while nothing in the index matches
-//!   it: a subscription that matches wakes it before it is acknowledged.
+//!   it: a subscription that matches wakes it before it is acknowledged. An awake topic
+//!   nothing matches is put to sleep by the next sweep whose admission check finds no
+//!   permit out, so sleeping never loses an admitted message either.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -107,6 +109,8 @@ pub struct TopicSupervisorSnapshot {
     pub topic_restarts: u64,
     /// Topics stopped for idleness, in total.
     pub topics_reaped: u64,
+    /// Awake topics put to sleep because nothing subscribes to them any more, in total.
+    pub topics_put_to_sleep: u64,
 }
 
 /// Arguments of the topic supervisor, given by [`crate::Bus::start`].
@@ -159,6 +163,8 @@ impl TopicSupervisorState {
         shared: Arc<TopicShared>,
     ) -> Result<TopicRef, BusError> {
         *shared.gate.lock() = Gate::Awake;
+        // A topic put to sleep kept its admission closed; a restart finds it open.
+        shared.admission.reopen();
         let mut matches = Vec::new();
         self.index.matches(&shared.name, &mut matches);
         let args = TopicArgs {
@@ -261,6 +267,59 @@ impl TopicSupervisorState {
                         f(&r);
                     }
                 }
+            }
+        }
+    }
+
+    /// Reaps the topics nothing matches that have been idle for `topics.idle_timeout_ms`
+    /// and hold no retained value, and puts to sleep the other awake topics nothing
+    /// matches (their subscribers left while publishers go on, or they hold a retained
+    /// value): their actor stops, and the topic keeps its sequence and retained value
+    /// asleep. Either happens only once the topic's admission is closed with no permit
+    /// out, so nothing admitted is in its mailbox.
+    fn sweep(&mut self) {
+        let now = self.directory.now_ms();
+        let timeout = self.topics.idle_timeout_ms;
+        let idle = |r: &TopicRef| now.saturating_sub(r.shared.last_active_ms.load(Ordering::Relaxed)) >= timeout;
+        // Topics asleep are only looked at once idle; awake ones at every sweep.
+        let candidates: Vec<TopicRef> = self
+            .directory
+            .topics
+            .iter()
+            .filter(|r| r.actor.is_some() || idle(r))
+            .map(|r| r.clone())
+            .collect();
+        for r in candidates {
+            if self.index.has_match(&r.shared.name) {
+                continue;
+            }
+            let reap = idle(&r) && r.shared.retained.lock().is_none();
+            if !(reap || r.actor.is_some()) || !r.shared.admission.close_if_idle() {
+                continue;
+            }
+            // A publisher stamping it asleep finishes first; later ones start the name
+            // anew (reaped) or stamp it asleep.
+            *r.shared.gate.lock() = if reap { Gate::Closed } else { Gate::Asleep };
+            if let Some(actor) = &r.actor {
+                self.by_actor.remove(&actor.get_id());
+                // Its admission is closed with no permit out, so no publish can be in its
+                // mailbox; draining answers whatever else is and refuses later casts.
+                let _ = actor.drain();
+            }
+            if reap {
+                self.directory.topics.remove(&r.shared.name);
+                self.counters.topics_reaped += 1;
+            } else {
+                // Asleep, the admission stays closed: a publisher still holding the
+                // actor is refused there and comes back for this entry.
+                self.directory.topics.insert(
+                    r.shared.name.clone(),
+                    TopicRef {
+                        shared: r.shared.clone(),
+                        actor: None,
+                    },
+                );
+                self.counters.topics_put_to_sleep += 1;
             }
         }
     }
@@ -384,38 +443,7 @@ impl Actor for TopicSupervisor {
                 }
                 let _ = reply.send(());
             }
-            TopicSupervisorMessage::Sweep => {
-                let now = state.directory.now_ms();
-                let idle: Vec<TopicRef> = state
-                    .directory
-                    .topics
-                    .iter()
-                    .filter(|r| {
-                        now.saturating_sub(r.shared.last_active_ms.load(Ordering::Relaxed))
-                            >= state.topics.idle_timeout_ms
-                    })
-                    .map(|r| r.clone())
-                    .collect();
-                for r in idle {
-                    if state.index.has_match(&r.shared.name)
-                        || r.shared.retained.lock().is_some()
-                        || !r.shared.admission.close_if_idle()
-                    {
-                        continue;
-                    }
-                    // A publisher stamping it asleep finishes first; later ones start
-                    // the name anew.
-                    *r.shared.gate.lock() = Gate::Closed;
-                    state.directory.topics.remove(&r.shared.name);
-                    if let Some(actor) = &r.actor {
-                        state.by_actor.remove(&actor.get_id());
-                        // Its admission is closed with no permit out, so no publish can
-                        // be in its mailbox; draining answers whatever else is.
-                        let _ = actor.drain();
-                    }
-                    state.counters.topics_reaped += 1;
-                }
-            }
+            TopicSupervisorMessage::Sweep => state.sweep(),
             TopicSupervisorMessage::Observe(reply) => {
                 let mut actors = Vec::new();
                 let mut asleep = Vec::new();
