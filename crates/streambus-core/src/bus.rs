@@ -367,7 +367,7 @@ impl Bus {
     /// A snapshot of every actor's state.
     pub async fn snapshot(&self) -> Result<BusSnapshot, BusError> {
         let ((session_actors, session_manager), (topic_actors, asleep, topic_supervisor)) =
-            self.observe_roots().await?;
+            self.observe_roots(true).await?;
         let sessions = join_all(
             session_actors
                 .iter()
@@ -400,7 +400,7 @@ impl Bus {
     /// The counters that cost no per-actor call (two supervisor calls and atomic reads),
     /// cheap enough for every metrics scrape whatever the number of sessions and topics.
     pub async fn counters(&self) -> Result<BusCounters, BusError> {
-        let ((_, session_manager), (_, _, topic_supervisor)) = self.observe_roots().await?;
+        let ((_, session_manager), (_, _, topic_supervisor)) = self.observe_roots(false).await?;
         let router = &self.inner.router;
         Ok(BusCounters {
             session_manager,
@@ -414,8 +414,8 @@ impl Bus {
     }
 
     /// What the session manager and the topic supervisor answer to `Observe`: their
-    /// live children and their own counters.
-    async fn observe_roots(&self) -> Result<(ObservedSessions, ObservedTopics), BusError> {
+    /// live children and their own counters (the topics' only with `detail`).
+    async fn observe_roots(&self, detail: bool) -> Result<(ObservedSessions, ObservedTopics), BusError> {
         let sessions = answered(
             self.inner
                 .sessions
@@ -425,7 +425,10 @@ impl Bus {
         let topics = answered(
             self.inner
                 .topics
-                .call(TopicSupervisorMessage::Observe, Some(OBSERVE_TIMEOUT))
+                .call(
+                    |reply| TopicSupervisorMessage::Observe { detail, reply },
+                    Some(OBSERVE_TIMEOUT),
+                )
                 .await,
         )?;
         Ok((sessions, topics))
@@ -491,7 +494,7 @@ impl Bus {
         };
         match &entry.actor {
             Some(actor) => Ok(answered(actor.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT)).await).ok()),
-            None => Ok(entry.asleep_snapshot()),
+            None => Ok(Some(entry.shared.snapshot())),
         }
     }
 

@@ -105,11 +105,6 @@ impl TopicRef {
             }
         }
     }
-
-    /// A snapshot of the topic; an awake topic's actor answers for itself.
-    pub(crate) fn asleep_snapshot(&self) -> Option<TopicSnapshot> {
-        self.actor.is_none().then(|| self.shared.snapshot())
-    }
 }
 
 /// What a batch carries beside its messages.

@@ -84,9 +84,13 @@ pub(crate) enum TopicSupervisorMessage {
     },
     /// Reap idle topics (timer).
     Sweep,
-    /// The live topic actors, the snapshots of the topics asleep, and the supervisor's
-    /// own counters.
-    Observe(RpcReplyPort<ObservedTopics>),
+    /// The supervisor's own counters and, with `detail`, the live topic actors and the
+    /// snapshots of the topics asleep (without it, both lists are empty: a metrics
+    /// scrape only needs the counts).
+    Observe {
+        detail: bool,
+        reply: RpcReplyPort<ObservedTopics>,
+    },
 }
 
 /// What the topic supervisor answers to `Observe`.
@@ -444,18 +448,23 @@ impl Actor for TopicSupervisor {
                 let _ = reply.send(());
             }
             TopicSupervisorMessage::Sweep => state.sweep(),
-            TopicSupervisorMessage::Observe(reply) => {
-                let mut actors = Vec::new();
-                let mut asleep = Vec::new();
+            TopicSupervisorMessage::Observe { detail, reply } => {
+                let (mut actors, mut asleep, mut sleeping) = (Vec::new(), Vec::new(), 0);
                 for r in state.directory.topics.iter() {
                     match &r.actor {
-                        Some(actor) => actors.push(actor.clone()),
-                        None => asleep.push(r.shared.snapshot()),
+                        Some(actor) if detail => actors.push(actor.clone()),
+                        Some(_) => {}
+                        None => {
+                            sleeping += 1;
+                            if detail {
+                                asleep.push(r.shared.snapshot());
+                            }
+                        }
                     }
                 }
                 let mut counters = state.counters.clone();
                 counters.topics = state.directory.topics.len();
-                counters.topics_asleep = asleep.len();
+                counters.topics_asleep = sleeping;
                 counters.subscriptions = state.index.len();
                 // One short lock per subscription buffer, no actor call.
                 for subscriber in state.index.values() {
