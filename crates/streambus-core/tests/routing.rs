@@ -271,7 +271,11 @@ async fn topics_nobody_subscribes_to_sleep_and_wake_on_subscription() {
     assert_eq!(snap.topic_supervisor.topics, 1);
     assert_eq!(snap.topic_supervisor.topics_asleep, 1);
     let counted = bus.counters().await.unwrap().topic_supervisor;
-    assert_eq!((counted.topics, counted.topics_asleep), (1, 1), "a scrape counts them too");
+    assert_eq!(
+        (counted.topics, counted.topics_asleep),
+        (1, 1),
+        "a scrape counts them too"
+    );
     let topic = bus.topic("idle.a").await.unwrap().expect("the topic is live");
     assert!(topic.asleep);
     assert_eq!((topic.published, topic.next_sequence), (5, 6));
