@@ -204,14 +204,22 @@ impl Connection {
         // deliveries flow); it closes when the bus says everything admitted is buffered.
         let mut closing = pin!(context.closing());
         let mut kicked = pin!(self.session.close_requested());
-        let mut expired = pin!(tokio::time::sleep_until(
-            self.expires.unwrap_or(Instant::now() + far_future)
-        ));
+        // Also once for the stream: made per frame, each would register with the
+        // queue's signal and leave it again, twice a frame.
+        let mut gone = pin!(out.closed());
+        // No timer at all for credentials that do not expire.
+        let expires = self.expires;
+        let mut expired = pin!(async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        });
         let end = loop {
             let frame = tokio::select! {
                 biased;
                 () = &mut closing => break End::Status(Status::unavailable("server shutting down")),
-                () = out.closed() => break End::gone(&out),
+                () = &mut gone => break End::gone(&out),
                 () = &mut kicked => break End::Status(Status::unavailable("session closed by an operator")),
                 () = &mut expired => break End::Status(Status::unauthenticated("credentials expired")),
                 () = &mut idle_timer => {
@@ -238,7 +246,7 @@ impl Connection {
             last_frame = Instant::now();
             let handled = tokio::select! {
                 biased;
-                () = out.closed() => break End::gone(&out),
+                () = &mut gone => break End::gone(&out),
                 handled = self.handle(frame) => handled,
             };
             if let Err(status) = handled {

@@ -15,9 +15,11 @@
 //!                                         with backoff, quarantined past its budget
 //! ```
 //!
-//! Hot path: a [`crate::SessionHandle`] publishes straight to the topic actor (through
-//! the directory and the topic's admission); the topic pushes shared delivery batches
-//! into each subscriber's bounded buffer; the consumer pops them. Control traffic
+//! Hot path: a [`crate::SessionHandle`] publishes straight to the topic (through the
+//! directory and the topic's admission): it pushes the shared delivery batch into each
+//! subscriber's bounded buffer itself under the topic's fan-out lock, or leaves it
+//! queued for the topic actor when the topic is busy or stalled; the consumer pops
+//! them. Control traffic
 //! (subscribe, unsubscribe, close, observe) goes through the session and supervisor
 //! actors.
 //!

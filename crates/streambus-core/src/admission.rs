@@ -1,10 +1,10 @@
 //! Bounded admission into a topic's mailbox, and in-flight tracking.
 //!
 //! ractor mailboxes are unbounded, so each topic bounds its own: before a publisher
-//! sends a batch to a topic actor it takes a [`Permit`] for the batch's message count and
-//! byte size from the topic's [`Admission`]. The permit travels inside the actor message
-//! and gives its capacity back when the topic has fanned the batch out (or when the
-//! message is dropped for any reason). When no capacity is left, [`Admission::acquire`]
+//! hands a batch to a topic it takes a [`Permit`] for the batch's message count and
+//! byte size from the topic's [`Admission`]. The permit travels with the batch (fanned
+//! out at once, or queued behind a stall) and gives its capacity back when the topic
+//! has fanned the batch out (or when the batch is dropped for any reason). When no capacity is left, [`Admission::acquire`]
 //! waits; [`Admission::try_acquire`] fails at once.
 //!
 //! Messages and bytes are taken in one step under one lock. Two separate semaphores
@@ -22,7 +22,7 @@
 //!   only when no permit is live, atomically with the check, which is what lets an idle
 //!   topic be stopped without losing a message that was already admitted.
 //! - A permit that was sent and then dropped without [`Permit::complete`] counts its
-//!   messages as lost (the topic actor died with it in its mailbox).
+//!   messages as lost (the topic's incarnation failed with it queued or mid fan-out).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -213,7 +213,7 @@ impl Drop for DecrementOnDrop<'_> {
 
 /// Capacity taken from an [`Admission`]; given back on drop.
 ///
-/// It travels with the batch it admitted, inside the topic actor's message.
+/// It travels with the batch it admitted, to the topic's fan-out.
 #[derive(Debug)]
 pub(crate) struct Permit {
     /// The admission the capacity came from and goes back to.
@@ -224,7 +224,7 @@ pub(crate) struct Permit {
     bytes: usize,
     /// Bytes of the bus-wide budget the batch also holds (see [`Permit::hold`]).
     budget_bytes: usize,
-    /// Set once the batch is in the topic's mailbox: from then on, a drop without
+    /// Set once the batch is handed to the topic: from then on, a drop without
     /// `complete` is a loss.
     sent: bool,
 }
@@ -235,7 +235,7 @@ impl Permit {
         self.budget_bytes += share.into_bytes();
     }
 
-    /// Marks the permit as handed to the topic actor.
+    /// Marks the permit as handed to the topic.
     pub(crate) fn mark_sent(&mut self) {
         self.sent = true;
     }

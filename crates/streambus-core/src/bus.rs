@@ -492,8 +492,8 @@ impl Bus {
         let Some(entry) = self.inner.router.directory.topics.get(&topic).map(|r| r.clone()) else {
             return Ok(None);
         };
-        match &entry.actor {
-            Some(actor) => Ok(answered(actor.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT)).await).ok()),
+        match &entry.awake {
+            Some(awake) => Ok(answered(awake.actor.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT)).await).ok()),
             None => Ok(Some(entry.shared.snapshot())),
         }
     }
@@ -586,8 +586,21 @@ impl Bus {
             .directory
             .topics
             .get(&topic)
-            .and_then(|r| r.actor.clone())
+            .and_then(|r| r.awake.as_ref().map(|a| a.actor.clone()))
             .ok_or(BusError::Closed)?;
         r.cast(TopicMessage::Crash).map_err(|_| BusError::Closed)
+    }
+
+    /// Makes the next fan-out of the awake topic `topic` panic, wherever it runs (most
+    /// often in a publisher's task), to exercise supervision of that path.
+    #[cfg(feature = "testsuite")]
+    pub fn inject_fan_out_panic(&self, topic: &str) -> Result<(), BusError> {
+        let topic = streambus_types::Topic::new(topic)?;
+        let entry = self.inner.router.directory.topics.get(&topic).ok_or(BusError::Closed)?;
+        entry
+            .shared
+            .fail_next_fan_out
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! The topic directory: how a publisher finds a topic actor and hands it a batch.
+//! The topic directory: how a publisher finds a topic and hands it a batch.
 //!
 //! Live topics are kept in a sharded concurrent map (no global lock on the hot path).
 //! Only the topic supervisor writes it; publishers read it and, on a miss or a dead
@@ -6,10 +6,11 @@
 //! creation with subscription changes.
 //!
 //! A publish to one topic goes: look the topic up, take an admission [`Permit`] for the
-//! batch (waiting, or failing at once for `try_publish`), cast the batch with the permit
-//! inside to the topic actor. A closed admission (the topic is being reaped) or a dead
-//! actor sends the publisher back to the supervisor, and the batch is retried with the
-//! new actor; a batch handed back by a failed cast is never lost.
+//! batch (waiting, or failing at once for `try_publish`), hand the batch with the permit
+//! inside to the topic's current incarnation, which fans it out then and there unless a
+//! subscriber stalls the topic (see the topic actor). A closed admission (the topic is
+//! being reaped) or a retired incarnation sends the publisher back to the supervisor,
+//! and the batch is retried with the new one; a batch handed back is never lost.
 //!
 //! A topic nothing subscribes to is *asleep*: it has a directory entry (its sequence,
 //! retained value and counters) but no actor, since there is no one to fan out to. A
@@ -27,10 +28,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use ractor::{ActorId, ActorRef, ActorStatus, MessagingErr};
+use ractor::{ActorId, ActorRef, ActorStatus};
 use streambus_types::{Delivery, Message, Topic};
 
-use crate::actors::topic::{PublishBatch, TopicMessage, TopicSnapshot};
+use crate::actors::topic::{PublishBatch, TopicCore, TopicMessage, TopicSnapshot};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::{Admission, AdmissionClosed, InflightGuard};
 use crate::budget::MemoryBudget;
@@ -61,7 +62,7 @@ pub(crate) struct TopicShared {
     pub(crate) name: Topic,
     /// The topic's mailbox bound, shared with every publisher.
     pub(crate) admission: Arc<Admission>,
-    /// Next sequence number to assign; only the live topic actor advances it.
+    /// Next sequence number to assign; advanced only by whoever stamps (see `gate`).
     pub(crate) next_sequence: AtomicU64,
     /// The retained delivery, if any.
     pub(crate) retained: Mutex<Option<Delivery>>,
@@ -77,9 +78,13 @@ pub(crate) struct TopicShared {
     /// later one than the last, so that publish times are unique and increasing per
     /// topic (time-series stores key points on them). Written by whoever stamps.
     last_timestamp_ns: AtomicU64,
-    /// Who stamps: the publishers (asleep) or the actor. Changed only by the supervisor;
-    /// held by a publisher while it stamps a batch asleep.
+    /// Who stamps: the publishers alone (asleep) or under the awake topic's fan-out
+    /// state. Changed only by the supervisor; held by a publisher while it stamps a
+    /// batch asleep.
     pub(crate) gate: Mutex<Gate>,
+    /// Fault injection: the next fan-out panics.
+    #[cfg(feature = "testsuite")]
+    pub(crate) fail_next_fan_out: std::sync::atomic::AtomicBool,
 }
 
 /// What the directory holds per live topic.
@@ -87,19 +92,27 @@ pub(crate) struct TopicShared {
 pub(crate) struct TopicRef {
     /// The state that outlives the actor (and its admission, which publishers take).
     pub(crate) shared: Arc<TopicShared>,
-    /// The topic actor, `None` while the topic is asleep. Publishers cast
-    /// [`TopicMessage::Publish`]; a failed cast means the actor died and the supervisor
-    /// must be asked for its successor.
-    pub(crate) actor: Option<ActorRef<TopicMessage>>,
+    /// The topic's current incarnation, `None` while the topic is asleep.
+    pub(crate) awake: Option<Awake>,
+}
+
+/// An awake topic's current incarnation.
+#[derive(Debug, Clone)]
+pub(crate) struct Awake {
+    /// Its actor (stalls, `Observe`, supervision).
+    pub(crate) actor: ActorRef<TopicMessage>,
+    /// Its fan-out state, which publishers hand their batches to; a retired one hands
+    /// them back, and the supervisor must be asked for its successor.
+    pub(crate) core: Arc<TopicCore>,
 }
 
 impl TopicRef {
     /// Whether a publisher may use this entry: asleep (the gate decides), or an actor
     /// that is alive and not the one the publisher saw refuse.
     fn usable(&self, stale: Option<ActorId>) -> bool {
-        match &self.actor {
+        match &self.awake {
             None => true,
-            Some(actor) => {
+            Some(Awake { actor, .. }) => {
                 Some(actor.get_id()) != stale
                     && matches!(actor.get_status(), ActorStatus::Starting | ActorStatus::Running)
             }
@@ -171,7 +184,7 @@ impl Directory {
         )?
     }
 
-    /// Hands `messages` (all for `topic`, within the batch limit) to the topic actor.
+    /// Hands `messages` (all for `topic`, within the batch limit) to the topic.
     ///
     /// On [`BusError::Full`] the messages not admitted are handed back inside the error;
     /// the ones before them were admitted and will be delivered.
@@ -190,7 +203,7 @@ impl Directory {
         let mut reroutes = 0;
         while !messages.is_empty() {
             let target = self.lookup(topic, stale, woken).await?;
-            let Some(actor) = &target.actor else {
+            let Some(Awake { actor, core }) = &target.awake else {
                 match target.shared.publish_asleep(messages, relay, self.now_ms()) {
                     Ok(()) => {
                         // Nothing here waits, so a publisher looping on topics asleep
@@ -266,21 +279,22 @@ impl Directory {
                 receipt: receipt.map(|r| r.sibling(1)),
                 relay: relay.cloned(),
             };
-            match actor.cast(TopicMessage::Publish(batch)) {
-                Ok(()) => messages = rest,
-                Err(MessagingErr::SendErr(TopicMessage::Publish(mut batch))) => {
+            match core.publish(batch, actor) {
+                Ok(()) => {
+                    messages = rest;
+                    // As asleep: a fan-out here never waits, so it spends the budget.
+                    tokio::task::consume_budget().await;
+                }
+                Err(mut batch) => {
                     batch.permit.mark_unsent();
                     messages = std::mem::take(&mut batch.messages);
                     messages.extend(rest);
                     reroutes += 1;
                     if reroutes > MAX_REROUTES {
-                        return Err(BusError::Internal(format!(
-                            "topic {topic} actor is not accepting messages"
-                        )));
+                        return Err(BusError::Internal(format!("topic {topic} is not accepting messages")));
                     }
                     stale = Some(actor.get_id());
                 }
-                Err(_) => return Err(BusError::Internal("unexpected messaging error".into())),
             }
         }
         Ok(())
@@ -300,6 +314,8 @@ impl TopicShared {
             published: AtomicU64::new(0),
             last_timestamp_ns: AtomicU64::new(0),
             gate: Mutex::new(gate),
+            #[cfg(feature = "testsuite")]
+            fail_next_fan_out: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -15,7 +15,7 @@
 //! - [`sinks`]: the sink runtime (intake, worker, sink actors and their supervisor,
 //!   start-up) and its snapshots.
 //! - `router`: the publish path shared by every session handle; `directory`: how a
-//!   publisher finds a topic actor; `admission`: topic mailbox bounds; `budget`: the
+//!   publisher finds a topic; `admission`: topic mailbox bounds; `budget`: the
 //!   bus-wide memory budget over every topic's admission; `queue`:
 //!   subscriber buffers and overflow policies; `index`: the subscription index (exact
 //!   map and wildcard trie); `receipt`: durable acknowledgements.

@@ -64,7 +64,7 @@ impl DurableAck {
 
 /// A session: a client of the bus with its own subscriptions, limits and close.
 ///
-/// Clones share the session. Publishing goes straight to the topic actors; subscribing
+/// Clones share the session. Publishing goes straight to the topics; subscribing
 /// goes through the session actor.
 #[derive(Clone)]
 pub struct SessionHandle {

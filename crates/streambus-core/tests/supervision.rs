@@ -85,6 +85,49 @@ async fn topic_panic_restarts_and_delivery_continues() {
     bus.shutdown().await;
 }
 
+/// A fan-out that panics in the publisher's own task (the topic's hot path) restarts
+/// the topic like an actor panic: the publisher's batch is lost in that failure and
+/// reported to the subscriber as a gap with numbers of its own, the publisher is not
+/// hurt, and delivery goes on with the numbering after the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_panic_in_a_publisher_restarts_the_topic_and_reports_the_loss() {
+    let bus = bus().await;
+    let mut sub = bus.subscribe("t.f", opts()).await.unwrap();
+    let publisher = bus.connect(ConnectOptions::named("publisher")).await.unwrap();
+    for i in 1..=3 {
+        publisher.publish("t.f", i.to_string()).await.unwrap();
+    }
+    assert_eq!(payloads(&mut sub, 3).await, ["1", "2", "3"]);
+
+    bus.inject_fan_out_panic("t.f").unwrap();
+    publisher.publish("t.f", "lost").await.unwrap();
+    let snap = wait_snapshot(&bus, "topic restarted", |s| {
+        s.topic("t.f").is_some_and(|t| t.restarts == 1)
+    })
+    .await;
+    assert_eq!(snap.topic("t.f").unwrap().lost_in_crashes, 1);
+    for i in 5..=6 {
+        publisher.publish("t.f", i.to_string()).await.unwrap();
+    }
+    match next(&mut sub).await {
+        Some(Event::Gap(gap)) => {
+            assert_eq!((gap.dropped, gap.first_sequence, gap.last_sequence), (1, 4, 4));
+        }
+        other => panic!("expected the gap, got {other:?}"),
+    }
+    for expected in 5..=6u64 {
+        match next(&mut sub).await {
+            Some(Event::Delivery(d)) => {
+                assert_eq!(d.sequence, expected);
+                assert_eq!(&d.payload[..], expected.to_string().as_bytes());
+            }
+            other => panic!("expected delivery {expected}, got {other:?}"),
+        }
+    }
+    assert!(publisher.is_open(), "the publisher's session carries on");
+    bus.shutdown().await;
+}
+
 /// Closing a publishing session first delivers everything it published; closing a
 /// subscribing session lets its subscriber read what was buffered, then ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,31 +1,41 @@
-//! The `Topic` actor: one per concrete topic; stamps, retains and fans out.
+//! The `Topic` actor and the fan-out state it shares with its publishers: one per
+//! concrete topic with subscribers; stamps, retains and fans out.
 //!
-//! A topic receives publish batches (each carrying its admission permit), assigns each
-//! message the next sequence number and the publish time, turns the batch into one shared
-//! `Arc<[Delivery]>`, and pushes it to every plain subscriber's buffer and to one member
-//! per queue group.
+//! A publish batch (carrying its admission permit) is given a sequence number and a
+//! publish time per message, turned into one shared `Arc<[Delivery]>`, and pushed to
+//! every plain subscriber's buffer and to one member per queue group.
 //!
-//! A `block` subscriber whose buffer is full stalls the topic without stalling the actor:
-//! the unpushed remainder is parked, later publish batches wait in a backlog (bounded by
-//! the admission, since each still holds its permit), and the subscriber's buffer sends
-//! `Resume` when it has room. Meanwhile the actor keeps answering `Observe` and
-//! subscription changes, and publishers feel the backpressure through the admission.
+//! The fan-out state ([`TopicCore`]) sits behind a short lock that the actor and the
+//! publishers share. A publisher that finds nothing stalled stamps and fans its batch
+//! out itself, under that lock: the hot path wakes no task of the topic's. The actor is
+//! what holds the topic over time: when a `block` subscriber's buffer is full, the
+//! unpushed remainder is parked, later publish batches wait in a backlog (bounded by
+//! the admission, since each still holds its permit), and the subscriber's buffer
+//! sends the actor `Resume` when it has room. Meanwhile subscription changes and
+//! `Observe` go on, and publishers feel the backpressure through the admission. The
+//! supervisor adds and removes subscribers under the same lock, so a subscription is
+//! in the topic the moment it is acknowledged.
 //!
 //! # Invariants
 //!
-//! - Sequence numbers are assigned in mailbox order, so per-publisher order is kept.
+//! - Sequence numbers are assigned in the order batches take the lock, so
+//!   per-publisher order is kept.
 //! - While anything is parked, no new batch is fanned out (the backlog is FIFO).
 //! - A batch's permit is completed only when every subscriber has it (or is gone), so
 //!   the admission counts exactly what is not yet in subscriber buffers.
-//! - Messages lost to a crash of this actor (their permits dropped unhandled) are
-//!   reported to every subscriber as a gap by the next incarnation, with fresh sequence
-//!   numbers reserved for them.
+//! - Once an incarnation is retired (its actor stopped, failed or replaced) its state
+//!   takes no batch: a publisher holding it goes back to the directory. Messages lost
+//!   to a failure (their permits dropped unhandled: parked, backlogged, or in a fan-out
+//!   that panicked) are reported to every subscriber as a gap by the next incarnation,
+//!   with fresh sequence numbers reserved for them.
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 
+use parking_lot::{Mutex, MutexGuard};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use streambus_types::{CloseReason, Delivery, Gap, Message, Topic};
@@ -68,14 +78,12 @@ impl PublishBatch {
 /// What a topic actor is asked to do.
 #[derive(Debug)]
 pub(crate) enum TopicMessage {
-    /// Stamp and fan out a batch (from a publisher, through the directory).
-    Publish(PublishBatch),
-    /// A new matching subscription (from the supervisor).
-    AddSubscriber(Arc<Subscriber>),
-    /// A subscription went away (from the supervisor).
-    RemoveSubscriber(SubscriptionId),
-    /// A blocked subscriber's buffer has room again (from its space waker).
+    /// A blocked subscriber's buffer has room again (from its space waker), or one left
+    /// (from the supervisor): go on with what is parked and the backlog.
     Resume,
+    /// A publisher's fan-out failed (panicked) under the shared state: the actor fails
+    /// with it, so that the supervisor restarts the topic.
+    Failed(String),
     /// Report state.
     Observe(RpcReplyPort<TopicSnapshot>),
     /// Fault injection for supervision tests.
@@ -121,15 +129,212 @@ pub struct TopicSnapshot {
 
 /// Arguments of a topic actor, given by the topic supervisor.
 pub(crate) struct TopicArgs {
-    /// The state that outlives incarnations (sequence, retained value, admission); a
-    /// restarted actor gets the same one.
-    pub(crate) shared: Arc<TopicShared>,
+    /// This incarnation's fan-out state, made empty by the supervisor.
+    pub(crate) core: Arc<TopicCore>,
     /// Every subscription in the index that matches the topic when it starts; later
-    /// ones arrive as `AddSubscriber`.
+    /// ones are added by the supervisor under the core's lock.
     pub(crate) subscribers: Vec<Arc<Subscriber>>,
-    /// The directory, for the clock (idleness) and the supervisor's address (to report
-    /// subscribers that ended during a fan-out).
-    pub(crate) directory: Arc<Directory>,
+}
+
+/// Batches the actor (or the state's holder) fans out before it lets the state go; the
+/// actor then sends itself `Resume` for the rest, so that one busy topic does not keep
+/// its worker thread.
+const DRAIN_ROUND: usize = 64;
+
+/// One incarnation of a topic: its fan-out state, shared by its actor and its
+/// publishers (see the module's documentation).
+///
+/// A publisher that finds the state free fans its batch out itself. One that finds it
+/// held (another publisher, the actor, the supervisor) queues the batch in `pending`
+/// and goes on: whoever holds the state looks at `pending` after letting it go, and
+/// has the actor fan out what it finds there. `pending` is FIFO and a publisher's
+/// batches enter it in order, so per-publisher order holds either way.
+pub(crate) struct TopicCore {
+    /// The fan-out state. Held only for work in memory (a fan-out, a subscription
+    /// change, a snapshot); never across an await.
+    state: Mutex<TopicState>,
+    /// Batches waiting for the state: handed over while it was held, or while a
+    /// `block` subscriber stalls the topic (the backlog). Each holds its admission
+    /// permit, so the admission bounds it. Locked after `state` when both are.
+    pending: Mutex<VecDeque<PublishBatch>>,
+    /// This incarnation is over: it takes no batch. Set under both locks.
+    retired: AtomicBool,
+}
+
+impl std::fmt::Debug for TopicCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicCore").finish_non_exhaustive()
+    }
+}
+
+impl TopicCore {
+    /// An incarnation of the topic `shared` with no subscriber yet. `directory` gives
+    /// the clock (idleness) and the supervisor's address (to report subscribers that
+    /// ended during a fan-out).
+    pub(crate) fn new(shared: Arc<TopicShared>, directory: Arc<Directory>) -> Arc<Self> {
+        let span = tracing::info_span!("topic", topic = %shared.name);
+        Arc::new(TopicCore {
+            state: Mutex::new(TopicState {
+                shared,
+                directory,
+                plain: Vec::new(),
+                groups: Vec::new(),
+                parked: Vec::new(),
+                parked_batch: None,
+                ended: Vec::new(),
+                span,
+            }),
+            pending: Mutex::new(VecDeque::new()),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Publishes `batch` (admitted) through this incarnation, whose actor is `actor`:
+    /// fans it out now if the state is free and nothing is ahead of it, or leaves it
+    /// for whoever holds the state. Hands the batch back if this incarnation is
+    /// retired: the publisher must ask the directory for its successor.
+    pub(crate) fn publish(&self, batch: PublishBatch, actor: &ActorRef<TopicMessage>) -> Result<(), PublishBatch> {
+        if let Some(mut state) = self.state.try_lock() {
+            if self.retired.load(Ordering::Relaxed) {
+                return Err(batch);
+            }
+            let first = state.parked.is_empty() && self.pending.lock().is_empty();
+            if first {
+                self.fan_out(&mut state, batch, actor);
+            } else {
+                self.pending.lock().push_back(batch);
+            }
+            self.drain(&mut state, actor);
+            self.release(state, actor);
+            return Ok(());
+        }
+        {
+            let mut pending = self.pending.lock();
+            if self.retired.load(Ordering::Relaxed) {
+                return Err(batch);
+            }
+            pending.push_back(batch);
+        }
+        // Either the holder, letting go, sees the batch (see `release`), or this sees
+        // the state free.
+        fence(Ordering::SeqCst);
+        if let Some(mut state) = self.state.try_lock() {
+            self.drain(&mut state, actor);
+            self.release(state, actor);
+        }
+        Ok(())
+    }
+
+    /// Fans out one batch under the state. A fan-out that panics retires this
+    /// incarnation and makes `actor` fail, so the supervisor restarts the topic; the
+    /// batch and whatever is pending count as lost in that failure (their permits are
+    /// dropped unhandled) and the next incarnation reports them as a gap.
+    fn fan_out(&self, state: &mut TopicState, batch: PublishBatch, actor: &ActorRef<TopicMessage>) {
+        let fanned = std::panic::catch_unwind(AssertUnwindSafe(|| state.fan_out(batch, actor)));
+        if let Err(panic) = fanned {
+            let reason = panic_message(panic.as_ref());
+            tracing::error!(parent: &state.span, %reason, "topic fan-out failed; the topic restarts");
+            drop(self.retire_locked(state));
+            let _ = actor.cast(TopicMessage::Failed(reason));
+        }
+    }
+
+    /// Fans out pending batches in order, up to [`DRAIN_ROUND`], until a subscriber
+    /// stalls the topic.
+    fn drain(&self, state: &mut TopicState, actor: &ActorRef<TopicMessage>) {
+        for _ in 0..DRAIN_ROUND {
+            if !state.parked.is_empty() || self.retired.load(Ordering::Relaxed) {
+                return;
+            }
+            let Some(batch) = self.pending.lock().pop_front() else {
+                return;
+            };
+            self.fan_out(state, batch, actor);
+        }
+    }
+
+    /// Lets the state go; then, if batches were left pending while it was held and no
+    /// subscriber stalls the topic, asks the actor to fan them out. (A stall ends with
+    /// the subscriber's `Resume`, which does the same.)
+    fn release(&self, state: MutexGuard<'_, TopicState>, actor: &ActorRef<TopicMessage>) {
+        let stalled = !state.parked.is_empty();
+        drop(state);
+        fence(Ordering::SeqCst);
+        if !stalled && !self.pending.lock().is_empty() {
+            let _ = actor.cast(TopicMessage::Resume);
+        }
+    }
+
+    /// The actor's `Resume`: retries what is parked (a subscriber has room, or left),
+    /// then fans out what is pending.
+    fn resume(&self, actor: &ActorRef<TopicMessage>) {
+        let mut state = self.state.lock();
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        state.resume(actor);
+        self.drain(&mut state, actor);
+        self.release(state, actor);
+    }
+
+    /// Adds a matching subscription (the supervisor, or the actor's start). A plain one
+    /// gets the retained value first.
+    pub(crate) fn add(&self, sub: Arc<Subscriber>, actor: &ActorRef<TopicMessage>) {
+        let mut state = self.state.lock();
+        state.add(sub, actor);
+        self.release(state, actor);
+    }
+
+    /// Removes a subscription; the actor retries what is parked, since the one that
+    /// left may have been the subscriber the topic waited for.
+    pub(crate) fn remove(&self, id: SubscriptionId, actor: &ActorRef<TopicMessage>) {
+        let mut state = self.state.lock();
+        state.remove(id);
+        let stalled = state.parked_batch.is_some();
+        self.release(state, actor);
+        if stalled {
+            let _ = actor.cast(TopicMessage::Resume);
+        }
+    }
+
+    /// Retires this incarnation: from now on it takes no batch. What it still holds
+    /// (parked or pending batches of an incarnation that failed or is replaced) is
+    /// dropped, and so counted as lost for its successor to report.
+    pub(crate) fn retire(&self) {
+        let mut state = self.state.lock();
+        let held = self.retire_locked(&mut state);
+        drop(state);
+        drop(held);
+    }
+
+    /// Retires, under the state's lock; hands over the batches still held.
+    fn retire_locked(&self, state: &mut TopicState) -> Vec<PublishBatch> {
+        let mut pending = self.pending.lock();
+        self.retired.store(true, Ordering::Relaxed);
+        state.parked.clear();
+        state.parked_batch.take().into_iter().chain(pending.drain(..)).collect()
+    }
+
+    /// A snapshot of the topic. Like every holder of the state, it looks for batches
+    /// left pending as it lets go.
+    fn snapshot(&self, actor: &ActorRef<TopicMessage>) -> TopicSnapshot {
+        let state = self.state.lock();
+        let snapshot = TopicSnapshot {
+            backlog_batches: self.pending.lock().len(),
+            ..state.snapshot()
+        };
+        self.release(state, actor);
+        snapshot
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
 }
 
 /// A queue group as one topic sees it: its members that match this topic.
@@ -155,8 +360,8 @@ struct Parked {
     receipt: Option<Arc<ReceiptToken>>,
 }
 
-/// State of a topic actor.
-pub(crate) struct TopicState {
+/// The fan-out state of one incarnation, behind its [`TopicCore`]'s lock.
+struct TopicState {
     /// See [`TopicArgs::shared`].
     shared: Arc<TopicShared>,
     /// See [`TopicArgs::directory`].
@@ -171,9 +376,6 @@ pub(crate) struct TopicState {
     /// The batch whose fan-out is parked: its permit (and receipt) is completed only
     /// when every parked remainder is taken.
     parked_batch: Option<PublishBatch>,
-    /// Publish batches that arrived while a fan-out was parked, in mailbox order. Each
-    /// still holds its admission permit, so the backlog is bounded by the admission.
-    backlog: VecDeque<PublishBatch>,
     /// Subscribers whose buffer closed during a fan-out; removed right after it.
     ended: Vec<SubscriptionId>,
     /// The topic's span (its name): the parent of its logs.
@@ -281,6 +483,10 @@ impl TopicState {
 
     /// Stamps a batch and fans it out; parks it if a `block` subscriber is full.
     fn fan_out(&mut self, mut publish: PublishBatch, myself: &ActorRef<TopicMessage>) {
+        #[cfg(feature = "testsuite")]
+        if self.shared.fail_next_fan_out.swap(false, Ordering::Relaxed) {
+            panic!("injected fan-out failure");
+        }
         // Whom the batch is for: everyone, or (relayed from another node) the plain
         // subscribers or one group. Relayed batches never reach `local_only` ones.
         let (relayed, only_group) = match publish.relay.take() {
@@ -409,8 +615,8 @@ impl TopicState {
         }
     }
 
-    /// Retries parked remainders; once none is left, completes the parked batch and
-    /// works through the backlog until the next stall.
+    /// Retries parked remainders; once none is left, completes the parked batch (the
+    /// core then fans out what is pending).
     fn resume(&mut self, myself: &ActorRef<TopicMessage>) {
         for parked in std::mem::take(&mut self.parked) {
             self.push(&parked.subscriber, &parked.batch, parked.range, parked.receipt, myself);
@@ -418,14 +624,10 @@ impl TopicState {
         for id in std::mem::take(&mut self.ended) {
             self.remove(id);
         }
-        while self.parked.is_empty() {
-            if let Some(done) = self.parked_batch.take() {
-                done.complete();
-            }
-            match self.backlog.pop_front() {
-                Some(next) => self.fan_out(next, myself),
-                None => break,
-            }
+        if self.parked.is_empty()
+            && let Some(done) = self.parked_batch.take()
+        {
+            done.complete();
         }
     }
 
@@ -495,7 +697,7 @@ impl TopicState {
                 .iter()
                 .map(|g| (g.name.to_string(), g.members.len()))
                 .collect(),
-            backlog_batches: self.backlog.len(),
+            backlog_batches: 0,
             stalled_subscribers: self.parked.len(),
             ..self.shared.snapshot()
         }
@@ -504,57 +706,36 @@ impl TopicState {
 
 impl Actor for TopicActor {
     type Msg = TopicMessage;
-    type State = TopicState;
+    type State = Arc<TopicCore>;
     type Arguments = TopicArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<TopicMessage>,
         args: TopicArgs,
-    ) -> Result<TopicState, ActorProcessingErr> {
-        let span = tracing::info_span!("topic", topic = %args.shared.name);
-        let mut state = TopicState {
-            shared: args.shared,
-            directory: args.directory,
-            plain: Vec::new(),
-            groups: Vec::new(),
-            parked: Vec::new(),
-            parked_batch: None,
-            backlog: VecDeque::new(),
-            ended: Vec::new(),
-            span,
-        };
+    ) -> Result<Arc<TopicCore>, ActorProcessingErr> {
+        let mut state = args.core.state.lock();
         for sub in args.subscribers {
             state.add(sub, &myself);
         }
         state.report_crash_loss();
         tracing::debug!(parent: &state.span, subscribers = state.plain.len(), "topic started");
-        Ok(state)
+        drop(state);
+        Ok(args.core)
     }
 
     async fn handle(
         &self,
         myself: ActorRef<TopicMessage>,
         message: TopicMessage,
-        state: &mut TopicState,
+        core: &mut Arc<TopicCore>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TopicMessage::Publish(batch) => {
-                if state.parked.is_empty() {
-                    state.fan_out(batch, &myself);
-                } else {
-                    state.backlog.push_back(batch);
-                }
-            }
-            TopicMessage::AddSubscriber(sub) => state.add(sub, &myself),
-            TopicMessage::RemoveSubscriber(id) => {
-                state.remove(id);
-                state.resume(&myself);
-            }
-            TopicMessage::Resume => state.resume(&myself),
+            TopicMessage::Resume => core.resume(&myself),
             TopicMessage::Observe(reply) => {
-                let _ = reply.send(state.snapshot());
+                let _ = reply.send(core.snapshot(&myself));
             }
+            TopicMessage::Failed(reason) => return Err(reason.into()),
             #[cfg(feature = "testsuite")]
             TopicMessage::Crash => panic!("injected topic crash"),
         }
@@ -564,22 +745,20 @@ impl Actor for TopicActor {
     async fn post_stop(
         &self,
         _myself: ActorRef<TopicMessage>,
-        state: &mut TopicState,
+        core: &mut Arc<TopicCore>,
     ) -> Result<(), ActorProcessingErr> {
-        let stranded: usize = state.parked.iter().map(|p| p.range.len()).sum::<usize>()
-            + state.backlog.iter().map(|b| b.messages.len()).sum::<usize>();
+        let mut state = core.state.lock();
+        let pending: usize = core.pending.lock().iter().map(|b| b.messages.len()).sum();
+        let stranded = state.parked.iter().map(|p| p.range.len()).sum::<usize>() + pending;
         if stranded > 0 {
             for p in &state.parked {
                 p.subscriber.queue.count_lost(p.range.len());
             }
             tracing::error!(parent: &state.span, stranded, "topic stopped with undelivered messages");
         }
-        // Everything parked or backlogged is given up on here: complete the permits so
-        // the loss is not counted twice as a crash loss.
-        if let Some(b) = state.parked_batch.take() {
-            b.permit.complete();
-        }
-        for b in state.backlog.drain(..) {
+        // Everything parked or pending is given up on here: complete the permits so the
+        // loss is not counted twice as a crash loss.
+        for b in core.retire_locked(&mut state) {
             b.permit.complete();
         }
         tracing::debug!(parent: &state.span, "topic stopped");

@@ -43,10 +43,10 @@ use streambus_types::config::{LimitsConfig, TopicsConfig};
 use streambus_types::{CloseReason, Topic, TopicFilter};
 
 use crate::actors::session::{SessionId, SessionMessage};
-use crate::actors::topic::{TopicActor, TopicArgs, TopicMessage, TopicSnapshot};
+use crate::actors::topic::{TopicActor, TopicArgs, TopicCore, TopicMessage, TopicSnapshot};
 use crate::admission::Admission;
 use crate::budget::MemoryBudget;
-use crate::directory::{Directory, Gate, TopicRef, TopicShared};
+use crate::directory::{Awake, Directory, Gate, TopicRef, TopicShared};
 use crate::error::BusError;
 use crate::index::SubscriptionIndex;
 use crate::subscription::{Subscriber, SubscriptionId};
@@ -167,14 +167,20 @@ impl TopicSupervisorState {
         shared: Arc<TopicShared>,
     ) -> Result<TopicRef, BusError> {
         *shared.gate.lock() = Gate::Awake;
+        // The incarnation being replaced (failed, or refusing publishers) takes no more
+        // batches; what it still held counts as lost, for the new one to report.
+        if let Some(old) = self.directory.topics.get(&shared.name).and_then(|r| r.awake.clone()) {
+            old.core.retire();
+            old.actor.stop(None);
+        }
         // A topic put to sleep kept its admission closed; a restart finds it open.
         shared.admission.reopen();
         let mut matches = Vec::new();
         self.index.matches(&shared.name, &mut matches);
+        let core = TopicCore::new(shared.clone(), self.directory.clone());
         let args = TopicArgs {
-            shared: shared.clone(),
+            core: core.clone(),
             subscribers: matches.into_iter().map(|(_, s)| s).collect(),
-            directory: self.directory.clone(),
         };
         let (actor, _join) = Actor::spawn_linked(None, TopicActor, args, myself.get_cell())
             .await
@@ -182,7 +188,7 @@ impl TopicSupervisorState {
         self.by_actor.insert(actor.get_id(), shared.name.clone());
         let topic_ref = TopicRef {
             shared,
-            actor: Some(actor),
+            awake: Some(Awake { actor, core }),
         };
         self.directory
             .topics
@@ -202,7 +208,7 @@ impl TopicSupervisorState {
             Some(r) => {
                 // An entry asleep is always current: this actor wakes a topic and
                 // updates its entry in one step.
-                let Some(actor) = &r.actor else {
+                let Some(Awake { actor, .. }) = &r.awake else {
                     return Ok(r);
                 };
                 let running = matches!(
@@ -236,7 +242,7 @@ impl TopicSupervisorState {
                     if wanted { Gate::Awake } else { Gate::Asleep },
                 );
                 if !wanted {
-                    let r = TopicRef { shared, actor: None };
+                    let r = TopicRef { shared, awake: None };
                     self.directory.topics.insert(topic, r.clone());
                     return Ok(r);
                 }
@@ -290,7 +296,7 @@ impl TopicSupervisorState {
             .directory
             .topics
             .iter()
-            .filter(|r| r.actor.is_some() || idle(r))
+            .filter(|r| r.awake.is_some() || idle(r))
             .map(|r| r.clone())
             .collect();
         for r in candidates {
@@ -298,16 +304,16 @@ impl TopicSupervisorState {
                 continue;
             }
             let reap = idle(&r) && r.shared.retained.lock().is_none();
-            if !(reap || r.actor.is_some()) || !r.shared.admission.close_if_idle() {
+            if !(reap || r.awake.is_some()) || !r.shared.admission.close_if_idle() {
                 continue;
             }
             // A publisher stamping it asleep finishes first; later ones start the name
             // anew (reaped) or stamp it asleep.
             *r.shared.gate.lock() = if reap { Gate::Closed } else { Gate::Asleep };
-            if let Some(actor) = &r.actor {
+            if let Some(Awake { actor, core }) = &r.awake {
                 self.by_actor.remove(&actor.get_id());
-                // Its admission is closed with no permit out, so no publish can be in its
-                // mailbox; draining answers whatever else is and refuses later casts.
+                // Its admission is closed with no permit out, so it holds no batch.
+                core.retire();
                 let _ = actor.drain();
             }
             if reap {
@@ -320,7 +326,7 @@ impl TopicSupervisorState {
                     r.shared.name.clone(),
                     TopicRef {
                         shared: r.shared.clone(),
-                        actor: None,
+                        awake: None,
                     },
                 );
                 self.counters.topics_put_to_sleep += 1;
@@ -329,8 +335,8 @@ impl TopicSupervisorState {
     }
 
     /// Adds a subscription to the index and to every live topic it matches (one lookup
-    /// for an exact filter), waking those asleep. Casts only to running topics: a topic
-    /// busy fanning out never holds this actor, and it gets the subscriber before any
+    /// for an exact filter), waking those asleep. An awake topic gets it under its
+    /// fan-out lock (held only for a fan-out in memory), so it is there before any
     /// publish that follows the reply.
     async fn subscribe(&mut self, myself: &ActorRef<TopicSupervisorMessage>, sub: Arc<Subscriber>) {
         self.by_session.entry(sub.session).or_default().insert(sub.id);
@@ -341,10 +347,8 @@ impl TopicSupervisorState {
             interest.add(sub.interest_key());
         }
         let mut asleep = Vec::new();
-        self.for_each_match(&sub.filter, |r| match &r.actor {
-            Some(actor) => {
-                let _ = actor.cast(TopicMessage::AddSubscriber(sub.clone()));
-            }
+        self.for_each_match(&sub.filter, |r| match &r.awake {
+            Some(Awake { actor, core }) => core.add(sub.clone(), actor),
             None => asleep.push(r.shared.clone()),
         });
         for shared in asleep {
@@ -366,8 +370,8 @@ impl TopicSupervisorState {
             interest.remove(&sub.interest_key());
         }
         self.for_each_match(&filter, |r| {
-            if let Some(actor) = &r.actor {
-                let _ = actor.cast(TopicMessage::RemoveSubscriber(id));
+            if let Some(Awake { actor, core }) = &r.awake {
+                core.remove(id, actor);
             }
         });
         if let Some(ids) = self.by_session.get_mut(&sub.session) {
@@ -451,8 +455,8 @@ impl Actor for TopicSupervisor {
             TopicSupervisorMessage::Observe { detail, reply } => {
                 let (mut actors, mut asleep, mut sleeping) = (Vec::new(), Vec::new(), 0);
                 for r in state.directory.topics.iter() {
-                    match &r.actor {
-                        Some(actor) if detail => actors.push(actor.clone()),
+                    match &r.awake {
+                        Some(Awake { actor, .. }) if detail => actors.push(actor.clone()),
                         Some(_) => {}
                         None => {
                             sleeping += 1;
@@ -495,7 +499,7 @@ impl Actor for TopicSupervisor {
                 current.shared.restarts.fetch_add(1, Ordering::Relaxed);
                 state.counters.topic_restarts += 1;
                 tracing::warn!(%topic, error = %err, "topic actor failed; restarting");
-                if current.actor.as_ref().map(|a| a.get_id()) != Some(cell.get_id()) {
+                if current.awake.as_ref().map(|a| a.actor.get_id()) != Some(cell.get_id()) {
                     // A publisher already had it replaced.
                     return Ok(());
                 }
