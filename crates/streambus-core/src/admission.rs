@@ -240,7 +240,7 @@ impl Permit {
         self.sent = true;
     }
 
-    /// Marks the permit as not (or no longer) in a mailbox.
+    /// Marks the permit as not (or no longer) handed to a topic.
     pub(crate) fn mark_unsent(&mut self) {
         self.sent = false;
     }

@@ -112,7 +112,8 @@ pub struct TopicSnapshot {
     pub mailbox_capacity_messages: usize,
     /// Admission capacity in bytes.
     pub mailbox_capacity_bytes: usize,
-    /// Batches waiting behind a stalled `block` subscriber.
+    /// Batches queued: behind a stalled `block` subscriber, or handed over while the
+    /// topic's fan-out was busy.
     pub backlog_batches: usize,
     /// `block` subscribers the topic is waiting for.
     pub stalled_subscribers: usize,

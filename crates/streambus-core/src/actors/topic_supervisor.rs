@@ -13,10 +13,12 @@
 //!
 //! ## Supervision
 //!
-//! Supervises every `Topic` (linked at spawn). A topic that fails is restarted at once
-//! with the same shared state, so its sequence, retained value and admission carry on;
-//! the batches that died in its mailbox are counted and reported to subscribers as a
-//! gap by the new incarnation. A topic that stops normally (reaped) is only forgotten.
+//! Supervises every `Topic` (linked at spawn). A topic that fails (its actor, or a
+//! fan-out in a publisher's task, which fails the actor) is restarted at once with the
+//! same shared state, so its sequence, retained value and admission carry on; the
+//! incarnation it replaces is retired first, and the batches that died with it
+//! (queued, or in the fan-out that failed) are counted and reported to subscribers as
+//! a gap by the new incarnation. A topic that stops normally (reaped) is only forgotten.
 //!
 //! # Invariants
 //!
