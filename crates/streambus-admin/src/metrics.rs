@@ -188,8 +188,13 @@ pub(crate) fn render(scrape: &Scrape) -> Vec<u8> {
     f.gauge("streambus_topics", "Live topics, asleep or awake.", ts.topics as f64);
     f.gauge(
         "streambus_topics_asleep",
-        "Live topics without an actor: nothing subscribes to them.",
+        "Live topics asleep: nothing subscribes to them.",
         ts.topics_asleep as f64,
+    );
+    f.gauge(
+        "streambus_topic_actors",
+        "Topic actors running: awake topics that needed one (a stalled subscriber's room, batches queued while busy).",
+        ts.topic_actors as f64,
     );
     f.counter(
         "streambus_topics_reaped_total",

@@ -43,7 +43,7 @@ use crate::actors::session::{SessionMessage, SessionSnapshot};
 use crate::actors::session_manager::{
     OpenedSession, SessionManager, SessionManagerArgs, SessionManagerMessage, SessionManagerSnapshot,
 };
-use crate::actors::topic::{TopicMessage, TopicSnapshot};
+use crate::actors::topic::TopicSnapshot;
 use crate::actors::topic_supervisor::{
     ObservedTopics, TopicSupervisor, TopicSupervisorArgs, TopicSupervisorMessage, TopicSupervisorSnapshot,
 };
@@ -366,24 +366,16 @@ impl Bus {
 
     /// A snapshot of every actor's state.
     pub async fn snapshot(&self) -> Result<BusSnapshot, BusError> {
-        let ((session_actors, session_manager), (topic_actors, asleep, topic_supervisor)) =
-            self.observe_roots(true).await?;
+        let ((session_actors, session_manager), (mut topics, topic_supervisor)) = self.observe_roots(true).await?;
         let sessions = join_all(
             session_actors
                 .iter()
                 .map(|a| a.call(SessionMessage::Observe, Some(OBSERVE_TIMEOUT))),
-        );
-        let topics = join_all(
-            topic_actors
-                .iter()
-                .map(|a| a.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT))),
-        );
-        let (sessions, topics) = futures::join!(sessions, topics);
+        )
+        .await;
         let sinks = self.sinks().await?;
         // An actor that stopped between the two steps simply is not in the snapshot.
         let mut sessions: Vec<SessionSnapshot> = sessions.into_iter().filter_map(|r| answered(r).ok()).collect();
-        let mut topics: Vec<TopicSnapshot> = topics.into_iter().filter_map(|r| answered(r).ok()).collect();
-        topics.extend(asleep);
         sessions.sort_by_key(|s| s.id);
         topics.sort_by(|a, b| a.topic.cmp(&b.topic));
         Ok(BusSnapshot {
@@ -400,7 +392,7 @@ impl Bus {
     /// The counters that cost no per-actor call (two supervisor calls and atomic reads),
     /// cheap enough for every metrics scrape whatever the number of sessions and topics.
     pub async fn counters(&self) -> Result<BusCounters, BusError> {
-        let ((_, session_manager), (_, _, topic_supervisor)) = self.observe_roots(false).await?;
+        let ((_, session_manager), (_, topic_supervisor)) = self.observe_roots(false).await?;
         let router = &self.inner.router;
         Ok(BusCounters {
             session_manager,
@@ -493,7 +485,7 @@ impl Bus {
             return Ok(None);
         };
         match &entry.awake {
-            Some(awake) => Ok(answered(awake.actor.call(TopicMessage::Observe, Some(OBSERVE_TIMEOUT)).await).ok()),
+            Some(core) => Ok(Some(core.snapshot())),
             None => Ok(Some(entry.shared.snapshot())),
         }
     }
@@ -576,19 +568,21 @@ impl Bus {
         tracing::info!("bus stopped");
     }
 
-    /// Makes the actor of `topic` panic, to exercise supervision.
+    /// Makes the actor of the awake topic `topic` panic (starting it first if the topic
+    /// has none yet), to exercise supervision.
     #[cfg(feature = "testsuite")]
     pub fn inject_topic_panic(&self, topic: &str) -> Result<(), BusError> {
         let topic = streambus_types::Topic::new(topic)?;
-        let r = self
+        let core = self
             .inner
             .router
             .directory
             .topics
             .get(&topic)
-            .and_then(|r| r.awake.as_ref().map(|a| a.actor.clone()))
+            .and_then(|r| r.awake.clone())
             .ok_or(BusError::Closed)?;
-        r.cast(TopicMessage::Crash).map_err(|_| BusError::Closed)
+        core.tell(crate::actors::topic::TopicMessage::Crash);
+        Ok(())
     }
 
     /// Makes the next fan-out of the awake topic `topic` panic, wherever it runs (most

@@ -1,22 +1,22 @@
 //! The topic directory: how a publisher finds a topic and hands it a batch.
 //!
 //! Live topics are kept in a sharded concurrent map (no global lock on the hot path).
-//! Only the topic supervisor writes it; publishers read it and, on a miss or a dead
-//! actor, ask the supervisor to start (or restart) the topic, which serializes topic
-//! creation with subscription changes.
+//! Only the topic supervisor writes it; publishers read it and, on a miss or a retired
+//! incarnation, ask the supervisor to start (or restart) the topic, which serializes
+//! topic creation with subscription changes.
 //!
 //! A publish to one topic goes: look the topic up, take an admission [`Permit`] for the
 //! batch (waiting, or failing at once for `try_publish`), hand the batch with the permit
 //! inside to the topic's current incarnation, which fans it out then and there unless a
-//! subscriber stalls the topic (see the topic actor). A closed admission (the topic is
+//! subscriber stalls the topic (see `actors::topic`). A closed admission (the topic is
 //! being reaped) or a retired incarnation sends the publisher back to the supervisor,
 //! and the batch is retried with the new one; a batch handed back is never lost.
 //!
 //! A topic nothing subscribes to is *asleep*: it has a directory entry (its sequence,
-//! retained value and counters) but no actor, since there is no one to fan out to. A
-//! publisher stamps such a batch itself, under the topic's gate, and is done: the
+//! retained value and counters) but no incarnation, since there is no one to fan out
+//! to. A publisher stamps such a batch itself, under the topic's gate, and is done: the
 //! sequence numbers are taken, a retained value is kept, the messages go to no one. The
-//! supervisor wakes the topic (starts its actor) when a matching subscription arrives,
+//! supervisor wakes the topic (starts an incarnation) when a matching subscription arrives,
 //! closing the gate first, so that no publish is stamped asleep after the subscription
 //! was added; its sweep puts an awake topic to sleep again once nothing matches it and
 //! nothing admitted is in its mailbox. A topic costs under 1 KB asleep against about
@@ -28,10 +28,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use ractor::{ActorId, ActorRef, ActorStatus};
+use ractor::ActorRef;
 use streambus_types::{Delivery, Message, Topic};
 
-use crate::actors::topic::{PublishBatch, TopicCore, TopicMessage, TopicSnapshot};
+use crate::actors::topic::{PublishBatch, TopicCore, TopicSnapshot};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
 use crate::admission::{Admission, AdmissionClosed, InflightGuard};
 use crate::budget::MemoryBudget;
@@ -43,19 +43,20 @@ use crate::receipt::ReceiptToken;
 /// settles the topic, so more than two means something is badly wrong.
 const MAX_REROUTES: usize = 8;
 
-/// Whether a topic's publishes go to its actor.
+/// Who stamps a topic's publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Gate {
-    /// No actor: nothing subscribes; publishers stamp their batches themselves.
+    /// No incarnation: nothing subscribes; publishers stamp their batches themselves.
     Asleep,
-    /// The actor stamps and fans out (it is running, starting or being restarted).
+    /// Stamped and fanned out under the incarnation's state (it is running, starting or
+    /// being restarted).
     Awake,
     /// Reaped: the name's next publish starts it anew.
     Closed,
 }
 
-/// State of one topic that outlives its actor: a restarted or re-spawned actor for the
-/// same name gets the same sequence counter, retained value and admission.
+/// State of one topic that outlives its incarnations: a restarted or re-woken topic of
+/// the same name gets the same sequence counter, retained value and admission.
 #[derive(Debug)]
 pub(crate) struct TopicShared {
     /// The topic.
@@ -68,7 +69,7 @@ pub(crate) struct TopicShared {
     pub(crate) retained: Mutex<Option<Delivery>>,
     /// Milliseconds since the directory's epoch of the last handled publish.
     pub(crate) last_active_ms: AtomicU64,
-    /// Times the actor was restarted after a failure.
+    /// Times the topic was restarted after a failure.
     pub(crate) restarts: AtomicU32,
     /// Messages lost in crashes that have already been reported to subscribers as gaps.
     pub(crate) lost_reported: AtomicU64,
@@ -90,32 +91,21 @@ pub(crate) struct TopicShared {
 /// What the directory holds per live topic.
 #[derive(Debug, Clone)]
 pub(crate) struct TopicRef {
-    /// The state that outlives the actor (and its admission, which publishers take).
+    /// The state that outlives incarnations (and its admission, which publishers take).
     pub(crate) shared: Arc<TopicShared>,
-    /// The topic's current incarnation, `None` while the topic is asleep.
-    pub(crate) awake: Option<Awake>,
-}
-
-/// An awake topic's current incarnation.
-#[derive(Debug, Clone)]
-pub(crate) struct Awake {
-    /// Its actor (stalls, `Observe`, supervision).
-    pub(crate) actor: ActorRef<TopicMessage>,
-    /// Its fan-out state, which publishers hand their batches to; a retired one hands
-    /// them back, and the supervisor must be asked for its successor.
-    pub(crate) core: Arc<TopicCore>,
+    /// The topic's current incarnation, which publishers hand their batches to (a
+    /// retired one hands them back, and the supervisor must be asked for its
+    /// successor); `None` while the topic is asleep.
+    pub(crate) awake: Option<Arc<TopicCore>>,
 }
 
 impl TopicRef {
-    /// Whether a publisher may use this entry: asleep (the gate decides), or an actor
-    /// that is alive and not the one the publisher saw refuse.
-    fn usable(&self, stale: Option<ActorId>) -> bool {
+    /// Whether a publisher may use this entry: asleep (the gate decides), or an
+    /// incarnation that is not retired and not the one the publisher saw refuse.
+    fn usable(&self, stale: Option<u64>) -> bool {
         match &self.awake {
             None => true,
-            Some(Awake { actor, .. }) => {
-                Some(actor.get_id()) != stale
-                    && matches!(actor.get_status(), ActorStatus::Starting | ActorStatus::Running)
-            }
+            Some(core) => Some(core.id) != stale && !core.is_retired(),
         }
     }
 }
@@ -142,7 +132,7 @@ pub(crate) struct Directory {
     /// Live topics. Written only by the supervisor (start, restart, reap); read by
     /// every publisher, sharded so that readers of different topics never contend.
     pub(crate) topics: DashMap<Topic, TopicRef>,
-    /// Where misses and dead actors are resolved; calls only, answered promptly.
+    /// Where misses and retired incarnations are resolved; calls only, answered promptly.
     pub(crate) supervisor: ActorRef<TopicSupervisorMessage>,
     /// Origin of [`Directory::now_ms`].
     epoch: Instant,
@@ -166,10 +156,10 @@ impl Directory {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The entry to publish through. `stale` names an actor the caller saw refuse a
-    /// batch; `woken` says the caller found the topic's gate no longer asleep, so the
+    /// The entry to publish through. `stale` names an incarnation the caller saw refuse
+    /// a batch; `woken` says the caller found the topic's gate no longer asleep, so the
     /// supervisor (which changed it) must answer.
-    async fn lookup(&self, topic: &Topic, stale: Option<ActorId>, woken: bool) -> Result<TopicRef, BusError> {
+    async fn lookup(&self, topic: &Topic, stale: Option<u64>, woken: bool) -> Result<TopicRef, BusError> {
         if !woken
             && let Some(r) = self.topics.get(topic)
             && r.usable(stale)
@@ -203,7 +193,7 @@ impl Directory {
         let mut reroutes = 0;
         while !messages.is_empty() {
             let target = self.lookup(topic, stale, woken).await?;
-            let Some(Awake { actor, core }) = &target.awake else {
+            let Some(core) = &target.awake else {
                 match target.shared.publish_asleep(messages, relay, self.now_ms()) {
                     Ok(()) => {
                         // Nothing here waits, so a publisher looping on topics asleep
@@ -255,7 +245,7 @@ impl Directory {
                             "topic {topic} kept closing under the publisher"
                         )));
                     }
-                    stale = Some(actor.get_id());
+                    stale = Some(core.id);
                     continue;
                 }
             };
@@ -279,7 +269,7 @@ impl Directory {
                 receipt: receipt.map(|r| r.sibling(1)),
                 relay: relay.cloned(),
             };
-            match core.publish(batch, actor) {
+            match core.publish(batch) {
                 Ok(()) => {
                     messages = rest;
                     // As asleep: a fan-out here never waits, so it spends the budget.
@@ -293,7 +283,7 @@ impl Directory {
                     if reroutes > MAX_REROUTES {
                         return Err(BusError::Internal(format!("topic {topic} is not accepting messages")));
                     }
-                    stale = Some(actor.get_id());
+                    stale = Some(core.id);
                 }
             }
         }
@@ -410,6 +400,7 @@ impl TopicShared {
             restarts: self.restarts.load(Ordering::Relaxed),
             lost_in_crashes: self.admission.lost(),
             asleep,
+            actor: false,
         }
     }
 

@@ -227,6 +227,72 @@ async fn contend(bus: &streambus_core::Bus, topic: &str) {
     assert_eq!((snapshot.mailbox_messages, snapshot.backlog_batches), (0, 0));
 }
 
+/// An awake topic runs without an actor of its own while its publishers fan out for it;
+/// a `block` subscriber that stops taking messages stalls the topic, and when it reads
+/// again its room starts the topic's actor, which resumes: everything arrives once and
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_topic_starts_its_actor_to_resume() {
+    let bus = bus().await;
+    let mut sub = bus
+        .subscribe(
+            "lazy.t",
+            opts()
+                .overflow(streambus_core::OverflowPolicy::Block)
+                .buffer(4, 1 << 20),
+        )
+        .await
+        .unwrap();
+    let session = bus.connect(ConnectOptions::named("pub")).await.unwrap();
+    for i in 1..=3 {
+        session.publish("lazy.t", i.to_string()).await.unwrap();
+    }
+    let topic = bus.topic("lazy.t").await.unwrap().expect("live");
+    assert!(!topic.asleep && !topic.actor, "fanned out by its publisher: {topic:?}");
+    assert_eq!(bus.counters().await.unwrap().topic_supervisor.topic_actors, 0);
+
+    let publisher = tokio::spawn(async move {
+        for i in 4..=40 {
+            session.publish("lazy.t", i.to_string()).await.unwrap();
+        }
+        session
+    });
+    // Stalled, the topic waits with no task of its own: the backlog holds its permits.
+    let snap = wait_snapshot(&bus, "the subscriber stalls the topic", |s| {
+        s.topic("lazy.t")
+            .is_some_and(|t| t.stalled_subscribers == 1 && t.backlog_batches > 0)
+    })
+    .await;
+    assert!(!snap.topic("lazy.t").unwrap().actor);
+    // The subscriber's room asks for the actor, which resumes the fan-out.
+    for expected in 1..=40u64 {
+        match next(&mut sub).await {
+            Some(Event::Delivery(d)) => {
+                assert_eq!(
+                    (d.sequence, &d.payload[..]),
+                    (expected, expected.to_string().as_bytes())
+                );
+            }
+            other => panic!("expected delivery {expected}, got {other:?}"),
+        }
+    }
+    let session = publisher.await.unwrap();
+    let topic = bus.topic("lazy.t").await.unwrap().expect("live");
+    assert_eq!(
+        (topic.mailbox_messages, topic.backlog_batches, topic.stalled_subscribers),
+        (0, 0, 0)
+    );
+    // The actor stays for the incarnation's life, and publishers fan out again.
+    assert!(topic.actor);
+    assert_eq!(bus.counters().await.unwrap().topic_supervisor.topic_actors, 1);
+    session.publish("lazy.t", "41").await.unwrap();
+    match next(&mut sub).await {
+        Some(Event::Delivery(d)) => assert_eq!(d.sequence, 41),
+        other => panic!("expected delivery 41, got {other:?}"),
+    }
+    bus.shutdown().await;
+}
+
 /// `$` system topics are only matched by filters that name them explicitly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_topics_need_explicit_filters() {

@@ -58,7 +58,12 @@ async fn topic_panic_restarts_and_delivery_continues() {
     }
     assert_eq!(payloads(&mut exact, 5).await.len(), 5);
     assert_eq!(payloads(&mut wild, 5).await.len(), 5);
+    assert!(
+        !bus.topic("t.x").await.unwrap().unwrap().actor,
+        "no actor until one is needed"
+    );
 
+    // The actor is started for the crash, and its failure restarts the topic.
     bus.inject_topic_panic("t.x").unwrap();
     let snap = wait_snapshot(&bus, "topic restarted", |s| {
         s.topic("t.x").is_some_and(|t| t.restarts == 1)
@@ -69,6 +74,10 @@ async fn topic_panic_restarts_and_delivery_continues() {
         snap.topic("t.x").unwrap().subscribers,
         2,
         "subscribers rebuilt from the index"
+    );
+    assert!(
+        !snap.topic("t.x").unwrap().actor,
+        "the new incarnation has no actor yet"
     );
 
     for i in 6..=10 {

@@ -1,20 +1,32 @@
-//! The `Topic` actor and the fan-out state it shares with its publishers: one per
-//! concrete topic with subscribers; stamps, retains and fans out.
+//! A topic's fan-out state and the `Topic` actor that holds it over time: one
+//! incarnation per concrete topic with subscribers; stamps, retains and fans out.
 //!
 //! A publish batch (carrying its admission permit) is given a sequence number and a
 //! publish time per message, turned into one shared `Arc<[Delivery]>`, and pushed to
 //! every plain subscriber's buffer and to one member per queue group.
 //!
-//! The fan-out state ([`TopicCore`]) sits behind a short lock that the actor and the
-//! publishers share. A publisher that finds nothing stalled stamps and fans its batch
-//! out itself, under that lock: the hot path wakes no task of the topic's. The actor is
-//! what holds the topic over time: when a `block` subscriber's buffer is full, the
-//! unpushed remainder is parked, later publish batches wait in a backlog (bounded by
-//! the admission, since each still holds its permit), and the subscriber's buffer
-//! sends the actor `Resume` when it has room. Meanwhile subscription changes and
-//! `Observe` go on, and publishers feel the backpressure through the admission. The
-//! supervisor adds and removes subscribers under the same lock, so a subscription is
-//! in the topic the moment it is acknowledged.
+//! The fan-out state ([`TopicCore`]) sits behind a short lock that the publishers, the
+//! supervisor and the topic's actor share. A publisher that finds nothing stalled
+//! stamps and fans its batch out itself, under that lock: the hot path wakes no task of
+//! the topic's. The actor is what holds the topic over time: when a `block`
+//! subscriber's buffer is full, the unpushed remainder is parked, later publish batches
+//! wait in a backlog (bounded by the admission, since each still holds its permit), and
+//! the subscriber's buffer sends the actor `Resume` when it has room. Meanwhile
+//! subscription changes go on, and publishers feel the backpressure through the
+//! admission. The supervisor adds and removes subscribers under the same lock, so a
+//! subscription is in the topic the moment it is acknowledged.
+//!
+//! # The actor starts when it is first needed
+//!
+//! Most topics never stall and are never contended (a device's own topic, a chat
+//! stream's echo topic), so an actor of their own would only cost memory (about 7 KB:
+//! ractor's task and channels) and a start per topic. An incarnation therefore starts
+//! without one; the first message for it (a `Resume` from a stalled subscriber's
+//! buffer, batches handed over while the state was held, an injected crash) asks the
+//! supervisor to start it, linked like any topic actor, and waits in the core until it
+//! runs: the actor's start takes what waited, in order, before anything sent after.
+//! Once started, the actor stays for the incarnation's life. A failure in a
+//! publisher's fan-out goes to the supervisor directly, whether or not an actor exists.
 //!
 //! # Invariants
 //!
@@ -23,20 +35,22 @@
 //! - While anything is parked, no new batch is fanned out (the backlog is FIFO).
 //! - A batch's permit is completed only when every subscriber has it (or is gone), so
 //!   the admission counts exactly what is not yet in subscriber buffers.
-//! - Once an incarnation is retired (its actor stopped, failed or replaced) its state
-//!   takes no batch: a publisher holding it goes back to the directory. Messages lost
-//!   to a failure (their permits dropped unhandled: parked, backlogged, or in a fan-out
-//!   that panicked) are reported to every subscriber as a gap by the next incarnation,
-//!   with fresh sequence numbers reserved for them.
+//! - Whatever is left queued or parked with no holder has asked for the actor, which
+//!   resumes it: a message for the actor is never dropped while the incarnation lives.
+//! - Once an incarnation is retired (replaced, failed, or put to sleep) its state takes
+//!   no batch: a publisher holding it goes back to the directory. Messages lost to a
+//!   failure (their permits dropped unhandled: parked, backlogged, or in a fan-out that
+//!   panicked) are reported to every subscriber as a gap by the next incarnation, with
+//!   fresh sequence numbers reserved for them.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use streambus_types::{CloseReason, Delivery, Gap, Message, Topic};
 
@@ -78,14 +92,10 @@ impl PublishBatch {
 /// What a topic actor is asked to do.
 #[derive(Debug)]
 pub(crate) enum TopicMessage {
-    /// A blocked subscriber's buffer has room again (from its space waker), or one left
-    /// (from the supervisor): go on with what is parked and the backlog.
+    /// A blocked subscriber's buffer has room again (from its space waker), one left
+    /// (from the supervisor), or batches were left queued while the state was held: go
+    /// on with what is parked and the backlog.
     Resume,
-    /// A publisher's fan-out failed (panicked) under the shared state: the actor fails
-    /// with it, so that the supervisor restarts the topic.
-    Failed(String),
-    /// Report state.
-    Observe(RpcReplyPort<TopicSnapshot>),
     /// Fault injection for supervision tests.
     #[cfg(feature = "testsuite")]
     Crash,
@@ -123,18 +133,12 @@ pub struct TopicSnapshot {
     pub restarts: u32,
     /// Messages lost in crashes (reported to subscribers as gaps).
     pub lost_in_crashes: u64,
-    /// Nothing subscribes to it: it has no actor, and its publishers stamp their
-    /// messages themselves (see the directory).
+    /// Nothing subscribes to it: it has no fan-out state, and its publishers stamp
+    /// their messages themselves (see the directory).
     pub asleep: bool,
-}
-
-/// Arguments of a topic actor, given by the topic supervisor.
-pub(crate) struct TopicArgs {
-    /// This incarnation's fan-out state, made empty by the supervisor.
-    pub(crate) core: Arc<TopicCore>,
-    /// Every subscription in the index that matches the topic when it starts; later
-    /// ones are added by the supervisor under the core's lock.
-    pub(crate) subscribers: Vec<Arc<Subscriber>>,
+    /// The topic's actor is running: something needed it (a stalled subscriber's room,
+    /// batches left queued while the state was held); most topics never do.
+    pub actor: bool,
 }
 
 /// Batches the actor (or the state's holder) fans out before it lets the state go; the
@@ -142,8 +146,26 @@ pub(crate) struct TopicArgs {
 /// its worker thread.
 const DRAIN_ROUND: usize = 64;
 
-/// One incarnation of a topic: its fan-out state, shared by its actor and its
-/// publishers (see the module's documentation).
+/// Numbers incarnations, so that a publisher can name the one it saw refuse a batch.
+static INCARNATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Where an incarnation's actor is.
+#[derive(Debug)]
+enum ActorSlot {
+    /// Nothing has needed one yet.
+    Idle,
+    /// Asked of the supervisor: the messages it is to take first, in order (at most one
+    /// `Resume`).
+    Starting(Vec<TopicMessage>),
+    /// Started (it may have failed since: a message to it then goes nowhere, and the
+    /// supervisor is replacing the incarnation).
+    Running(ActorRef<TopicMessage>),
+    /// The incarnation is over: its actor was stopped, or never started.
+    Stopped,
+}
+
+/// One incarnation of a topic: its fan-out state, shared by its publishers, the
+/// supervisor and its actor once it has one (see the module's documentation).
 ///
 /// A publisher that finds the state free fans its batch out itself. One that finds it
 /// held (another publisher, the actor, the supervisor) queues the batch in `pending`
@@ -151,6 +173,15 @@ const DRAIN_ROUND: usize = 64;
 /// has the actor fan out what it finds there. `pending` is FIFO and a publisher's
 /// batches enter it in order, so per-publisher order holds either way.
 pub(crate) struct TopicCore {
+    /// This incarnation's number (unique in the process).
+    pub(crate) id: u64,
+    /// The topic's state that outlives incarnations.
+    pub(crate) shared: Arc<TopicShared>,
+    /// The route to the supervisor (the actor's start, failures).
+    directory: Arc<Directory>,
+    /// This core, for the wakers it leaves in subscriber buffers (weak: a buffer must
+    /// not keep a retired incarnation alive).
+    me: Weak<TopicCore>,
     /// The fan-out state. Held only for work in memory (a fan-out, a subscription
     /// change, a snapshot); never across an await.
     state: Mutex<TopicState>,
@@ -160,21 +191,35 @@ pub(crate) struct TopicCore {
     pending: Mutex<VecDeque<PublishBatch>>,
     /// This incarnation is over: it takes no batch. Set under both locks.
     retired: AtomicBool,
+    /// The actor, started when first needed. Locked last, and alone.
+    actor: Mutex<ActorSlot>,
 }
 
 impl std::fmt::Debug for TopicCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TopicCore").finish_non_exhaustive()
+        f.debug_struct("TopicCore")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl TopicCore {
-    /// An incarnation of the topic `shared` with no subscriber yet. `directory` gives
-    /// the clock (idleness) and the supervisor's address (to report subscribers that
-    /// ended during a fan-out).
-    pub(crate) fn new(shared: Arc<TopicShared>, directory: Arc<Directory>) -> Arc<Self> {
+    /// A new incarnation of the topic `shared`, its subscribers those of `subscribers`
+    /// (every matching subscription in the index; later ones are added by the
+    /// supervisor). A plain subscriber gets the retained value first, and every one the
+    /// gap of what an earlier incarnation lost. `directory` gives the clock (idleness)
+    /// and the supervisor's address.
+    pub(crate) fn start(
+        shared: Arc<TopicShared>,
+        directory: Arc<Directory>,
+        subscribers: Vec<Arc<Subscriber>>,
+    ) -> Arc<Self> {
         let span = tracing::info_span!("topic", topic = %shared.name);
-        Arc::new(TopicCore {
+        let core = Arc::new_cyclic(|me| TopicCore {
+            id: INCARNATIONS.fetch_add(1, Ordering::Relaxed),
+            shared: shared.clone(),
+            directory: directory.clone(),
+            me: me.clone(),
             state: Mutex::new(TopicState {
                 shared,
                 directory,
@@ -187,31 +232,51 @@ impl TopicCore {
             }),
             pending: Mutex::new(VecDeque::new()),
             retired: AtomicBool::new(false),
-        })
+            actor: Mutex::new(ActorSlot::Idle),
+        });
+        let mut state = core.state.lock();
+        for sub in subscribers {
+            state.add(sub, &core.me);
+        }
+        state.report_crash_loss();
+        tracing::debug!(parent: &state.span, subscribers = state.plain.len(), "topic started");
+        core.release(state);
+        core
     }
 
-    /// Publishes `batch` (admitted) through this incarnation, whose actor is `actor`:
-    /// fans it out now if the state is free and nothing is ahead of it, or leaves it
-    /// for whoever holds the state. Hands the batch back if this incarnation is
-    /// retired: the publisher must ask the directory for its successor.
-    pub(crate) fn publish(&self, batch: PublishBatch, actor: &ActorRef<TopicMessage>) -> Result<(), PublishBatch> {
+    /// Whether this incarnation is over (a publisher holding it must go back to the
+    /// directory).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Publishes `batch` (admitted) through this incarnation: fans it out now if the
+    /// state is free and nothing is ahead of it, or leaves it for whoever holds the
+    /// state. Hands the batch back if this incarnation is retired: the publisher must
+    /// ask the directory for its successor.
+    pub(crate) fn publish(&self, batch: PublishBatch) -> Result<(), PublishBatch> {
         if let Some(mut state) = self.state.try_lock() {
-            if self.retired.load(Ordering::Relaxed) {
+            if self.is_retired() {
                 return Err(batch);
             }
-            let first = state.parked.is_empty() && self.pending.lock().is_empty();
-            if first {
-                self.fan_out(&mut state, batch, actor);
+            if state.parked.is_empty() {
+                let mut pending = self.pending.lock();
+                if pending.is_empty() {
+                    drop(pending);
+                    self.fan_out(&mut state, batch);
+                } else {
+                    pending.push_back(batch);
+                }
             } else {
                 self.pending.lock().push_back(batch);
             }
-            self.drain(&mut state, actor);
-            self.release(state, actor);
+            self.drain(&mut state);
+            self.release(state);
             return Ok(());
         }
         {
             let mut pending = self.pending.lock();
-            if self.retired.load(Ordering::Relaxed) {
+            if self.is_retired() {
                 return Err(batch);
             }
             pending.push_back(batch);
@@ -220,81 +285,152 @@ impl TopicCore {
         // the state free.
         fence(Ordering::SeqCst);
         if let Some(mut state) = self.state.try_lock() {
-            self.drain(&mut state, actor);
-            self.release(state, actor);
+            self.drain(&mut state);
+            self.release(state);
         }
         Ok(())
     }
 
     /// Fans out one batch under the state. A fan-out that panics retires this
-    /// incarnation and makes `actor` fail, so the supervisor restarts the topic; the
-    /// batch and whatever is pending count as lost in that failure (their permits are
-    /// dropped unhandled) and the next incarnation reports them as a gap.
-    fn fan_out(&self, state: &mut TopicState, batch: PublishBatch, actor: &ActorRef<TopicMessage>) {
-        let fanned = std::panic::catch_unwind(AssertUnwindSafe(|| state.fan_out(batch, actor)));
+    /// incarnation and reports the failure to the supervisor, which restarts the topic;
+    /// the batch and whatever is pending count as lost in that failure (their permits
+    /// are dropped unhandled) and the next incarnation reports them as a gap.
+    fn fan_out(&self, state: &mut TopicState, batch: PublishBatch) {
+        let fanned = std::panic::catch_unwind(AssertUnwindSafe(|| state.fan_out(batch, &self.me)));
         if let Err(panic) = fanned {
             let reason = panic_message(panic.as_ref());
             tracing::error!(parent: &state.span, %reason, "topic fan-out failed; the topic restarts");
             drop(self.retire_locked(state));
-            let _ = actor.cast(TopicMessage::Failed(reason));
+            let _ = self.directory.supervisor.cast(TopicSupervisorMessage::Failed {
+                topic: self.shared.name.clone(),
+                incarnation: self.id,
+                reason,
+            });
         }
     }
 
     /// Fans out pending batches in order, up to [`DRAIN_ROUND`], until a subscriber
     /// stalls the topic.
-    fn drain(&self, state: &mut TopicState, actor: &ActorRef<TopicMessage>) {
+    fn drain(&self, state: &mut TopicState) {
         for _ in 0..DRAIN_ROUND {
-            if !state.parked.is_empty() || self.retired.load(Ordering::Relaxed) {
+            if !state.parked.is_empty() || self.is_retired() {
                 return;
             }
             let Some(batch) = self.pending.lock().pop_front() else {
                 return;
             };
-            self.fan_out(state, batch, actor);
+            self.fan_out(state, batch);
         }
     }
 
     /// Lets the state go; then, if batches were left pending while it was held and no
     /// subscriber stalls the topic, asks the actor to fan them out. (A stall ends with
     /// the subscriber's `Resume`, which does the same.)
-    fn release(&self, state: MutexGuard<'_, TopicState>, actor: &ActorRef<TopicMessage>) {
+    fn release(&self, state: MutexGuard<'_, TopicState>) {
         let stalled = !state.parked.is_empty();
         drop(state);
         fence(Ordering::SeqCst);
         if !stalled && !self.pending.lock().is_empty() {
-            let _ = actor.cast(TopicMessage::Resume);
+            self.tell(TopicMessage::Resume);
         }
+    }
+
+    /// Sends the actor `message`, asking the supervisor to start the actor if it has
+    /// none yet; the message then waits here until it runs. A retired incarnation's
+    /// actor takes nothing new.
+    pub(crate) fn tell(&self, message: TopicMessage) {
+        let mut slot = self.actor.lock();
+        match &mut *slot {
+            ActorSlot::Running(actor) => {
+                // A failed actor takes nothing; the supervisor replaces the incarnation.
+                let _ = actor.cast(message);
+            }
+            ActorSlot::Starting(waiting) => {
+                let again = matches!(message, TopicMessage::Resume)
+                    && waiting.iter().any(|m| matches!(m, TopicMessage::Resume));
+                if !again {
+                    waiting.push(message);
+                }
+            }
+            ActorSlot::Idle => {
+                *slot = ActorSlot::Starting(vec![message]);
+                drop(slot);
+                if let Some(core) = self.me.upgrade() {
+                    let _ = self
+                        .directory
+                        .supervisor
+                        .cast(TopicSupervisorMessage::StartActor { core });
+                }
+            }
+            ActorSlot::Stopped => {}
+        }
+    }
+
+    /// The actor's start (from its `pre_start`): it takes what waited for it, in order,
+    /// ahead of anything sent after. Fails if the incarnation ended meanwhile.
+    fn attach(&self, actor: &ActorRef<TopicMessage>) -> Result<(), ActorProcessingErr> {
+        let mut slot = self.actor.lock();
+        let ActorSlot::Starting(waiting) = std::mem::replace(&mut *slot, ActorSlot::Running(actor.clone())) else {
+            *slot = ActorSlot::Stopped;
+            return Err("the topic's incarnation ended before its actor started".into());
+        };
+        for message in waiting {
+            actor
+                .cast(message)
+                .map_err(|e| format!("the topic actor's first messages: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the actor's part (the supervisor, once the incarnation is retired): a
+    /// running actor is stopped, a start asked for is forgotten, and nothing is taken
+    /// from now on.
+    pub(crate) fn stop_actor(&self) {
+        let slot = std::mem::replace(&mut *self.actor.lock(), ActorSlot::Stopped);
+        if let ActorSlot::Running(actor) = slot {
+            actor.stop(None);
+        }
+    }
+
+    /// Whether the actor is running (or starting).
+    fn has_actor(&self) -> bool {
+        matches!(*self.actor.lock(), ActorSlot::Running(_) | ActorSlot::Starting(_))
     }
 
     /// The actor's `Resume`: retries what is parked (a subscriber has room, or left),
     /// then fans out what is pending.
-    fn resume(&self, actor: &ActorRef<TopicMessage>) {
+    fn resume(&self) {
         let mut state = self.state.lock();
-        if self.retired.load(Ordering::Relaxed) {
+        if self.is_retired() {
             return;
         }
-        state.resume(actor);
-        self.drain(&mut state, actor);
-        self.release(state, actor);
+        state.resume(&self.me);
+        self.drain(&mut state);
+        self.release(state);
     }
 
-    /// Adds a matching subscription (the supervisor, or the actor's start). A plain one
-    /// gets the retained value first.
-    pub(crate) fn add(&self, sub: Arc<Subscriber>, actor: &ActorRef<TopicMessage>) {
+    /// Adds a matching subscription (the supervisor). A plain one gets the retained
+    /// value first.
+    pub(crate) fn add(&self, sub: Arc<Subscriber>) {
         let mut state = self.state.lock();
-        state.add(sub, actor);
-        self.release(state, actor);
+        state.add(sub, &self.me);
+        self.release(state);
     }
 
     /// Removes a subscription; the actor retries what is parked, since the one that
     /// left may have been the subscriber the topic waited for.
-    pub(crate) fn remove(&self, id: SubscriptionId, actor: &ActorRef<TopicMessage>) {
+    pub(crate) fn remove(&self, id: SubscriptionId) {
         let mut state = self.state.lock();
         state.remove(id);
         let stalled = state.parked_batch.is_some();
-        self.release(state, actor);
+        drop(state);
         if stalled {
-            let _ = actor.cast(TopicMessage::Resume);
+            self.tell(TopicMessage::Resume);
+        } else {
+            fence(Ordering::SeqCst);
+            if !self.pending.lock().is_empty() {
+                self.tell(TopicMessage::Resume);
+            }
         }
     }
 
@@ -316,15 +452,33 @@ impl TopicCore {
         state.parked_batch.take().into_iter().chain(pending.drain(..)).collect()
     }
 
+    /// Ends this incarnation for good (its actor stopped, or the bus stops with it
+    /// idle): what is still parked or pending is given up on and counted where its
+    /// subscribers see it. The permits are completed, so that the loss is not also
+    /// reported as a crash loss by a successor.
+    pub(crate) fn abandon(&self) {
+        let mut state = self.state.lock();
+        let pending: usize = self.pending.lock().iter().map(|b| b.messages.len()).sum();
+        let stranded = state.parked.iter().map(|p| p.range.len()).sum::<usize>() + pending;
+        if stranded > 0 {
+            for p in &state.parked {
+                p.subscriber.queue.count_lost(p.range.len());
+            }
+            tracing::error!(parent: &state.span, stranded, "topic stopped with undelivered messages");
+        }
+        for b in self.retire_locked(&mut state) {
+            b.permit.complete();
+        }
+    }
+
     /// A snapshot of the topic. Like every holder of the state, it looks for batches
     /// left pending as it lets go.
-    fn snapshot(&self, actor: &ActorRef<TopicMessage>) -> TopicSnapshot {
+    pub(crate) fn snapshot(&self) -> TopicSnapshot {
         let state = self.state.lock();
-        let snapshot = TopicSnapshot {
-            backlog_batches: self.pending.lock().len(),
-            ..state.snapshot()
-        };
-        self.release(state, actor);
+        let mut snapshot = state.snapshot();
+        snapshot.backlog_batches = self.pending.lock().len();
+        self.release(state);
+        snapshot.actor = self.has_actor();
         snapshot
     }
 }
@@ -363,9 +517,9 @@ struct Parked {
 
 /// The fan-out state of one incarnation, behind its [`TopicCore`]'s lock.
 struct TopicState {
-    /// See [`TopicArgs::shared`].
+    /// See [`TopicCore::shared`].
     shared: Arc<TopicShared>,
-    /// See [`TopicArgs::directory`].
+    /// See [`TopicCore::directory`].
     directory: Arc<Directory>,
     /// Subscribers without a queue group: each gets every message.
     plain: Vec<Arc<Subscriber>>,
@@ -391,7 +545,7 @@ pub(crate) struct TopicActor;
 static GROUP_SEED: AtomicUsize = AtomicUsize::new(0);
 
 impl TopicState {
-    fn add(&mut self, sub: Arc<Subscriber>, myself: &ActorRef<TopicMessage>) {
+    fn add(&mut self, sub: Arc<Subscriber>, me: &Weak<TopicCore>) {
         if sub.queue.is_closed() || self.contains(sub.id) {
             return;
         }
@@ -400,7 +554,7 @@ impl TopicState {
                 let retained = self.shared.retained.lock().clone();
                 if let Some(retained) = retained {
                     let batch: Arc<[Delivery]> = Arc::from(vec![retained]);
-                    self.push(&sub, &batch, 0..1, None, myself);
+                    self.push(&sub, &batch, 0..1, None, me);
                 }
                 self.plain.push(sub);
             }
@@ -443,15 +597,17 @@ impl TopicState {
         batch: &Arc<[Delivery]>,
         range: Range<usize>,
         receipt: Option<Arc<ReceiptToken>>,
-        myself: &ActorRef<TopicMessage>,
+        me: &Weak<TopicCore>,
     ) {
         let start = range.start;
         let end = range.end;
         let outcome = sub.queue.push(batch, range, receipt.as_ref(), || {
-            let me = myself.clone();
+            let me = me.clone();
             Box::new(move || {
-                // The topic may be gone by now; then there is nothing to resume.
-                let _ = me.cast(TopicMessage::Resume);
+                // The incarnation may be gone by now; then there is nothing to resume.
+                if let Some(core) = me.upgrade() {
+                    core.tell(TopicMessage::Resume);
+                }
             })
         });
         match outcome {
@@ -483,7 +639,7 @@ impl TopicState {
     }
 
     /// Stamps a batch and fans it out; parks it if a `block` subscriber is full.
-    fn fan_out(&mut self, mut publish: PublishBatch, myself: &ActorRef<TopicMessage>) {
+    fn fan_out(&mut self, mut publish: PublishBatch, me: &Weak<TopicCore>) {
         #[cfg(feature = "testsuite")]
         if self.shared.fail_next_fan_out.swap(false, Ordering::Relaxed) {
             panic!("injected fan-out failure");
@@ -561,7 +717,7 @@ impl TopicState {
                 Some(r) if sub.durable => Some(r.sibling(len)),
                 _ => None,
             };
-            self.push(sub, &batch, 0..len, share, myself);
+            self.push(sub, &batch, 0..len, share, me);
         }
         // `push` may not add subscribers, only report ended ones to the supervisor.
         self.plain = plain;
@@ -573,7 +729,7 @@ impl TopicState {
                 Some(name) => &group.name == name,
             };
             if wanted {
-                self.fan_out_group(group, &batch, myself);
+                self.fan_out_group(group, &batch, me);
             }
         }
         self.groups = groups;
@@ -591,7 +747,7 @@ impl TopicState {
     /// Each message goes to one live member, round robin. One member takes the batch as
     /// it is; several get shares, each its own shared slice, so that no member holds
     /// another's messages.
-    fn fan_out_group(&mut self, group: &mut Group, batch: &Arc<[Delivery]>, myself: &ActorRef<TopicMessage>) {
+    fn fan_out_group(&mut self, group: &mut Group, batch: &Arc<[Delivery]>, me: &Weak<TopicCore>) {
         group.members.retain(|m| !m.queue.is_closed());
         let members = group.members.len();
         if members == 0 {
@@ -599,7 +755,7 @@ impl TopicState {
         }
         if members == 1 {
             let member = group.members[0].clone();
-            self.push(&member, batch, 0..batch.len(), None, myself);
+            self.push(&member, batch, 0..batch.len(), None, me);
             return;
         }
         let mut shares: Vec<Vec<Delivery>> = vec![Vec::new(); members];
@@ -611,16 +767,16 @@ impl TopicState {
             if !share.is_empty() {
                 let share: Arc<[Delivery]> = share.into();
                 let len = share.len();
-                self.push(member, &share, 0..len, None, myself);
+                self.push(member, &share, 0..len, None, me);
             }
         }
     }
 
     /// Retries parked remainders; once none is left, completes the parked batch (the
     /// core then fans out what is pending).
-    fn resume(&mut self, myself: &ActorRef<TopicMessage>) {
+    fn resume(&mut self, me: &Weak<TopicCore>) {
         for parked in std::mem::take(&mut self.parked) {
-            self.push(&parked.subscriber, &parked.batch, parked.range, parked.receipt, myself);
+            self.push(&parked.subscriber, &parked.batch, parked.range, parked.receipt, me);
         }
         for id in std::mem::take(&mut self.ended) {
             self.remove(id);
@@ -698,7 +854,6 @@ impl TopicState {
                 .iter()
                 .map(|g| (g.name.to_string(), g.members.len()))
                 .collect(),
-            backlog_batches: 0,
             stalled_subscribers: self.parked.len(),
             ..self.shared.snapshot()
         }
@@ -708,35 +863,26 @@ impl TopicState {
 impl Actor for TopicActor {
     type Msg = TopicMessage;
     type State = Arc<TopicCore>;
-    type Arguments = TopicArgs;
+    type Arguments = Arc<TopicCore>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<TopicMessage>,
-        args: TopicArgs,
+        core: Arc<TopicCore>,
     ) -> Result<Arc<TopicCore>, ActorProcessingErr> {
-        let mut state = args.core.state.lock();
-        for sub in args.subscribers {
-            state.add(sub, &myself);
-        }
-        state.report_crash_loss();
-        tracing::debug!(parent: &state.span, subscribers = state.plain.len(), "topic started");
-        drop(state);
-        Ok(args.core)
+        core.attach(&myself)?;
+        tracing::debug!(topic = %core.shared.name, "topic actor started");
+        Ok(core)
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<TopicMessage>,
+        _myself: ActorRef<TopicMessage>,
         message: TopicMessage,
         core: &mut Arc<TopicCore>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TopicMessage::Resume => core.resume(&myself),
-            TopicMessage::Observe(reply) => {
-                let _ = reply.send(core.snapshot(&myself));
-            }
-            TopicMessage::Failed(reason) => return Err(reason.into()),
+            TopicMessage::Resume => core.resume(),
             #[cfg(feature = "testsuite")]
             TopicMessage::Crash => panic!("injected topic crash"),
         }
@@ -748,21 +894,8 @@ impl Actor for TopicActor {
         _myself: ActorRef<TopicMessage>,
         core: &mut Arc<TopicCore>,
     ) -> Result<(), ActorProcessingErr> {
-        let mut state = core.state.lock();
-        let pending: usize = core.pending.lock().iter().map(|b| b.messages.len()).sum();
-        let stranded = state.parked.iter().map(|p| p.range.len()).sum::<usize>() + pending;
-        if stranded > 0 {
-            for p in &state.parked {
-                p.subscriber.queue.count_lost(p.range.len());
-            }
-            tracing::error!(parent: &state.span, stranded, "topic stopped with undelivered messages");
-        }
-        // Everything parked or pending is given up on here: complete the permits so the
-        // loss is not counted twice as a crash loss.
-        for b in core.retire_locked(&mut state) {
-            b.permit.complete();
-        }
-        tracing::debug!(parent: &state.span, "topic stopped");
+        core.abandon();
+        tracing::debug!(topic = %core.shared.name, "topic actor stopped");
         Ok(())
     }
 }

@@ -1,35 +1,38 @@
-//! The `TopicSupervisor` actor: starts, restarts and reaps topic actors, and owns the
-//! subscription index.
+//! The `TopicSupervisor` actor: starts, restarts and reaps topics (and their actors),
+//! and owns the subscription index.
 //!
 //! Every change to which topics exist and who subscribes to what goes through this one
 //! actor, so topic creation and subscription can never race: a topic started after a
 //! subscription resolves it from the index; a subscription added after a topic started
 //! is sent to it. Publishers only read the directory this actor writes.
 //!
-//! A topic that nothing in the index matches starts asleep, without an actor (see the
-//! directory); the first matching subscription wakes it: its gate is closed to
-//! publishers and its actor started, with the subscription among its subscribers,
-//! before the subscription is acknowledged.
+//! A topic that nothing in the index matches starts asleep, without an incarnation (see
+//! the directory); the first matching subscription wakes it: its gate is closed to
+//! publishers and an incarnation started, with the subscription among its subscribers,
+//! before the subscription is acknowledged. An incarnation's actor is started later,
+//! when the incarnation first needs it (see `actors::topic`): `StartActor`.
 //!
 //! ## Supervision
 //!
-//! Supervises every `Topic` (linked at spawn). A topic that fails (its actor, or a
-//! fan-out in a publisher's task, which fails the actor) is restarted at once with the
-//! same shared state, so its sequence, retained value and admission carry on; the
-//! incarnation it replaces is retired first, and the batches that died with it
-//! (queued, or in the fan-out that failed) are counted and reported to subscribers as
-//! a gap by the new incarnation. A topic that stops normally (reaped) is only forgotten.
+//! Supervises every `Topic` actor (linked at spawn) and every incarnation's fan-outs (a
+//! fan-out that panics in a publisher's task reports `Failed`). A topic that fails
+//! either way is restarted at once with the same shared state, so its sequence,
+//! retained value and admission carry on; the incarnation it replaces is retired
+//! first, and the batches that died with it (queued, or in the fan-out that failed)
+//! are counted and reported to subscribers as a gap by the new incarnation. A topic
+//! that stops normally (reaped, or put to sleep) is only forgotten.
 //!
 //! # Invariants
 //!
-//! - The directory holds at most one entry per topic name, and that entry's actor is the
-//!   newest incarnation; `by_actor` maps every live topic actor to its name.
-//! - A failed topic actor is restarted at once with the same shared state (sequence,
-//!   retained value, admission) and its subscriber set rebuilt from the index.
+//! - The directory holds at most one entry per topic name, and that entry's incarnation
+//!   is the newest; `by_actor` maps every live topic actor to its topic and incarnation,
+//!   and only an incarnation still in the directory gets an actor.
+//! - A failed topic is restarted at once with the same shared state (sequence, retained
+//!   value, admission) and its subscriber set rebuilt from the index.
 //! - A topic is reaped only when nothing matches it in the index, it holds no retained
 //!   value, it has been idle for `topics.idle_timeout_ms`, and its admission could be
 //!   closed with no live permit; so reaping never loses an admitted message.
-//! - A topic is asleep (no actor, gate `Asleep`) only while nothing in the index matches
+//! - A topic is asleep (no incarnation, gate `Asleep`) only while nothing in the index matches
 //!   it: a subscription that matches wakes it before it is acknowledged. An awake topic
 //!   nothing matches is put to sleep by the next sweep whose admission check finds no
 //!   permit out, so sleeping never loses an admitted message either.
@@ -45,22 +48,33 @@ use streambus_types::config::{LimitsConfig, TopicsConfig};
 use streambus_types::{CloseReason, Topic, TopicFilter};
 
 use crate::actors::session::{SessionId, SessionMessage};
-use crate::actors::topic::{TopicActor, TopicArgs, TopicCore, TopicMessage, TopicSnapshot};
+use crate::actors::topic::{TopicActor, TopicCore, TopicSnapshot};
 use crate::admission::Admission;
 use crate::budget::MemoryBudget;
-use crate::directory::{Awake, Directory, Gate, TopicRef, TopicShared};
+use crate::directory::{Directory, Gate, TopicRef, TopicShared};
 use crate::error::BusError;
 use crate::index::SubscriptionIndex;
 use crate::subscription::{Subscriber, SubscriptionId};
 
 /// What the topic supervisor is asked to do.
 pub(crate) enum TopicSupervisorMessage {
-    /// Return the live actor for `topic`, starting it if needed. `stale` names an actor
-    /// the caller found dead or closing, to be replaced if it is still the current one.
+    /// Return the live incarnation of `topic`, starting it if needed. `stale` names an
+    /// incarnation the caller saw refuse a batch, to be replaced if it is still the
+    /// current one.
     Ensure {
         topic: Topic,
-        stale: Option<ActorId>,
+        stale: Option<u64>,
         reply: RpcReplyPort<Result<TopicRef, BusError>>,
+    },
+    /// An incarnation needs its actor (a stall, batches left queued, a test's crash):
+    /// start it, unless the incarnation is over.
+    StartActor { core: Arc<TopicCore> },
+    /// A fan-out of `topic`'s incarnation `incarnation` panicked (in a publisher's task
+    /// or its actor); the incarnation is retired: restart the topic.
+    Failed {
+        topic: Topic,
+        incarnation: u64,
+        reason: String,
     },
     /// Add a subscription to the index and to every live matching topic.
     Subscribe {
@@ -86,9 +100,9 @@ pub(crate) enum TopicSupervisorMessage {
     },
     /// Reap idle topics (timer).
     Sweep,
-    /// The supervisor's own counters and, with `detail`, the live topic actors and the
-    /// snapshots of the topics asleep (without it, both lists are empty: a metrics
-    /// scrape only needs the counts).
+    /// The supervisor's own counters and, with `detail`, a snapshot of every live topic,
+    /// read under each topic's short locks in the same step as the counters, so the two
+    /// agree (without it, the list is empty: a metrics scrape only needs the counts).
     Observe {
         detail: bool,
         reply: RpcReplyPort<ObservedTopics>,
@@ -96,22 +110,26 @@ pub(crate) enum TopicSupervisorMessage {
 }
 
 /// What the topic supervisor answers to `Observe`.
-pub(crate) type ObservedTopics = (Vec<ActorRef<TopicMessage>>, Vec<TopicSnapshot>, TopicSupervisorSnapshot);
+pub(crate) type ObservedTopics = (Vec<TopicSnapshot>, TopicSupervisorSnapshot);
 
 /// Counters of the topic supervisor.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TopicSupervisorSnapshot {
     /// Live topics, asleep or awake.
     pub topics: usize,
-    /// Live topics without an actor (nothing subscribes to them).
+    /// Live topics asleep (nothing subscribes to them).
     pub topics_asleep: usize,
+    /// Topic actors running: awake topics that needed one (a stalled subscriber's
+    /// room, batches left queued while the state was held) since their incarnation
+    /// started.
+    pub topic_actors: usize,
     /// Subscriptions in the index.
     pub subscriptions: usize,
     /// Deliveries waiting in every subscription's buffer.
     pub buffered_messages: usize,
     /// Payload and header bytes of those deliveries.
     pub buffered_bytes: usize,
-    /// Topic actors restarted after a failure, in total.
+    /// Topics restarted after a failure, in total.
     pub topic_restarts: u64,
     /// Topics stopped for idleness, in total.
     pub topics_reaped: u64,
@@ -144,8 +162,9 @@ pub(crate) struct TopicSupervisorState {
     index: SubscriptionIndex<SubscriptionId, Arc<Subscriber>>,
     /// Each session's subscriptions, so a session that ends is cleaned in one step.
     by_session: HashMap<SessionId, HashSet<SubscriptionId>>,
-    /// Live topic actors by actor id (the key supervision events carry) to their name.
-    by_actor: HashMap<ActorId, Topic>,
+    /// Live topic actors by actor id (the key supervision events carry) to their topic
+    /// and incarnation.
+    by_actor: HashMap<ActorId, (Topic, u64)>,
     /// See [`TopicSupervisorArgs::topics`].
     topics: TopicsConfig,
     /// See [`TopicSupervisorArgs::limits`].
@@ -160,69 +179,93 @@ pub(crate) struct TopicSupervisorState {
 pub(crate) struct TopicSupervisor;
 
 impl TopicSupervisorState {
-    /// Starts (or restarts) the actor of a topic, with every matching subscription,
-    /// and puts it in the directory. The gate is closed to publishers stamping asleep
-    /// first, so the actor stamps every publish that follows.
-    async fn spawn(
-        &mut self,
-        myself: &ActorRef<TopicSupervisorMessage>,
-        shared: Arc<TopicShared>,
-    ) -> Result<TopicRef, BusError> {
+    /// Starts (or restarts) an incarnation of a topic, with every matching
+    /// subscription, and puts it in the directory. The gate is closed to publishers
+    /// stamping asleep first, so the incarnation stamps every publish that follows.
+    fn spawn(&mut self, shared: Arc<TopicShared>) -> TopicRef {
         *shared.gate.lock() = Gate::Awake;
         // The incarnation being replaced (failed, or refusing publishers) takes no more
         // batches; what it still held counts as lost, for the new one to report.
         if let Some(old) = self.directory.topics.get(&shared.name).and_then(|r| r.awake.clone()) {
-            old.core.retire();
-            old.actor.stop(None);
+            old.retire();
+            old.stop_actor();
         }
         // A topic put to sleep kept its admission closed; a restart finds it open.
         shared.admission.reopen();
         let mut matches = Vec::new();
         self.index.matches(&shared.name, &mut matches);
-        let core = TopicCore::new(shared.clone(), self.directory.clone());
-        let args = TopicArgs {
-            core: core.clone(),
-            subscribers: matches.into_iter().map(|(_, s)| s).collect(),
-        };
-        let (actor, _join) = Actor::spawn_linked(None, TopicActor, args, myself.get_cell())
-            .await
-            .map_err(|e| BusError::Internal(format!("starting topic {}: {e}", shared.name)))?;
-        self.by_actor.insert(actor.get_id(), shared.name.clone());
+        let core = TopicCore::start(
+            shared.clone(),
+            self.directory.clone(),
+            matches.into_iter().map(|(_, s)| s).collect(),
+        );
         let topic_ref = TopicRef {
             shared,
-            awake: Some(Awake { actor, core }),
+            awake: Some(core),
         };
         self.directory
             .topics
             .insert(topic_ref.shared.name.clone(), topic_ref.clone());
-        Ok(topic_ref)
+        topic_ref
     }
 
-    /// The live actor of `topic`: the current one, or a successor if it is dead or is
-    /// `stale` (the caller saw it refuse a message), or a new topic within `max_topics`.
-    async fn ensure(
-        &mut self,
-        myself: &ActorRef<TopicSupervisorMessage>,
-        topic: Topic,
-        stale: Option<ActorId>,
-    ) -> Result<TopicRef, BusError> {
+    /// Starts the actor of an incarnation that needs one, linked to this supervisor;
+    /// an incarnation that is over (replaced, failed, put to sleep) gets none.
+    async fn start_actor(&mut self, myself: &ActorRef<TopicSupervisorMessage>, core: Arc<TopicCore>) {
+        let current = self
+            .directory
+            .topics
+            .get(&core.shared.name)
+            .is_some_and(|r| r.awake.as_ref().is_some_and(|c| Arc::ptr_eq(c, &core)));
+        if !current || core.is_retired() {
+            core.stop_actor();
+            return;
+        }
+        match Actor::spawn_linked(None, TopicActor, core.clone(), myself.get_cell()).await {
+            Ok((actor, _join)) => {
+                self.by_actor
+                    .insert(actor.get_id(), (core.shared.name.clone(), core.id));
+            }
+            Err(e) => {
+                // What waited for the actor cannot be resumed: the topic restarts, and
+                // what the incarnation held is reported as lost.
+                let reason = format!("starting the topic's actor: {e}");
+                self.restart(core.shared.name.clone(), core.id, &reason);
+            }
+        }
+    }
+
+    /// Restarts `topic` after its incarnation `incarnation` failed, unless a publisher
+    /// already had that incarnation replaced.
+    fn restart(&mut self, topic: Topic, incarnation: u64, reason: &str) {
+        let Some(current) = self.directory.topics.get(&topic).map(|r| r.clone()) else {
+            return;
+        };
+        current.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        self.counters.topic_restarts += 1;
+        tracing::warn!(%topic, error = %reason, "topic failed; restarting");
+        if current.awake.as_ref().map(|c| c.id) == Some(incarnation) {
+            self.spawn(current.shared.clone());
+        }
+    }
+
+    /// The live incarnation of `topic`: the current one, or a successor if it is retired
+    /// or is `stale` (the caller saw it refuse a message), or a new topic within
+    /// `max_topics`.
+    fn ensure(&mut self, topic: Topic, stale: Option<u64>) -> Result<TopicRef, BusError> {
         let shared = match self.directory.topics.get(&topic).map(|r| r.clone()) {
             Some(r) => {
                 // An entry asleep is always current: this actor wakes a topic and
                 // updates its entry in one step.
-                let Some(Awake { actor, .. }) = &r.awake else {
+                let Some(core) = &r.awake else {
                     return Ok(r);
                 };
-                let running = matches!(
-                    actor.get_status(),
-                    ractor::ActorStatus::Starting | ractor::ActorStatus::Running
-                );
-                if running && Some(actor.get_id()) != stale {
+                if !core.is_retired() && Some(core.id) != stale {
                     return Ok(r);
                 }
-                // Dead, or refusing messages: start its successor now, with the same
+                // Failed, or refusing messages: start its successor now, with the same
                 // shared state (the directory only ever holds open admissions: a reap
-                // closes and removes in one step). If its failure event is still
+                // closes and removes in one step). If its failure report is still
                 // queued, the handler will see it was already replaced.
                 r.shared
             }
@@ -251,17 +294,7 @@ impl TopicSupervisorState {
                 shared
             }
         };
-        self.spawn(myself, shared).await
-    }
-
-    /// Starts the actor of a topic asleep that a subscription now matches. A failure
-    /// forgets the topic (its next publish starts it again, awake).
-    async fn wake(&mut self, myself: &ActorRef<TopicSupervisorMessage>, shared: Arc<TopicShared>) {
-        if let Err(e) = self.spawn(myself, shared.clone()).await {
-            *shared.gate.lock() = Gate::Closed;
-            self.directory.topics.remove(&shared.name);
-            tracing::error!(topic = %shared.name, error = %e, "waking a topic failed; it will start again on the next publish");
-        }
+        Ok(self.spawn(shared))
     }
 
     /// Calls `f` on every live topic `filter` matches: one lookup for an exact filter, a
@@ -286,8 +319,8 @@ impl TopicSupervisorState {
     /// Reaps the topics nothing matches that have been idle for `topics.idle_timeout_ms`
     /// and hold no retained value, and puts to sleep the other awake topics nothing
     /// matches (their subscribers left while publishers go on, or they hold a retained
-    /// value): their actor stops, and the topic keeps its sequence and retained value
-    /// asleep. Either happens only once the topic's admission is closed with no permit
+    /// value): their incarnation (and its actor, if it has one) ends, and the topic keeps
+    /// its sequence and retained value asleep. Either happens only once the topic's admission is closed with no permit
     /// out, so nothing admitted is in its mailbox.
     fn sweep(&mut self) {
         let now = self.directory.now_ms();
@@ -312,18 +345,17 @@ impl TopicSupervisorState {
             // A publisher stamping it asleep finishes first; later ones start the name
             // anew (reaped) or stamp it asleep.
             *r.shared.gate.lock() = if reap { Gate::Closed } else { Gate::Asleep };
-            if let Some(Awake { actor, core }) = &r.awake {
-                self.by_actor.remove(&actor.get_id());
+            if let Some(core) = &r.awake {
                 // Its admission is closed with no permit out, so it holds no batch.
                 core.retire();
-                let _ = actor.drain();
+                core.stop_actor();
             }
             if reap {
                 self.directory.topics.remove(&r.shared.name);
                 self.counters.topics_reaped += 1;
             } else {
                 // Asleep, the admission stays closed: a publisher still holding the
-                // actor is refused there and comes back for this entry.
+                // incarnation is refused there and comes back for this entry.
                 self.directory.topics.insert(
                     r.shared.name.clone(),
                     TopicRef {
@@ -340,7 +372,7 @@ impl TopicSupervisorState {
     /// for an exact filter), waking those asleep. An awake topic gets it under its
     /// fan-out lock (held only for a fan-out in memory), so it is there before any
     /// publish that follows the reply.
-    async fn subscribe(&mut self, myself: &ActorRef<TopicSupervisorMessage>, sub: Arc<Subscriber>) {
+    fn subscribe(&mut self, sub: Arc<Subscriber>) {
         self.by_session.entry(sub.session).or_default().insert(sub.id);
         self.index.insert(sub.id, sub.filter.clone(), sub.clone());
         if let Some(interest) = &self.directory.interest
@@ -350,11 +382,11 @@ impl TopicSupervisorState {
         }
         let mut asleep = Vec::new();
         self.for_each_match(&sub.filter, |r| match &r.awake {
-            Some(Awake { actor, core }) => core.add(sub.clone(), actor),
+            Some(core) => core.add(sub.clone()),
             None => asleep.push(r.shared.clone()),
         });
         for shared in asleep {
-            self.wake(myself, shared).await;
+            self.spawn(shared);
         }
     }
 
@@ -372,8 +404,8 @@ impl TopicSupervisorState {
             interest.remove(&sub.interest_key());
         }
         self.for_each_match(&filter, |r| {
-            if let Some(Awake { actor, core }) = &r.awake {
-                core.remove(id, actor);
+            if let Some(core) = &r.awake {
+                core.remove(id);
             }
         });
         if let Some(ids) = self.by_session.get_mut(&sub.session) {
@@ -423,10 +455,16 @@ impl Actor for TopicSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TopicSupervisorMessage::Ensure { topic, stale, reply } => {
-                let _ = reply.send(state.ensure(&myself, topic, stale).await);
+                let _ = reply.send(state.ensure(topic, stale));
             }
+            TopicSupervisorMessage::StartActor { core } => state.start_actor(&myself, core).await,
+            TopicSupervisorMessage::Failed {
+                topic,
+                incarnation,
+                reason,
+            } => state.restart(topic, incarnation, &reason),
             TopicSupervisorMessage::Subscribe { subscriber, reply } => {
-                state.subscribe(&myself, subscriber).await;
+                state.subscribe(subscriber);
                 let _ = reply.send(());
             }
             TopicSupervisorMessage::Unsubscribe { ids, reason, reply } => {
@@ -455,22 +493,20 @@ impl Actor for TopicSupervisor {
             }
             TopicSupervisorMessage::Sweep => state.sweep(),
             TopicSupervisorMessage::Observe { detail, reply } => {
-                let (mut actors, mut asleep, mut sleeping) = (Vec::new(), Vec::new(), 0);
+                let (mut topics, mut sleeping) = (Vec::new(), 0);
                 for r in state.directory.topics.iter() {
-                    match &r.awake {
-                        Some(Awake { actor, .. }) if detail => actors.push(actor.clone()),
-                        Some(_) => {}
-                        None => {
-                            sleeping += 1;
-                            if detail {
-                                asleep.push(r.shared.snapshot());
-                            }
-                        }
+                    sleeping += usize::from(r.awake.is_none());
+                    if detail {
+                        topics.push(match &r.awake {
+                            Some(core) => core.snapshot(),
+                            None => r.shared.snapshot(),
+                        });
                     }
                 }
                 let mut counters = state.counters.clone();
                 counters.topics = state.directory.topics.len();
                 counters.topics_asleep = sleeping;
+                counters.topic_actors = state.by_actor.len();
                 counters.subscriptions = state.index.len();
                 // One short lock per subscription buffer, no actor call.
                 for subscriber in state.index.values() {
@@ -478,7 +514,7 @@ impl Actor for TopicSupervisor {
                     counters.buffered_messages += messages;
                     counters.buffered_bytes += bytes;
                 }
-                let _ = reply.send((actors, asleep, counters));
+                let _ = reply.send((topics, counters));
             }
         }
         Ok(())
@@ -486,28 +522,14 @@ impl Actor for TopicSupervisor {
 
     async fn handle_supervisor_evt(
         &self,
-        myself: ActorRef<TopicSupervisorMessage>,
+        _myself: ActorRef<TopicSupervisorMessage>,
         event: SupervisionEvent,
         state: &mut TopicSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, err) => {
-                let Some(topic) = state.by_actor.remove(&cell.get_id()) else {
-                    return Ok(());
-                };
-                let Some(current) = state.directory.topics.get(&topic).map(|r| r.clone()) else {
-                    return Ok(());
-                };
-                current.shared.restarts.fetch_add(1, Ordering::Relaxed);
-                state.counters.topic_restarts += 1;
-                tracing::warn!(%topic, error = %err, "topic actor failed; restarting");
-                if current.awake.as_ref().map(|a| a.actor.get_id()) != Some(cell.get_id()) {
-                    // A publisher already had it replaced.
-                    return Ok(());
-                }
-                if let Err(e) = state.spawn(&myself, current.shared.clone()).await {
-                    state.directory.topics.remove(&topic);
-                    tracing::error!(%topic, error = %e, "topic restart failed; it will start again on the next publish");
+                if let Some((topic, incarnation)) = state.by_actor.remove(&cell.get_id()) {
+                    state.restart(topic, incarnation, &err.to_string());
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
@@ -526,6 +548,13 @@ impl Actor for TopicSupervisor {
         myself
             .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;
+        // Incarnations that never needed an actor end here (those that had one already
+        // did, in its stop).
+        for r in state.directory.topics.iter() {
+            if let Some(core) = &r.awake {
+                core.abandon();
+            }
+        }
         state.directory.topics.clear();
         Ok(())
     }
