@@ -6,7 +6,10 @@
 //! decides:
 //!
 //! - `block`: the fitting prefix is taken, the pusher is told how much, and a space
-//!   waker it supplied is kept and fired once room comes back.
+//!   waker it supplied is kept and fired once room comes back. Parked pushers are woken
+//!   oldest first and only as many as there is room for (each needs at least one
+//!   message's): a subscriber shared by thousands of topics (`sensors.>`) does not wake
+//!   them all for the few that will fit, only to see the rest park again.
 //! - `drop_oldest`: buffered deliveries are evicted from the front to make room.
 //! - `drop_newest`: the part of the push that does not fit is discarded.
 //! - `disconnect`: the queue closes with [`CloseReason::SlowConsumer`].
@@ -23,7 +26,9 @@
 //!   of consecutive gap entries, so they are bounded by capacity plus the topic count.
 //! - After `close`, pushes are refused and the consumer drains what is buffered, then
 //!   sees the close reason once. After `detach` (consumer gone) the buffer is freed.
-//! - Space wakers are fired outside the lock, each at most once.
+//! - Space wakers are fired outside the lock, each at most once, in the order they were
+//!   registered; every one still registered is fired at the latest when the consumer
+//!   finds the queue empty, or when it closes.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -167,9 +172,12 @@ struct State {
     close_seen: bool,
     /// The consumer's task, when it waits on an empty queue.
     consumer: Option<Waker>,
-    /// Topics parked on this full `block` queue, each woken (it sends itself `Resume`)
-    /// when room returns. At most one per topic that pushes here.
-    space_wakers: Vec<SpaceWaker>,
+    /// Topics parked on this full `block` queue, oldest first, each woken (it sends its
+    /// actor `Resume`) when room returns. At most one per topic that pushes here.
+    space_wakers: VecDeque<SpaceWaker>,
+    /// Room promised to the parked topics woken since (one message each) and not yet
+    /// taken by a push: wakers are fired only for room beyond it.
+    promised: usize,
     /// Highest `messages` seen, for snapshots.
     peak_messages: usize,
     /// Deliveries handed to the consumer.
@@ -266,6 +274,7 @@ impl State {
         let bytes = bytes_of(&batch[range.clone()]);
         self.messages += range.len();
         self.bytes += bytes;
+        self.promised = self.promised.saturating_sub(range.len());
         self.peak_messages = self.peak_messages.max(self.messages);
         self.entries.push_back(Entry::Run {
             batch: batch.clone(),
@@ -360,7 +369,8 @@ impl SubscriberQueue {
                 detached: false,
                 close_seen: false,
                 consumer: None,
-                space_wakers: Vec::new(),
+                space_wakers: VecDeque::new(),
+                promised: 0,
                 peak_messages: 0,
                 delivered: 0,
                 dropped: 0,
@@ -401,7 +411,7 @@ impl SubscriberQueue {
                 let n = st.fit(ds, cap_m, cap_b);
                 st.push_run(batch, range.start..range.start + n, receipt);
                 if n < ds.len() {
-                    st.space_wakers.push(on_block());
+                    st.space_wakers.push_back(on_block());
                     Push::Blocked { accepted: n }
                 } else {
                     Push::Done
@@ -437,7 +447,7 @@ impl SubscriberQueue {
                 } else {
                     st.dropped += ds.len() as u64;
                     st.closed = Some(CloseReason::SlowConsumer);
-                    wake.space = std::mem::take(&mut st.space_wakers);
+                    wake.space = st.space_wakers.drain(..).collect();
                     Push::Disconnected
                 }
             }
@@ -469,6 +479,15 @@ impl SubscriberQueue {
                 return Poll::Ready(Some(Popped::Closed(reason)));
             }
             st.consumer = Some(cx.waker().clone());
+            // Whatever is still parked may go now, whether or not those woken before
+            // it pushed what they were promised room for.
+            st.promised = 0;
+            let wake = Wake {
+                consumer: None,
+                space: st.space_wakers.drain(..).collect(),
+            };
+            drop(st);
+            wake.fire();
             return Poll::Pending;
         };
         let mut run = None;
@@ -495,7 +514,10 @@ impl SubscriberQueue {
         if !st.space_wakers.is_empty()
             && (st.messages <= self.capacity_messages / 2 && st.bytes <= self.capacity_bytes / 2)
         {
-            wake.space = std::mem::take(&mut st.space_wakers);
+            let room = (self.capacity_messages - st.messages).saturating_sub(st.promised);
+            let n = room.min(st.space_wakers.len());
+            st.promised += n;
+            wake.space = st.space_wakers.drain(..n).collect();
         }
         drop(st);
         match run {
@@ -516,7 +538,7 @@ impl SubscriberQueue {
         st.closed = Some(reason);
         let wake = Wake {
             consumer: st.consumer.take(),
-            space: std::mem::take(&mut st.space_wakers),
+            space: st.space_wakers.drain(..).collect(),
         };
         drop(st);
         wake.fire();
@@ -533,7 +555,7 @@ impl SubscriberQueue {
         st.bytes = 0;
         let wake = Wake {
             consumer: None,
-            space: std::mem::take(&mut st.space_wakers),
+            space: st.space_wakers.drain(..).collect(),
         };
         drop(st);
         wake.fire();
@@ -700,6 +722,45 @@ mod tests {
     fn oversize_single_fits_empty_queue() {
         let q = SubscriberQueue::new(OverflowPolicy::Block, 10, 10, Default::default());
         assert_eq!(push_all(&q, &batch("a", 1..3, 50)), Push::Blocked { accepted: 1 });
+    }
+
+    /// Topics parked on a full `block` queue are woken oldest first and only as many as
+    /// there is room for (room already promised to those woken before counts until they
+    /// push); whoever is left is woken when the consumer finds the queue empty, even if
+    /// those woken before never pushed.
+    #[test]
+    fn block_wakes_parked_topics_by_room() {
+        let q = SubscriberQueue::new(OverflowPolicy::Block, 4, 1 << 20, Default::default());
+        for i in 1..5 {
+            assert_eq!(push_all(&q, &batch("a", i..i + 1, 1)), Push::Done);
+        }
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        for t in 0..10usize {
+            let w = woken.clone();
+            let out = q.push(&batch(&format!("t{t}"), 1..2, 1), 0..1, None, move || {
+                Box::new(move || w.lock().push(t))
+            });
+            assert_eq!(out, Push::Blocked { accepted: 0 });
+        }
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut pop = || assert!(matches!(q.poll_pop(&mut cx), Poll::Ready(Some(Popped::Deliveries(_)))));
+        pop();
+        assert!(woken.lock().is_empty(), "3 of 4 held: above half");
+        pop();
+        assert_eq!(*woken.lock(), [0, 1], "2 held: room for 2");
+        pop();
+        assert_eq!(*woken.lock(), [0, 1, 2], "1 held: 3 free, 2 of them promised");
+        // t0 takes its room; the next pop has room for one more.
+        assert_eq!(push_all(&q, &batch("t0", 1..2, 1)), Push::Done);
+        pop();
+        assert_eq!(*woken.lock(), [0, 1, 2, 3]);
+        pop();
+        assert_eq!(*woken.lock(), [0, 1, 2, 3, 4], "empty: 4 free, 3 of them promised");
+        // Empty: everyone left goes, although t1..t3 never pushed.
+        assert!(q.poll_pop(&mut cx).is_pending());
+        assert_eq!(*woken.lock(), (0..10).collect::<Vec<_>>());
+        assert!(!q.snapshot().blocking);
     }
 
     /// block takes the fitting prefix and fires the space waker once room comes back.
