@@ -191,6 +191,11 @@ pub(crate) fn render(scrape: &Scrape) -> Vec<u8> {
         "Live topics asleep: nothing subscribes to them.",
         ts.topics_asleep as f64,
     );
+    f.counter(
+        "streambus_topic_actors_started_total",
+        "Topic actors started (each when its topic first needed one after being idle).",
+        ts.topic_actors_started,
+    );
     f.gauge(
         "streambus_topic_actors",
         "Topic actors running: awake topics that needed one (a stalled subscriber's room, batches queued while busy).",

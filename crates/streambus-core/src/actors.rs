@@ -9,7 +9,8 @@
 //! │                                       owns its subscriptions and per-session limits;
 //! │                                       a failed session is removed, never restarted
 //! ├── TopicSupervisor ──► Topic ×M      the actor of an awake topic that needed one (a
-//! │                                       stalled subscriber's room, a busy topic's queue);
+//! │                                       stalled subscriber's room, a busy topic's queue),
+//! │                                       stopped again once idle for a sweep period;
 //! │                                       the supervisor owns every topic's incarnation
 //! │                                       (started on first publish or subscription,
 //! │                                       restarted at once after a panic, put to sleep or

@@ -230,10 +230,11 @@ async fn contend(bus: &streambus_core::Bus, topic: &str) {
 /// An awake topic runs without an actor of its own while its publishers fan out for it;
 /// a `block` subscriber that stops taking messages stalls the topic, and when it reads
 /// again its room starts the topic's actor, which resumes: everything arrives once and
-/// in order.
+/// in order. Idle again, the actor stops at the supervisor's sweep, and a later stall
+/// starts another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_topic_starts_its_actor_to_resume() {
-    let bus = bus().await;
+    let bus = bus_with(|c| c.topics.idle_timeout_ms = 400).await;
     let mut sub = bus
         .subscribe(
             "lazy.t",
@@ -282,14 +283,34 @@ async fn a_stalled_topic_starts_its_actor_to_resume() {
         (topic.mailbox_messages, topic.backlog_batches, topic.stalled_subscribers),
         (0, 0, 0)
     );
-    // The actor stays for the incarnation's life, and publishers fan out again.
-    assert!(topic.actor);
-    assert_eq!(bus.counters().await.unwrap().topic_supervisor.topic_actors, 1);
-    session.publish("lazy.t", "41").await.unwrap();
-    match next(&mut sub).await {
-        Some(Event::Delivery(d)) => assert_eq!(d.sequence, 41),
-        other => panic!("expected delivery 41, got {other:?}"),
+    assert!(bus.counters().await.unwrap().topic_supervisor.topic_actors_started >= 1);
+    // Idle for a whole sweep period (a tenth of a second here), the actor stops; the
+    // topic stays awake, its publishers fan out again, and the next stall starts
+    // another actor.
+    let idle = wait_snapshot(&bus, "the idle actor stopped", |s| {
+        s.topic_supervisor.topic_actors == 0 && s.topic("lazy.t").is_some_and(|t| !t.actor && !t.asleep)
+    })
+    .await;
+    for i in 41..=80 {
+        session.publish("lazy.t", i.to_string()).await.unwrap();
     }
+    wait_snapshot(&bus, "a new stall", |s| {
+        s.topic("lazy.t").is_some_and(|t| t.stalled_subscribers == 1)
+    })
+    .await;
+    for expected in 41..=80u64 {
+        match next(&mut sub).await {
+            Some(Event::Delivery(d)) => assert_eq!(d.sequence, expected),
+            other => panic!("expected delivery {expected}, got {other:?}"),
+        }
+    }
+    let topic = bus.topic("lazy.t").await.unwrap().expect("live");
+    assert_eq!((topic.mailbox_messages, topic.restarts), (0, 0));
+    assert!(
+        bus.counters().await.unwrap().topic_supervisor.topic_actors_started
+            > idle.topic_supervisor.topic_actors_started,
+        "the second stall started another actor"
+    );
     bus.shutdown().await;
 }
 

@@ -25,8 +25,10 @@
 //! buffer, batches handed over while the state was held, an injected crash) asks the
 //! supervisor to start it, linked like any topic actor, and waits in the core until it
 //! runs: the actor's start takes what waited, in order, before anything sent after.
-//! Once started, the actor stays for the incarnation's life. A failure in a
-//! publisher's fan-out goes to the supervisor directly, whether or not an actor exists.
+//! The supervisor's sweep stops an actor that did nothing for a whole sweep period
+//! while nothing is parked or queued (a burst of stalls does not leave thousands of
+//! idle actors behind); the next need starts another. A failure in a publisher's
+//! fan-out goes to the supervisor directly, whether or not an actor exists.
 //!
 //! # Invariants
 //!
@@ -193,6 +195,8 @@ pub(crate) struct TopicCore {
     retired: AtomicBool,
     /// The actor, started when first needed. Locked last, and alone.
     actor: Mutex<ActorSlot>,
+    /// The actor worked (started, or resumed) since the supervisor's last sweep looked.
+    worked: AtomicBool,
 }
 
 impl std::fmt::Debug for TopicCore {
@@ -233,6 +237,7 @@ impl TopicCore {
             pending: Mutex::new(VecDeque::new()),
             retired: AtomicBool::new(false),
             actor: Mutex::new(ActorSlot::Idle),
+            worked: AtomicBool::new(false),
         });
         let mut state = core.state.lock();
         for sub in subscribers {
@@ -379,7 +384,46 @@ impl TopicCore {
                 .cast(message)
                 .map_err(|e| format!("the topic actor's first messages: {e}"))?;
         }
+        self.worked.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Stops the actor if it did nothing since the last call (the supervisor's sweep)
+    /// and nothing is parked or queued; returns whether it did. The state's lock is
+    /// held meanwhile, so no stall can begin: whatever needs an actor after this asks
+    /// for a new one. A message still in the old actor's mailbox had nothing to do.
+    pub(crate) fn stop_idle_actor(&self) -> bool {
+        let state = self.state.lock();
+        if !state.parked.is_empty() || state.parked_batch.is_some() || self.is_retired() {
+            return false;
+        }
+        if !self.pending.lock().is_empty() {
+            return false;
+        }
+        let mut slot = self.actor.lock();
+        let ActorSlot::Running(actor) = &*slot else {
+            return false;
+        };
+        if self.worked.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        let actor = actor.clone();
+        *slot = ActorSlot::Idle;
+        drop(slot);
+        actor.stop(None);
+        self.release(state);
+        true
+    }
+
+    /// Whether `actor` is this incarnation's actor for good: the current one, or the
+    /// last one of an incarnation that is over. An actor stopped for idleness is
+    /// neither, and its stop leaves the incarnation alone.
+    fn ends_with(&self, actor: &ActorRef<TopicMessage>) -> bool {
+        match &*self.actor.lock() {
+            ActorSlot::Running(current) => current.get_id() == actor.get_id(),
+            ActorSlot::Stopped => true,
+            ActorSlot::Idle | ActorSlot::Starting(_) => false,
+        }
     }
 
     /// Ends the actor's part (the supervisor, once the incarnation is retired): a
@@ -400,6 +444,7 @@ impl TopicCore {
     /// The actor's `Resume`: retries what is parked (a subscriber has room, or left),
     /// then fans out what is pending.
     fn resume(&self) {
+        self.worked.store(true, Ordering::Relaxed);
         let mut state = self.state.lock();
         if self.is_retired() {
             return;
@@ -891,10 +936,12 @@ impl Actor for TopicActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<TopicMessage>,
+        myself: ActorRef<TopicMessage>,
         core: &mut Arc<TopicCore>,
     ) -> Result<(), ActorProcessingErr> {
-        core.abandon();
+        if core.ends_with(&myself) {
+            core.abandon();
+        }
         tracing::debug!(topic = %core.shared.name, "topic actor stopped");
         Ok(())
     }

@@ -120,9 +120,11 @@ pub struct TopicSupervisorSnapshot {
     /// Live topics asleep (nothing subscribes to them).
     pub topics_asleep: usize,
     /// Topic actors running: awake topics that needed one (a stalled subscriber's
-    /// room, batches left queued while the state was held) since their incarnation
-    /// started.
+    /// room, batches left queued while the state was held) and have not been idle for
+    /// a whole sweep period since.
     pub topic_actors: usize,
+    /// Topic actors started, in total.
+    pub topic_actors_started: u64,
     /// Subscriptions in the index.
     pub subscriptions: usize,
     /// Deliveries waiting in every subscription's buffer.
@@ -223,6 +225,7 @@ impl TopicSupervisorState {
         }
         match Actor::spawn_linked(None, TopicActor, core.clone(), myself.get_cell()).await {
             Ok((actor, _join)) => {
+                self.counters.topic_actors_started += 1;
                 self.by_actor
                     .insert(actor.get_id(), (core.shared.name.clone(), core.id));
             }
@@ -316,12 +319,14 @@ impl TopicSupervisorState {
         }
     }
 
-    /// Reaps the topics nothing matches that have been idle for `topics.idle_timeout_ms`
-    /// and hold no retained value, and puts to sleep the other awake topics nothing
-    /// matches (their subscribers left while publishers go on, or they hold a retained
-    /// value): their incarnation (and its actor, if it has one) ends, and the topic keeps
-    /// its sequence and retained value asleep. Either happens only once the topic's admission is closed with no permit
-    /// out, so nothing admitted is in its mailbox.
+    /// Stops the topic actors that did nothing since the last sweep (see
+    /// `TopicCore::stop_idle_actor`). Reaps the topics nothing matches that have been
+    /// idle for `topics.idle_timeout_ms` and hold no retained value, and puts to sleep
+    /// the other awake topics nothing matches (their subscribers left while publishers
+    /// go on, or they hold a retained value): their incarnation (and its actor, if it
+    /// has one) ends, and the topic keeps its sequence and retained value asleep. Either
+    /// happens only once the topic's admission is closed with no permit out, so nothing
+    /// admitted is in its mailbox.
     fn sweep(&mut self) {
         let now = self.directory.now_ms();
         let timeout = self.topics.idle_timeout_ms;
@@ -335,6 +340,10 @@ impl TopicSupervisorState {
             .map(|r| r.clone())
             .collect();
         for r in candidates {
+            // An actor idle for a whole sweep period goes (its topic stays awake).
+            if let Some(core) = &r.awake {
+                core.stop_idle_actor();
+            }
             if self.index.has_match(&r.shared.name) {
                 continue;
             }
