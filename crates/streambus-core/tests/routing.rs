@@ -153,12 +153,13 @@ async fn order_is_kept_per_publisher() {
 }
 
 /// Many publishers racing for one topic while a small `block` subscriber keeps
-/// stalling it and snapshots keep reading it: batches that find the topic busy or
-/// stalled wait their turn, and every message arrives once, with dense sequence
-/// numbers and each publisher's order kept.
+/// stalling it, snapshots keep reading it and the supervisor's sweep (every 10 ms
+/// here) keeps stopping its actor whenever it looks idle: batches that find the topic
+/// busy or stalled wait their turn, and every message arrives once, with dense
+/// sequence numbers and each publisher's order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_is_kept_under_contention_and_stalls() {
-    let bus = bus().await;
+    let bus = bus_with(|c| c.topics.idle_timeout_ms = 40).await;
     for round in 0..5 {
         let topic = format!("contended.{round}");
         contend(&bus, &topic).await;

@@ -394,25 +394,24 @@ impl TopicCore {
     /// for a new one. A message still in the old actor's mailbox had nothing to do.
     pub(crate) fn stop_idle_actor(&self) -> bool {
         let state = self.state.lock();
-        if !state.parked.is_empty() || state.parked_batch.is_some() || self.is_retired() {
-            return false;
-        }
-        if !self.pending.lock().is_empty() {
-            return false;
-        }
-        let mut slot = self.actor.lock();
-        let ActorSlot::Running(actor) = &*slot else {
-            return false;
+        let idle = state.parked.is_empty()
+            && state.parked_batch.is_none()
+            && !self.is_retired()
+            && self.pending.lock().is_empty();
+        let stopped = idle && {
+            let mut slot = self.actor.lock();
+            match &*slot {
+                ActorSlot::Running(actor) if !self.worked.swap(false, Ordering::Relaxed) => {
+                    actor.stop(None);
+                    *slot = ActorSlot::Idle;
+                    true
+                }
+                _ => false,
+            }
         };
-        if self.worked.swap(false, Ordering::Relaxed) {
-            return false;
-        }
-        let actor = actor.clone();
-        *slot = ActorSlot::Idle;
-        drop(slot);
-        actor.stop(None);
+        // Like every holder of the state: a batch queued meanwhile is seen here.
         self.release(state);
-        true
+        stopped
     }
 
     /// Whether `actor` is this incarnation's actor for good: the current one, or the
