@@ -185,8 +185,8 @@ async fn shutdown_ends_a_chat_stream_with_unavailable() {
 }
 
 /// A client held back because it does not read, whose connection then drops, leaves
-/// nothing behind: its session closes and every task of its stream ends (the reader,
-/// waiting for echo credits that will never come back, is let go).
+/// nothing behind: its session closes and every task of its stream ends (its body, held
+/// with echoes the client never took, is dropped with the connection).
 #[tokio::test]
 async fn a_held_back_client_whose_connection_drops_leaves_nothing() {
     let mut config = streambus::BusConfig::default();
@@ -205,8 +205,8 @@ async fn a_held_back_client_whose_connection_drops_leaves_nothing() {
 
     let target: std::net::SocketAddr = server.url().trim_start_matches("http://").parse().unwrap();
     let proxy = Proxy::start(target).await;
-    // A small receive window: the server can hand few echoes to the transport, so its
-    // reader runs out of echo credits long before the client runs out of sending.
+    // A small receive window: the server can hand few echoes to the transport, so it
+    // stops reading the client long before the client runs out of sending.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.addr))
         .unwrap()
         .initial_stream_window_size(65_535)

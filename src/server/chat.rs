@@ -5,41 +5,43 @@
 //! ever dropped) to its own system topic `$chat.<session id>` and publishes every
 //! incoming message there; each delivery is answered with content `"echo: " + content`
 //! and timestamp = now in unix seconds, exactly as the article's Go server does. The
-//! echoes therefore travel the bus's real hot path (session, topic actor, admission,
-//! subscriber buffer), in order, with end-to-end backpressure: a client that stops
-//! reading stops taking echoes, its stream's echo credits run out, the reader stops
-//! reading the client, and HTTP/2 flow control makes the client's sends wait.
+//! echoes therefore travel the bus's real hot path (session, topic, admission,
+//! subscriber buffer), in order, with end-to-end backpressure.
 //!
-//! A light reader task publishes what the client sends; the response body itself, a
-//! [`ChatStream`], takes the echoes from the subscription. No task or channel stands
-//! between the topic actor and the transport, and the transport's body is polled once
-//! per echo, as in a plain tonic handler: a message costs the reader's and the topic
-//! actor's wake-ups on top of that path.
+//! The response body itself, a [`ChatStream`], does all of a stream's work, as a plain
+//! tonic handler's body would: polled by the transport, it hands over the echoes that
+//! are ready, then reads what the client sent and publishes it. No task or channel of
+//! its own stands between the client and the bus, so a message costs the transport's
+//! wake-ups and the bus's publish and fan-out, nothing more; and a client that stops
+//! reading stops the transport from polling the body, so its messages stay unread and
+//! HTTP/2 flow control makes its sends wait. Echoes in flight (published, not yet handed
+//! to the transport) are bounded on top of that by [`CHAT_BUFFER_MESSAGES`].
 //!
 //! The client ending its stream (`CloseSend`) closes the session gracefully: every
 //! message sent before it is still echoed, then the stream ends OK. A failure (bad
-//! frame, the server shutting down) ends it the same way, with that status last.
+//! frame, a refused publish, the server shutting down) ends it the same way, with that
+//! status last.
 
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
-use futures::task::AtomicWaker;
-use streambus_core::{SessionHandle, Subscription};
+use streambus_core::{BusError, SessionHandle, Subscription};
 use streambus_types::{Event, Message, OverflowPolicy, SubscriptionOptions, Topic};
-use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 
 use super::Context;
+use super::shutdown::Stopping;
 use crate::convert;
 use crate::proto::stream as chat;
 
-/// Echoes in flight per chat stream (messages) before the reader waits.
+/// Echoes in flight per chat stream (published, not yet handed to the transport) before
+/// the stream stops reading the client. This bounds what a client that does not read can
+/// leave on the server to this many messages plus its HTTP/2 window, far below the
+/// topic's own admission (meant for topics shared by many publishers).
 const CHAT_BUFFER_MESSAGES: usize = 1024;
 
 /// The echo service.
@@ -69,7 +71,7 @@ impl chat::chat_service_server::ChatService for ChatService {
         &self,
         request: Request<Streaming<chat::Message>>,
     ) -> Result<Response<ChatStream>, Status> {
-        let context = self.context.clone();
+        let context = &self.context;
         let options = context.connect_options("chat", &context.credentials(&request)).await?;
         let session = context.bus.connect(options).await.map_err(|e| convert::status(&e))?;
         let topic = match Topic::new(&format!("$chat.{}", session.id())) {
@@ -89,167 +91,54 @@ impl chat::chat_service_server::ChatService for ChatService {
                 return Err(convert::status(&e));
             }
         };
-        let (failure_tx, failure) = oneshot::channel();
-        let credits = Arc::new(EchoCredits::new(CHAT_BUFFER_MESSAGES));
-        let span = tracing::info_span!("chat", session = session.id().0);
-        let reader = read(
-            context,
-            session.clone(),
-            topic,
-            request.into_inner(),
-            credits.clone(),
-            failure_tx,
-        );
-        tokio::spawn(reader.instrument(span));
         Ok(Response::new(ChatStream {
+            span: tracing::info_span!("chat", session = session.id().0),
             echoes,
-            credits,
-            failure,
-            session,
+            inbound: Some(request.into_inner()),
+            stopping: context.stopping(),
+            session: Arc::new(session),
+            topic,
+            pending: None,
+            in_flight: 0,
+            status: None,
             ended: false,
         }))
     }
 }
 
-/// Publishes every chat message on the session's topic; closes the session when the
-/// client is done or gone, a publish fails or the server stops, and hands the stream's
-/// final status (if it is not OK) to the [`ChatStream`].
-async fn read(
-    context: Context,
-    session: SessionHandle,
-    topic: Topic,
-    mut inbound: Streaming<chat::Message>,
-    credits: Arc<EchoCredits>,
-    failure: oneshot::Sender<Status>,
-) {
-    // Made once for the stream, not once per message (see `Stopping`).
-    let mut stopping = pin!(context.stopping());
-    let shutting_down = || Some(Status::unavailable("server shutting down"));
-    let status = loop {
-        let next = poll_fn(|cx| {
-            if stopping.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            Pin::new(&mut inbound).poll_next(cx).map(Some)
-        })
-        .await;
-        match next {
-            None => break shutting_down(),
-            Some(Some(Ok(message))) => {
-                // A client that does not read its echoes is held here.
-                let credit = poll_fn(|cx| {
-                    if stopping.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    credits.poll_take(cx).map(Some)
-                })
-                .await;
-                match credit {
-                    None => break shutting_down(),
-                    // The response is gone, and the client with it.
-                    Some(false) => break None,
-                    Some(true) => {}
-                }
-                if let Err(e) = session
-                    .publish_message(Message::new(topic.clone(), message.content))
-                    .await
-                {
-                    break Some(convert::status(&e));
-                }
-            }
-            Some(Some(Err(status))) => break Some(status),
-            Some(None) => break None,
-        }
-    };
-    // Graceful: everything published is echoed before the stream ends. Boxed, so that
-    // every open stream's task does not hold room for its ending.
-    let _ = Box::pin(session.close()).await;
-    if let Some(status) = status {
-        let _ = failure.send(status);
-    }
-}
+/// A publish, or the session's close, in progress.
+type Pending = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 
-/// Echoes a chat stream may have in flight (published and not yet handed to the
-/// transport): the reader takes one per message, the response returns one per echo.
-/// This bounds what a client that does not read can leave on the server to
-/// [`CHAT_BUFFER_MESSAGES`] messages plus its HTTP/2 window, far below the topic's own
-/// admission (meant for topics shared by many publishers).
-struct EchoCredits {
-    available: AtomicUsize,
-    capacity: usize,
-    /// The reader, when it waits for a credit.
-    reader: AtomicWaker,
-    /// Set when the response is dropped.
-    closed: AtomicBool,
-}
-
-impl EchoCredits {
-    fn new(n: usize) -> Self {
-        EchoCredits {
-            available: AtomicUsize::new(n),
-            capacity: n,
-            reader: AtomicWaker::new(),
-            closed: AtomicBool::new(false),
-        }
-    }
-
-    /// Takes one credit: `Ready(true)`, or `Ready(false)` once the response is gone
-    /// (no credit will come back), or `Pending` until one is given back.
-    fn poll_take(&self, cx: &mut TaskContext<'_>) -> Poll<bool> {
-        if self.try_take() {
-            return Poll::Ready(true);
-        }
-        if self.closed.load(Ordering::Acquire) {
-            return Poll::Ready(false);
-        }
-        self.reader.register(cx.waker());
-        // A credit returned (or the close) between the check and the registration is
-        // seen here.
-        if self.try_take() {
-            Poll::Ready(true)
-        } else if self.closed.load(Ordering::Acquire) {
-            Poll::Ready(false)
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// The response is gone: a waiting reader stops waiting.
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.reader.wake();
-    }
-
-    fn try_take(&self) -> bool {
-        self.available
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok()
-    }
-
-    /// Returns one credit. Never beyond the capacity: a delivery the reader did not
-    /// publish (someone else's message on the chat topic) does not widen the bound.
-    fn give_back(&self) {
-        let before = self.available.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < self.capacity).then_some(n + 1)
-        });
-        if before == Ok(0) {
-            self.reader.wake();
-        }
-    }
-}
-
-/// The response of one chat stream: the echoes, then the reader's failure if any.
+/// One chat stream, as the body of its response: it reads the client's messages and
+/// publishes them on the session's topic, and answers each delivery from that topic.
+///
+/// Each poll hands over a ready echo first (it frees room for what the client sends
+/// next), then drives the publish or close in progress, then reads the client. Once the
+/// client is done or gone, a publish fails or the server stops, it stops reading and
+/// closes the session; the echoes of everything published still go out, then the
+/// stream ends, with the failure's status if there was one.
 pub struct ChatStream {
-    /// The stream's own `$chat.<id>` subscription (`block`): every message the reader
-    /// published, in order, to be answered.
+    /// Entered while the stream works, so that what it logs names its session.
+    span: tracing::Span,
+    /// The stream's own `$chat.<id>` subscription (`block`): every message published,
+    /// in order, to be answered.
     echoes: Subscription,
-    /// Shared with the reader: one is given back per echo handed to the transport.
-    credits: Arc<EchoCredits>,
-    /// The status to end with after the last echo, from the reader (its only sender);
-    /// closed with nothing sent when the stream ends OK.
-    failure: oneshot::Receiver<Status>,
-    /// The stream's session, closed when the response is dropped.
-    session: SessionHandle,
+    /// The client's messages; `None` once the stream stopped reading them.
+    inbound: Option<Streaming<chat::Message>>,
+    /// Resolves when the server starts shutting down.
+    stopping: Stopping,
+    /// The stream's session: publishes on `topic`, closed when the stream stops reading
+    /// or the response is dropped. Shared with the publish in progress.
+    session: Arc<SessionHandle>,
+    /// `$chat.<session id>`.
+    topic: Topic,
+    /// The publish in progress (at most one: the client's order is the topic's), or,
+    /// once reading stopped, the session's close.
+    pending: Option<Pending>,
+    /// Messages published and not yet echoed (at most [`CHAT_BUFFER_MESSAGES`]).
+    in_flight: usize,
+    /// The status to end with after the last echo, if the stream does not end OK.
+    status: Option<Status>,
     /// The final item has been returned; the stream yields nothing more.
     ended: bool,
 }
@@ -258,8 +147,23 @@ impl std::fmt::Debug for ChatStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatStream")
             .field("session", &self.session.id())
+            .field("in_flight", &self.in_flight)
             .field("ended", &self.ended)
             .finish_non_exhaustive()
+    }
+}
+
+impl ChatStream {
+    /// Stops reading the client (for good) and closes the session gracefully; `status`
+    /// is what the stream ends with after the last echo, if not OK.
+    fn stop_reading(&mut self, status: Option<Status>) {
+        self.inbound = None;
+        if self.status.is_none() {
+            self.status = status;
+        }
+        let session = self.session.clone();
+        // Boxed once per stream, as every publish is: an open stream holds no room for it.
+        self.pending = Some(Box::pin(async move { session.close().await }));
     }
 }
 
@@ -268,42 +172,78 @@ impl Stream for ChatStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
+        let span = this.span.clone();
+        let _entered = span.enter();
         loop {
-            return match Pin::new(&mut this.echoes).poll_next(cx) {
-                Poll::Pending => Poll::Pending,
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.echoes).poll_next(cx) {
                 Poll::Ready(Some(Event::Delivery(delivery))) => {
-                    this.credits.give_back();
-                    Poll::Ready(Some(Ok(chat::Message {
+                    // A delivery nobody here published (someone else's message on the
+                    // chat topic) is answered too, and does not widen the bound.
+                    this.in_flight = this.in_flight.saturating_sub(1);
+                    return Poll::Ready(Some(Ok(chat::Message {
                         content: echo_of(&delivery.payload),
                         timestamp: unix_seconds(),
-                    })))
+                    })));
                 }
                 // Unreachable with the block policy; reported, never silent.
                 Poll::Ready(Some(Event::Gap(gap))) => {
                     tracing::error!(dropped = gap.dropped, "chat echoes lost");
                     continue;
                 }
-                // The session closed and every echo is out: end with the reader's status.
-                Poll::Ready(Some(Event::Closed(_)) | None) => match Pin::new(&mut this.failure).poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(status) => {
-                        this.ended = true;
-                        Poll::Ready(status.ok().map(Err))
-                    }
-                },
+                // The session closed and every echo is out: end with the stream's status.
+                Poll::Ready(Some(Event::Closed(_)) | None) => {
+                    this.ended = true;
+                    return Poll::Ready(this.status.take().map(Err));
+                }
+                Poll::Pending => {}
+            }
+            if let Some(pending) = &mut this.pending {
+                let Poll::Ready(result) = pending.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.pending = None;
+                match result {
+                    Err(e) if this.inbound.is_some() => this.stop_reading(Some(convert::status(&e))),
+                    // Published; or closed (a close that finds the session already
+                    // closed changes nothing: the echoes end all the same).
+                    _ => {}
+                }
+                continue;
+            }
+            let Some(inbound) = &mut this.inbound else {
+                // Closed: the echoes drain, then end.
+                return Poll::Pending;
             };
+            if Pin::new(&mut this.stopping).poll(cx).is_ready() {
+                this.stop_reading(Some(Status::unavailable("server shutting down")));
+                continue;
+            }
+            if this.in_flight >= CHAT_BUFFER_MESSAGES {
+                // A client that does not read its echoes is held here; the next echo
+                // handed over wakes the stream.
+                return Poll::Pending;
+            }
+            match Pin::new(inbound).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(message))) => {
+                    this.in_flight += 1;
+                    let (session, message) = (this.session.clone(), Message::new(this.topic.clone(), message.content));
+                    this.pending = Some(Box::pin(async move { session.publish_message(message).await }));
+                }
+                Poll::Ready(Some(Err(status))) => this.stop_reading(Some(status)),
+                // The client is done: everything it sent is echoed, then the stream ends OK.
+                Poll::Ready(None) => this.stop_reading(None),
+            }
         }
     }
 }
 
 impl Drop for ChatStream {
-    /// The client went away, or the server dropped the stream: the session closes, which
-    /// also ends the reader.
+    /// The client went away, or the server dropped the stream: the session closes.
     fn drop(&mut self) {
-        self.credits.close();
         if self.ended || !self.session.is_open() {
             return;
         }
@@ -339,44 +279,7 @@ fn unix_seconds() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    /// Echo credits run out, a waiting reader is woken by the first one given back, giving
-    /// back more than was taken never raises the bound, and closing lets a waiter go.
-    #[tokio::test]
-    async fn credits_bound_the_reader() {
-        let credits = Arc::new(EchoCredits::new(2));
-        let take = |credits: Arc<EchoCredits>| async move { poll_fn(|cx| credits.poll_take(cx)).await };
-        assert!(take(credits.clone()).await && take(credits.clone()).await);
-        let waiting = tokio::spawn(take(credits.clone()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "no credit left");
-        credits.give_back();
-        assert!(
-            tokio::time::timeout(Duration::from_secs(5), waiting)
-                .await
-                .unwrap()
-                .unwrap()
-        );
-        for _ in 0..5 {
-            credits.give_back();
-        }
-        assert!(credits.try_take() && credits.try_take());
-        assert!(!credits.try_take(), "never more than the capacity");
-        // Closed (the response is gone): a waiting reader is let go, with no credit.
-        let waiting = tokio::spawn(take(credits.clone()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished());
-        credits.close();
-        assert!(
-            !tokio::time::timeout(Duration::from_secs(5), waiting)
-                .await
-                .unwrap()
-                .unwrap()
-        );
-    }
 
     /// The echo is the article's: the prefix, then the content; bytes that are not UTF-8
     /// are shown, not refused.

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use crate::proc_stats;
 use crate::report::Latencies;
 
 /// Width of the send timestamp at the start of each message.
@@ -33,6 +34,9 @@ pub struct EchoOptions {
     pub duration: Duration,
     /// Messages in flight per stream.
     pub window: usize,
+    /// The server's pid, to measure the CPU it spends on the streams (from the first
+    /// stream opening to the last echo: the connections' set-up is left out).
+    pub server_pid: Option<u32>,
 }
 
 impl EchoOptions {
@@ -78,6 +82,8 @@ pub struct EchoRun {
     pub elapsed: Duration,
     /// Streams that failed.
     pub errors: Vec<String>,
+    /// CPU seconds the server spent over `elapsed`, when its pid was given.
+    pub server_cpu_seconds: Option<f64>,
 }
 
 /// Runs the workload.
@@ -88,6 +94,7 @@ pub async fn run(options: &EchoOptions) -> anyhow::Result<EchoRun> {
         // One TCP connection per stream, as the article's 100 connections.
         clients.push(ChatServiceClient::new(endpoint.connect().await?));
     }
+    let cpu_before = options.server_pid.and_then(proc_stats::cpu_seconds);
     let start = Instant::now();
     let deadline = start + options.duration;
     let tasks: Vec<_> = clients
@@ -102,10 +109,13 @@ pub async fn run(options: &EchoOptions) -> anyhow::Result<EchoRun> {
             Err(e) => errors.push(e.to_string()),
         }
     }
+    let elapsed = start.elapsed();
+    let cpu_after = options.server_pid.and_then(proc_stats::cpu_seconds);
     Ok(EchoRun {
         latencies,
-        elapsed: start.elapsed(),
+        elapsed,
         errors,
+        server_cpu_seconds: cpu_before.zip(cpu_after).map(|(before, after)| after - before),
     })
 }
 
@@ -177,6 +187,7 @@ mod tests {
             conns: 1,
             size: 1024,
             duration: Duration::from_secs(1),
+            server_pid: None,
             window: 1,
         };
         assert!(ok.validate().is_ok());
@@ -221,9 +232,15 @@ mod tests {
                 size: 64,
                 duration: Duration::from_millis(200),
                 window: 4,
+                // This process serves them all.
+                server_pid: Some(std::process::id()),
             };
             let run = run(&options).await.unwrap();
             assert!(run.errors.is_empty(), "{:?}", run.errors);
+            assert!(
+                run.server_cpu_seconds.is_some_and(|s| s > 0.0),
+                "the server's CPU is measured"
+            );
             assert!(run.latencies.len() >= 12, "every stream answers its window at least");
         }
         server.shutdown().await.unwrap();

@@ -395,11 +395,15 @@ async fn main() -> anyhow::Result<()> {
                 size,
                 duration: seconds(Some(duration))?.expect("given"),
                 window,
+                server_pid: output.server_pid,
             };
             options.validate().map_err(anyhow::Error::msg)?;
             let run = echo::run(&options).await?;
             let mut report = Report::new("echo", &addr, conns, size, &run.latencies, run.elapsed);
             report.errors = run.errors;
+            report.server_cpu_us_per_msg = run
+                .server_cpu_seconds
+                .map(|cpu| cpu * 1e6 / report.messages.max(1) as f64);
             output.emit(report, &run.latencies, &[])
         }
         Command::Churn {

@@ -108,6 +108,10 @@ pub struct Report {
     /// The server's peak resident memory, when `--server-pid` was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_peak_rss_bytes: Option<u64>,
+    /// Server CPU per message answered, in microseconds, over the measured phase, when
+    /// `--server-pid` was given (`echo`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_msg: Option<f64>,
     /// CPU seconds this client used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cpu_seconds: Option<f64>,
@@ -140,6 +144,7 @@ impl Report {
             latency_us: latencies.summary(),
             published_messages: None,
             server_peak_rss_bytes: None,
+            server_cpu_us_per_msg: None,
             client_cpu_seconds: None,
             errors: Vec::new(),
         }
@@ -181,6 +186,9 @@ impl Report {
         }
         if let Some(rss) = self.server_peak_rss_bytes {
             out += &format!("server peak   {:.1} MB RSS\n", rss as f64 / 1e6);
+        }
+        if let Some(cpu) = self.server_cpu_us_per_msg {
+            out += &format!("server cpu    {cpu:.1} µs per message\n");
         }
         if let Some(cpu) = self.client_cpu_seconds {
             out += &format!("client cpu    {cpu:.2} s\n");
