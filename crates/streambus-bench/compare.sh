@@ -5,7 +5,7 @@
 # each pair. Bounded: every run lasts --duration seconds (default 10), servers are
 # started fresh for each run (so peak RSS is that run's) and stopped after it.
 #
-#   bash crates/streambus-bench/compare.sh            # 10 s runs (about 15 minutes)
+#   bash crates/streambus-bench/compare.sh            # 10 s runs (about 20 minutes)
 #   bash crates/streambus-bench/compare.sh --quick    # 3 s runs
 #
 # It ends with devices.sh (device fan-in over 100, 1k and 10k devices, against
@@ -90,6 +90,11 @@ pair "echo 1KB x100" streambus tonic "${echo1k[@]}"
 pair "echo 1KB x100" streambus tonic-bus "${echo1k[@]}"
 pair "echo 1KB x100" streambus grpc-go "${echo1k[@]}"
 pair "echo 4KB x100" streambus tonic "${echo4k[@]}"
+# Cost per stream: the same small echo over 100 and 10,000 streams (one connection
+# each), against raw tonic with the bus's HTTP/2 settings; "cpu µs" is the server's CPU
+# per echo over the measured phase, its growth from 100 to 10,000 the per-stream cost.
+pair "echo 128B x100" streambus tonic-bus echo --conns 100 --size 128 --duration "$duration"
+pair "echo 128B x10000" streambus tonic-bus echo --conns 10000 --size 128 --duration "$duration"
 pair "echo 4KB x100" streambus grpc-go "${echo4k[@]}"
 pair "fan-in 1KB 10->1" streambus nats pubsub --pubs 10 --subs 1 --size 1024 --batch 100 --duration "$duration"
 pair "fan-out 1KB 1->10" streambus nats pubsub --pubs 1 --subs 10 --size 1024 --batch 100 --duration "$duration"
@@ -109,7 +114,7 @@ for line in open(sys.argv[1]):
     runs[(r["label"], r["server"])].append(r)
     pairs[r["pair"]][r["server"]].append(r)
 def mean(xs): return sum(xs) / len(xs)
-print(f"{'workload':<24} {'server':<10} {'msgs/s (runs)':<36} {'p99 µs':>9} {'peak RSS MB':>12} {'delivered':>10}")
+print(f"{'workload':<24} {'server':<10} {'msgs/s (runs)':<36} {'p99 µs':>9} {'peak RSS MB':>12} {'delivered':>10} {'cpu µs':>7}")
 for (label, server), rs in runs.items():
     rates = [r["msgs_per_sec"] for r in rs]
     rss = [r.get("server_peak_rss_bytes", 0) / 1e6 for r in rs]
@@ -118,7 +123,9 @@ for (label, server), rs in runs.items():
     # Every subscriber should get every published message.
     expected = sum(r.get("published_messages", r["messages"]) * r.get("subs", 1) for r in rs)
     delivered = f"{100 * sum(r['messages'] for r in rs) / expected:.1f}%" if expected else "-"
-    print(f"{label:<24} {server:<10} {shown:<36} {mean([r['latency_us']['p99'] for r in rs]):>9.0f} {max(rss):>12.1f} {delivered:>10}" + (f"  errors: {errs}" if errs else ""))
+    cpu = [r["server_cpu_us_per_msg"] for r in rs if r.get("server_cpu_us_per_msg") is not None]
+    cpu = f"{mean(cpu):.1f}" if cpu else "-"
+    print(f"{label:<24} {server:<10} {shown:<36} {mean([r['latency_us']['p99'] for r in rs]):>9.0f} {max(rss):>12.1f} {delivered:>10} {cpu:>7}" + (f"  errors: {errs}" if errs else ""))
 print()
 print("ratios (streambus / peer, mean of the runs alternated with that peer):")
 for pair, by_server in pairs.items():

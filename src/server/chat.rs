@@ -167,42 +167,58 @@ impl ChatStream {
     }
 }
 
-impl Stream for ChatStream {
-    type Item = Result<chat::Message, Status>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let span = this.span.clone();
-        let _entered = span.enter();
+impl ChatStream {
+    /// The next echo, or the stream's end once the session closed (with the stream's
+    /// status, if not OK); `Pending` while none is ready.
+    fn poll_echo(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<chat::Message, Status>>> {
         loop {
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.echoes).poll_next(cx) {
+            return match Pin::new(&mut self.echoes).poll_next(cx) {
                 Poll::Ready(Some(Event::Delivery(delivery))) => {
                     // A delivery nobody here published (someone else's message on the
                     // chat topic) is answered too, and does not widen the bound.
-                    this.in_flight = this.in_flight.saturating_sub(1);
-                    return Poll::Ready(Some(Ok(chat::Message {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    Poll::Ready(Some(Ok(chat::Message {
                         content: echo_of(&delivery.payload),
                         timestamp: unix_seconds(),
-                    })));
+                    })))
                 }
                 // Unreachable with the block policy; reported, never silent.
                 Poll::Ready(Some(Event::Gap(gap))) => {
                     tracing::error!(dropped = gap.dropped, "chat echoes lost");
                     continue;
                 }
-                // The session closed and every echo is out: end with the stream's status.
+                // The session closed and every echo is out.
                 Poll::Ready(Some(Event::Closed(_)) | None) => {
-                    this.ended = true;
-                    return Poll::Ready(this.status.take().map(Err));
+                    self.ended = true;
+                    Poll::Ready(self.status.take().map(Err))
                 }
-                Poll::Pending => {}
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<chat::Message, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let span = this.span.clone();
+        let _entered = span.enter();
+        // Echoes are first looked for without this task's waker: the publish this poll
+        // makes would otherwise wake the very task that makes it, for one more poll of
+        // it per message. The waker is left with the subscription last, below.
+        let mut quiet = TaskContext::from_waker(futures::task::noop_waker_ref());
+        loop {
+            if let Poll::Ready(item) = this.poll_echo(&mut quiet) {
+                return Poll::Ready(item);
             }
             if let Some(pending) = &mut this.pending {
                 let Poll::Ready(result) = pending.as_mut().poll(cx) else {
-                    return Poll::Pending;
+                    break;
                 };
                 this.pending = None;
                 match result {
@@ -213,10 +229,8 @@ impl Stream for ChatStream {
                 }
                 continue;
             }
-            let Some(inbound) = &mut this.inbound else {
-                // Closed: the echoes drain, then end.
-                return Poll::Pending;
-            };
+            // Once closed, the echoes drain, then end.
+            let Some(inbound) = &mut this.inbound else { break };
             if Pin::new(&mut this.stopping).poll(cx).is_ready() {
                 this.stop_reading(Some(Status::unavailable("server shutting down")));
                 continue;
@@ -224,10 +238,10 @@ impl Stream for ChatStream {
             if this.in_flight >= CHAT_BUFFER_MESSAGES {
                 // A client that does not read its echoes is held here; the next echo
                 // handed over wakes the stream.
-                return Poll::Pending;
+                break;
             }
             match Pin::new(inbound).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => break,
                 Poll::Ready(Some(Ok(message))) => {
                     this.in_flight += 1;
                     let (session, message) = (this.session.clone(), Message::new(this.topic.clone(), message.content));
@@ -238,6 +252,9 @@ impl Stream for ChatStream {
                 Poll::Ready(None) => this.stop_reading(None),
             }
         }
+        // Nothing more to do now: wait for the next echo (one that came meanwhile is
+        // taken here).
+        this.poll_echo(cx)
     }
 }
 
