@@ -172,8 +172,9 @@ struct State {
     close_seen: bool,
     /// The consumer's task, when it waits on an empty queue.
     consumer: Option<Waker>,
-    /// Topics parked on this full `block` queue, oldest first, each woken (it sends its
-    /// actor `Resume`) when room returns. At most one per topic that pushes here.
+    /// Topics parked on this full `block` queue, oldest first, each woken (it resumes,
+    /// in the task of whoever made the room) when room returns. At most one per topic
+    /// that pushes here.
     space_wakers: VecDeque<SpaceWaker>,
     /// Room promised to the parked topics woken since (one message each) and not yet
     /// taken by a push: wakers are fired only for room beyond it.

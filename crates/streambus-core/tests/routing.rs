@@ -230,12 +230,11 @@ async fn contend(bus: &streambus_core::Bus, topic: &str) {
 
 /// An awake topic runs without an actor of its own while its publishers fan out for it;
 /// a `block` subscriber that stops taking messages stalls the topic, and when it reads
-/// again its room starts the topic's actor, which resumes: everything arrives once and
-/// in order. Idle again, the actor stops at the supervisor's sweep, and a later stall
-/// starts another.
+/// again its room resumes the topic in the reader's own task: everything arrives once
+/// and in order, and no actor ever starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_topic_starts_its_actor_to_resume() {
-    let bus = bus_with(|c| c.topics.idle_timeout_ms = 400).await;
+async fn a_stalled_topic_resumes_from_its_subscribers_room() {
+    let bus = bus().await;
     let mut sub = bus
         .subscribe(
             "lazy.t",
@@ -257,7 +256,6 @@ async fn a_stalled_topic_starts_its_actor_to_resume() {
         for i in 4..=40 {
             session.publish("lazy.t", i.to_string()).await.unwrap();
         }
-        session
     });
     // Stalled, the topic waits with no task of its own: the backlog holds its permits.
     let snap = wait_snapshot(&bus, "the subscriber stalls the topic", |s| {
@@ -266,7 +264,6 @@ async fn a_stalled_topic_starts_its_actor_to_resume() {
     })
     .await;
     assert!(!snap.topic("lazy.t").unwrap().actor);
-    // The subscriber's room asks for the actor, which resumes the fan-out.
     for expected in 1..=40u64 {
         match next(&mut sub).await {
             Some(Event::Delivery(d)) => {
@@ -278,39 +275,71 @@ async fn a_stalled_topic_starts_its_actor_to_resume() {
             other => panic!("expected delivery {expected}, got {other:?}"),
         }
     }
-    let session = publisher.await.unwrap();
+    publisher.await.unwrap();
     let topic = bus.topic("lazy.t").await.unwrap().expect("live");
     assert_eq!(
-        (topic.mailbox_messages, topic.backlog_batches, topic.stalled_subscribers),
-        (0, 0, 0)
+        (
+            topic.mailbox_messages,
+            topic.backlog_batches,
+            topic.stalled_subscribers,
+            topic.actor
+        ),
+        (0, 0, 0, false)
     );
-    assert!(bus.counters().await.unwrap().topic_supervisor.topic_actors_started >= 1);
-    // Idle for a whole sweep period (a tenth of a second here), the actor stops; the
-    // topic stays awake, its publishers fan out again, and the next stall starts
-    // another actor.
-    let idle = wait_snapshot(&bus, "the idle actor stopped", |s| {
-        s.topic_supervisor.topic_actors == 0 && s.topic("lazy.t").is_some_and(|t| !t.actor && !t.asleep)
-    })
-    .await;
-    for i in 41..=80 {
+    let counters = bus.counters().await.unwrap().topic_supervisor;
+    assert_eq!(
+        (counters.topic_actors, counters.topic_actors_started),
+        (0, 0),
+        "the stalls were resumed by the subscriber's room alone"
+    );
+    bus.shutdown().await;
+}
+
+/// More queued behind a stall than one round of a resume takes: the subscriber's room
+/// resumes one round and the topic's actor, started for the rest, fans it out; all of
+/// it arrives once and in order. Idle for a whole sweep period, the actor stops, and
+/// the topic stays awake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_behind_a_stall_starts_the_topics_actor() {
+    const BUFFER: u64 = 256;
+    const TOTAL: u64 = BUFFER + 200;
+    let bus = bus_with(|c| c.topics.idle_timeout_ms = 400).await;
+    let mut sub = bus
+        .subscribe(
+            "lazy.t",
+            opts()
+                .overflow(streambus_core::OverflowPolicy::Block)
+                .buffer(BUFFER as usize, 1 << 20),
+        )
+        .await
+        .unwrap();
+    let session = bus.connect(ConnectOptions::named("pub")).await.unwrap();
+    // One message per batch, each admitted at once: the buffer fills, then about 200
+    // batches wait behind the stall (far more than one round of 64).
+    for i in 1..=TOTAL {
         session.publish("lazy.t", i.to_string()).await.unwrap();
     }
-    wait_snapshot(&bus, "a new stall", |s| {
-        s.topic("lazy.t").is_some_and(|t| t.stalled_subscribers == 1)
-    })
-    .await;
-    for expected in 41..=80u64 {
+    let topic = bus.topic("lazy.t").await.unwrap().expect("live");
+    assert!(
+        topic.stalled_subscribers == 1 && topic.backlog_batches > 150,
+        "{topic:?}"
+    );
+    assert!(!topic.actor);
+    for expected in 1..=TOTAL {
         match next(&mut sub).await {
             Some(Event::Delivery(d)) => assert_eq!(d.sequence, expected),
             other => panic!("expected delivery {expected}, got {other:?}"),
         }
     }
+    assert!(bus.counters().await.unwrap().topic_supervisor.topic_actors_started >= 1);
+    wait_snapshot(&bus, "the idle actor stopped", |s| {
+        s.topic_supervisor.topic_actors == 0 && s.topic("lazy.t").is_some_and(|t| !t.actor && !t.asleep)
+    })
+    .await;
     let topic = bus.topic("lazy.t").await.unwrap().expect("live");
-    assert_eq!((topic.mailbox_messages, topic.restarts), (0, 0));
-    assert!(
-        bus.counters().await.unwrap().topic_supervisor.topic_actors_started
-            > idle.topic_supervisor.topic_actors_started,
-        "the second stall started another actor"
+    assert_eq!(
+        (topic.mailbox_messages, topic.backlog_batches, topic.restarts),
+        (0, 0, 0)
     );
     bus.shutdown().await;
 }

@@ -11,7 +11,9 @@
 //! the topic's. The actor is what holds the topic over time: when a `block`
 //! subscriber's buffer is full, the unpushed remainder is parked, later publish batches
 //! wait in a backlog (bounded by the admission, since each still holds its permit), and
-//! the subscriber's buffer sends the actor `Resume` when it has room. Meanwhile
+//! the subscriber's buffer resumes the topic when it has room: in the task of the
+//! consumer that made the room if the state is free, through the actor otherwise (see
+//! `TopicCore::room`). Meanwhile
 //! subscription changes go on, and publishers feel the backpressure through the
 //! admission. The supervisor adds and removes subscribers under the same lock, so a
 //! subscription is in the topic the moment it is acknowledged.
@@ -21,8 +23,10 @@
 //! Most topics never stall and are never contended (a device's own topic, a chat
 //! stream's echo topic), so an actor of their own would only cost memory (about 7 KB:
 //! ractor's task and channels) and a start per topic. An incarnation therefore starts
-//! without one; the first message for it (a `Resume` from a stalled subscriber's
-//! buffer, batches handed over while the state was held, an injected crash) asks the
+//! without one, and a stall alone does not start one: the subscriber's room resumes the
+//! topic in place. The first message for it (a `Resume` when that room finds the state
+//! held or more queued than one round takes, batches handed over while the state was
+//! held, an injected crash) asks the
 //! supervisor to start it, linked like any topic actor, and waits in the core until it
 //! runs: the actor's start takes what waited, in order, before anything sent after.
 //! The supervisor's sweep stops an actor that did nothing for a whole sweep period
@@ -94,9 +98,9 @@ impl PublishBatch {
 /// What a topic actor is asked to do.
 #[derive(Debug)]
 pub(crate) enum TopicMessage {
-    /// A blocked subscriber's buffer has room again (from its space waker), one left
-    /// (from the supervisor), or batches were left queued while the state was held: go
-    /// on with what is parked and the backlog.
+    /// A blocked subscriber's buffer has room again while someone held the state (from
+    /// its space waker), one left (from the supervisor), or batches were left queued
+    /// while the state was held: go on with what is parked and the backlog.
     Resume,
     /// Fault injection for supervision tests.
     #[cfg(feature = "testsuite")]
@@ -303,15 +307,46 @@ impl TopicCore {
     fn fan_out(&self, state: &mut TopicState, batch: PublishBatch) {
         let fanned = std::panic::catch_unwind(AssertUnwindSafe(|| state.fan_out(batch, &self.me)));
         if let Err(panic) = fanned {
-            let reason = panic_message(panic.as_ref());
-            tracing::error!(parent: &state.span, %reason, "topic fan-out failed; the topic restarts");
-            drop(self.retire_locked(state));
-            let _ = self.directory.supervisor.cast(TopicSupervisorMessage::Failed {
-                topic: self.shared.name.clone(),
-                incarnation: self.id,
-                reason,
-            });
+            self.fail(state, panic.as_ref());
         }
+    }
+
+    /// A fan-out or resume run outside the actor panicked: this incarnation retires
+    /// (what it held is lost in the failure) and the supervisor restarts the topic.
+    fn fail(&self, state: &mut TopicState, panic: &(dyn std::any::Any + Send)) {
+        let reason = panic_message(panic);
+        tracing::error!(parent: &state.span, %reason, "topic fan-out failed; the topic restarts");
+        drop(self.retire_locked(state));
+        let _ = self.directory.supervisor.cast(TopicSupervisorMessage::Failed {
+            topic: self.shared.name.clone(),
+            incarnation: self.id,
+            reason,
+        });
+    }
+
+    /// A stalled subscriber has room again: its space waker runs this in the task of
+    /// the consumer that made the room. The topic resumes right there (parked
+    /// deliveries first, then up to [`DRAIN_ROUND`] pending batches) when its state is
+    /// free, so a topic stalled by a slow subscriber (most topics, under overload) needs
+    /// no actor; when someone holds the state (a publisher, or this very topic closing
+    /// the subscriber), or more is pending than one round takes, the actor resumes it.
+    fn room(&self) {
+        let Some(mut state) = self.state.try_lock() else {
+            self.tell(TopicMessage::Resume);
+            return;
+        };
+        if self.is_retired() {
+            return;
+        }
+        // Run by a consumer, which must not be the one to unwind: a panic is the topic's
+        // failure, as in a publisher's fan-out.
+        let resumed = std::panic::catch_unwind(AssertUnwindSafe(|| state.resume(&self.me)));
+        if let Err(panic) = resumed {
+            self.fail(&mut state, panic.as_ref());
+            return;
+        }
+        self.drain(&mut state);
+        self.release(state);
     }
 
     /// Fans out pending batches in order, up to [`DRAIN_ROUND`], until a subscriber
@@ -330,7 +365,7 @@ impl TopicCore {
 
     /// Lets the state go; then, if batches were left pending while it was held and no
     /// subscriber stalls the topic, asks the actor to fan them out. (A stall ends with
-    /// the subscriber's `Resume`, which does the same.)
+    /// the subscriber's room, which does the same.)
     fn release(&self, state: MutexGuard<'_, TopicState>) {
         let stalled = !state.parked.is_empty();
         drop(state);
@@ -549,7 +584,7 @@ struct Group {
 
 /// A part of a batch a `block` subscriber has not taken yet.
 struct Parked {
-    /// The full subscriber; its buffer's space waker sends `Resume`.
+    /// The full subscriber; its buffer's space waker resumes the topic.
     subscriber: Arc<Subscriber>,
     /// The batch (or group share) being fanned out, shared with those who have it.
     batch: Arc<[Delivery]>,
@@ -650,7 +685,7 @@ impl TopicState {
             Box::new(move || {
                 // The incarnation may be gone by now; then there is nothing to resume.
                 if let Some(core) = me.upgrade() {
-                    core.tell(TopicMessage::Resume);
+                    core.room();
                 }
             })
         });
