@@ -6,6 +6,7 @@
 //! conversions cannot fail. The [`ErrorCode`] → gRPC status mapping lives in
 //! [`grpc_code`] and is pinned by a test below together with the wire enum.
 
+use bytes::Bytes;
 use streambus_core::{BusError, DeliveryRun, SubscriptionId};
 use streambus_types::{
     CloseReason, Delivery, ErrorCode, Gap, Headers, Message, OverflowPolicy, SubscriptionOptions, Topic, TopicFilter,
@@ -84,8 +85,13 @@ fn headers_to_wire(headers: &Headers) -> Vec<pb::Header> {
 impl TryFrom<pb::PublishMessage> for Message {
     type Error = BusError;
 
+    /// The payload is copied out of the frame: decoded as it arrives, it is a slice of
+    /// the stream's read buffer, and a message that waits in a topic's backlog or a
+    /// subscriber's buffer would keep that whole buffer (up to a frame's size) alive,
+    /// far beyond the bytes the memory budget counts for it.
     fn try_from(m: pb::PublishMessage) -> Result<Self, BusError> {
-        let mut message = Message::new(Topic::new(&m.topic)?, m.payload).with_headers(headers_from_wire(m.headers));
+        let payload = Bytes::copy_from_slice(&m.payload);
+        let mut message = Message::new(Topic::new(&m.topic)?, payload).with_headers(headers_from_wire(m.headers));
         message.retain = m.retain;
         Ok(message)
     }
@@ -241,9 +247,27 @@ pub fn close_reason_from_wire(value: i32) -> CloseReason {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
+
+    /// A published payload does not keep the frame it came in alive: it is its own copy,
+    /// equal in content.
+    #[test]
+    fn a_published_payload_is_copied_out_of_its_frame() {
+        let frame = Bytes::from(vec![7u8; 4096]);
+        let payload = frame.slice(100..228);
+        let message = Message::try_from(pb::PublishMessage {
+            topic: "t.x".into(),
+            payload: payload.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(message.payload, payload);
+        let within = frame.as_ptr_range();
+        assert!(
+            !within.contains(&message.payload.as_ptr()),
+            "the payload still points into the frame's buffer"
+        );
+    }
 
     /// The one table: each error code's gRPC status, wire enum and HTTP status, pinned.
     #[test]
