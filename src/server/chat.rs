@@ -107,7 +107,7 @@ impl chat::chat_service_server::ChatService for ChatService {
 }
 
 /// A publish, or the session's close, in progress.
-type Pending = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
+type InProgress = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 
 /// One chat stream, as the body of its response: it reads the client's messages and
 /// publishes them on the session's topic, and answers each delivery from that topic.
@@ -134,7 +134,7 @@ pub struct ChatStream {
     topic: Topic,
     /// The publish in progress (at most one: the client's order is the topic's), or,
     /// once reading stopped, the session's close.
-    pending: Option<Pending>,
+    pending: Option<InProgress>,
     /// Messages published and not yet echoed (at most [`CHAT_BUFFER_MESSAGES`]).
     in_flight: usize,
     /// The status to end with after the last echo, if the stream does not end OK.
@@ -162,7 +162,7 @@ impl ChatStream {
             self.status = status;
         }
         let session = self.session.clone();
-        // Boxed once per stream, as every publish is: an open stream holds no room for it.
+        // Boxed, as each publish is: the stream's own state holds no room for either.
         self.pending = Some(Box::pin(async move { session.close().await }));
     }
 }
