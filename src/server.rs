@@ -34,6 +34,7 @@ mod chat;
 mod connect;
 mod outbound;
 mod pump;
+mod quiet;
 mod shutdown;
 
 use std::future::Future;

@@ -165,10 +165,29 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues a frame on the current connection, waiting for one if reconnecting.
+    /// Queues a frame on the current connection at once if it has room; hands the frame
+    /// back otherwise (no connection, a full or closed queue, a closed client).
+    fn try_send(&self, frame: pb::ClientFrame) -> Result<(), pb::ClientFrame> {
+        if self.is_closed() {
+            return Err(frame);
+        }
+        // The watch's lock is held for the `try_send` only, never across an `.await`.
+        match &*self.frames.borrow() {
+            Some(tx) => tx.try_send(frame).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
+            }),
+            None => Err(frame),
+        }
+    }
+
+    /// Queues a frame on the current connection, waiting for room, or for a connection
+    /// if reconnecting.
     pub(super) async fn send(&self, frame: Out) -> Result<(), ClientError> {
+        // Most sends find room: no subscription to the watch, no sender clone.
+        let Err(mut frame) = self.try_send(pb::ClientFrame { frame: Some(frame) }) else {
+            return Ok(());
+        };
         let mut frames = self.frames.subscribe();
-        let mut frame = pb::ClientFrame { frame: Some(frame) };
         loop {
             if self.is_closed() {
                 return Err(ClientError::Closed);
@@ -272,5 +291,31 @@ mod tests {
         assert!(!waiting.is_finished(), "no connection yet: the send waits");
         shared.close();
         assert!(matches!(waiting.await.unwrap(), Err(ClientError::Closed)));
+    }
+
+    /// A send finds room at once or waits for it; either way frames keep their order,
+    /// and a send to a closed client fails.
+    #[tokio::test]
+    async fn sends_wait_for_room_in_order() {
+        let shared = Shared::new(ClientOptions::new("http://127.0.0.1:1"));
+        let (tx, mut rx) = mpsc::channel(1);
+        shared.frames.send_replace(Some(tx));
+        let ping = |nonce| Out::Ping(pb::Ping { nonce });
+        shared.send(ping(1)).await.unwrap();
+        let second = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.send(ping(2)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "the queue is full: the second send waits");
+        let nonce = |f: Option<pb::ClientFrame>| match f.and_then(|f| f.frame) {
+            Some(Out::Ping(p)) => p.nonce,
+            other => panic!("expected a ping, got {other:?}"),
+        };
+        assert_eq!(nonce(rx.recv().await), 1);
+        second.await.unwrap().unwrap();
+        assert_eq!(nonce(rx.recv().await), 2);
+        shared.close();
+        assert!(matches!(shared.send(ping(3)).await, Err(ClientError::Closed)));
     }
 }

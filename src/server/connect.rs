@@ -44,6 +44,7 @@ use tracing::Instrument;
 use super::Context;
 use super::outbound::{Outbound, OutboundStream};
 use super::pump::{self, DeliveryCredits};
+use super::quiet::Signals;
 use crate::auth::Credentials;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
@@ -195,26 +196,29 @@ impl Connection {
         // time; when the timer fires early (frames came meanwhile) it is set again.
         let far_future = Duration::from_secs(86_400 * 365);
         let mut last_frame = Instant::now();
-        let idle_timer = tokio::time::sleep(idle.unwrap_or(far_future));
-        tokio::pin!(idle_timer);
+        // Each signal below is polled again only once one of them woke (see `Signals`):
+        // the loop's task wakes once per frame, and polling them all each time would
+        // take a lock or touch a timer per signal and per frame.
+        let signals = Signals::new();
+        let mut idle_timer = signals.quiet(Box::pin(tokio::time::sleep(idle.unwrap_or(far_future))));
         let out = self.out.clone();
         let context = self.context.clone();
         // Made once for the stream, not once per frame (see `Stopping`). While the server
         // drains, the stream goes on (publishes and subscribes are refused by the bus,
         // deliveries flow); it closes when the bus says everything admitted is buffered.
         let mut closing = pin!(context.closing());
-        let mut kicked = pin!(self.session.close_requested());
+        let mut kicked = signals.quiet(Box::pin(self.session.close_requested()));
         // Also once for the stream: made per frame, each would register with the
         // queue's signal and leave it again, twice a frame.
-        let mut gone = pin!(out.closed());
+        let mut gone = signals.quiet(Box::pin(out.closed()));
         // No timer at all for credentials that do not expire.
         let expires = self.expires;
-        let mut expired = pin!(async move {
+        let mut expired = signals.quiet(Box::pin(async move {
             match expires {
                 Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
-        });
+        }));
         let end = loop {
             let frame = tokio::select! {
                 biased;
@@ -225,7 +229,7 @@ impl Connection {
                 () = &mut idle_timer => {
                     let due = last_frame + idle.unwrap_or(far_future);
                     if due > Instant::now() {
-                        idle_timer.as_mut().reset(due);
+                        idle_timer.get_mut().as_mut().reset(due);
                         continue;
                     }
                     break End::Status(Status::unavailable(format!(

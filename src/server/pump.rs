@@ -23,6 +23,7 @@ use streambus_types::CloseReason;
 use tokio::sync::{Semaphore, watch};
 
 use super::outbound::Outbound;
+use super::quiet::Signals;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
 use pb::server_frame::Frame;
@@ -103,10 +104,13 @@ async fn pump(
     in_hand: &AtomicU64,
 ) {
     let id = subscription.id();
+    // Made once, not once per batch: each would register with the queue's signal and
+    // leave it again (see `Signals`).
+    let mut gone = Signals::new().quiet(Box::pin(out.closed()));
     loop {
         let event = tokio::select! {
             event = subscription.next_batch() => event,
-            () = out.closed() => return,
+            () = &mut gone => return,
         };
         let sent = match event {
             None => return,
