@@ -110,6 +110,10 @@ pub enum ClientError {
     /// The server broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server did not answer in time ([`ClientOptions::ping_timeout`]): no
+    /// `welcome` to a connect, or no frame at all after a ping.
+    #[error("the server did not answer within {0:?}")]
+    Unresponsive(Duration),
 }
 
 /// Delivery flow control of a client's session.
@@ -140,6 +144,11 @@ pub struct ClientOptions {
     pub reconnect_max: Duration,
     /// How often the client pings (keeps the server's idle timeout away).
     pub ping_interval: Duration,
+    /// How long the client waits, after a ping, for any frame from the server before it
+    /// takes the connection for dead (a server gone or black-holed) and reconnects; also
+    /// how long a connect waits for the server's `welcome`. A connection whose reader is
+    /// held back by a full subscription is not judged: the answer may be behind it.
+    pub ping_timeout: Duration,
     /// Whether to reconnect at all after the stream is lost.
     pub reconnect: bool,
     /// Credentials, sent as `authorization` metadata on every connection.
@@ -162,6 +171,7 @@ impl ClientOptions {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(20),
             reconnect: true,
             auth: ClientAuth::None,
             tls: None,
@@ -309,8 +319,9 @@ impl Client {
                 // Room for whole delivery frames in flight (see the server's windows).
                 .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(CLIENT_STREAM_WINDOW_BYTES * 4)
-                .http2_keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(20))
+                // No HTTP/2 keepalive: the SDK's own pings find a dead server (see
+                // `ClientOptions::ping_timeout`), and hyper's keepalive would check its
+                // timer on every poll of every connection.
                 .connect_lazy();
             servers.push((url.to_owned(), channel));
         }

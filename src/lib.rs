@@ -31,6 +31,7 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod proto;
+mod quiet;
 pub mod server;
 pub mod tls;
 

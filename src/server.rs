@@ -34,7 +34,6 @@ mod chat;
 mod connect;
 mod outbound;
 mod pump;
-mod quiet;
 mod shutdown;
 
 use std::future::Future;

@@ -3,6 +3,8 @@
 
 #[path = "common/harness.rs"]
 mod harness;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use futures::StreamExt;
 use harness::{In, TestServer, wait_until, within};
@@ -181,6 +183,63 @@ async fn sdk_reconnects_and_resubscribes() {
         matches!(&next, Some(Event::Delivery(d)) if d.payload == "after"),
         "{next:?}"
     );
+}
+
+/// A server that goes silent without closing the connection (a black hole) is found by
+/// the SDK's pings: no frame within `ping_timeout` of a ping and the client moves to
+/// the next server and resubscribes there. A connect into the black hole gives up after
+/// `ping_timeout` with `Unresponsive` instead of waiting forever.
+#[tokio::test]
+async fn sdk_leaves_a_silent_server() {
+    use std::time::Duration;
+    let server = TestServer::start().await;
+    let proxy = proxy::Proxy::start(server.url().trim_start_matches("http://").parse().unwrap()).await;
+    let via = format!("http://{}", proxy.addr);
+    let mut options = ClientOptions::new(via.clone()).fallback(server.url()).name("pinger");
+    options.ping_interval = Duration::from_millis(200);
+    options.ping_timeout = Duration::from_millis(300);
+    options.reconnect_initial = Duration::from_millis(20);
+    options.reconnect_max = Duration::from_millis(200);
+    let client = Client::connect_with(options.clone()).await.unwrap();
+    let mut sub = client
+        .subscribe("quiet.*", SubscriptionOptions::default())
+        .await
+        .unwrap();
+    // Quiet for several ping intervals: answered pings keep the connection.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(client.reconnects(), 0, "a server that answers its pings is kept");
+
+    proxy.freeze();
+    wait_until(
+        "the client left the silent server and resubscribed directly",
+        || async {
+            // The session behind the proxy stays until the server's own keepalive reaps it.
+            let sessions = server.snapshot().await.sessions;
+            client.reconnects() >= 1
+                && sessions
+                    .iter()
+                    .filter(|s| s.name == "pinger" && s.subscriptions.len() == 1)
+                    .count()
+                    == 2
+        },
+    )
+    .await;
+    client.publish_acked("quiet.after", "direct").await.unwrap();
+    let next = within("delivery after the move", sub.next()).await;
+    assert!(
+        matches!(&next, Some(Event::Delivery(d)) if d.payload == "direct"),
+        "{next:?}"
+    );
+
+    let mut alone = options;
+    alone.fallback_urls.clear();
+    alone.name = "late".into();
+    let started = tokio::time::Instant::now();
+    match within("a connect into the black hole", Client::connect_with(alone)).await {
+        Err(streambus::client::ClientError::Unresponsive(t)) => assert_eq!(t, Duration::from_millis(300)),
+        other => panic!("expected Unresponsive, got {:?}", other.map(|_| ())),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 /// With a list of servers, a client whose server goes away for good reconnects to the

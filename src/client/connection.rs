@@ -11,7 +11,8 @@
 //!
 //! - At most one connection is current; its request queue is the one in
 //!   [`Shared::frames`], and it is replaced only by [`drive`].
-//! - A ping task lives exactly as long as the connection it pings on.
+//! - The ping lives exactly as long as the connection it pings on: it runs beside the
+//!   connection's reader in the driver's task, and either ending ends the connection.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ use tonic::transport::Channel;
 use super::shared::Shared;
 use super::{ClientError, Credit, REQUEST_QUEUE_FRAMES, Welcome, router};
 use crate::proto::streambus::v1 as pb;
+use crate::quiet::Signals;
 use pb::bus_client::BusClient;
 use pb::client_frame::Frame as Out;
 use pb::server_frame::Frame as In;
@@ -54,13 +56,21 @@ pub(super) async fn connect_once(shared: &Arc<Shared>, channel: Channel) -> Resu
     let mut client = BusClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     shared.options.auth.apply(&mut request);
-    let mut responses = client.connect(request).await?.into_inner();
-    let welcome = match responses.message().await? {
-        Some(pb::ServerFrame {
-            frame: Some(In::Welcome(w)),
-        }) => w,
-        other => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
+    // A server that takes the connection and says nothing must not hold the connect
+    // (or a reconnect) forever.
+    let handshake = async {
+        let mut responses = client.connect(request).await?.into_inner();
+        match responses.message().await? {
+            Some(pb::ServerFrame {
+                frame: Some(In::Welcome(w)),
+            }) => Ok((responses, w)),
+            other => Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
+        }
     };
+    let timeout = shared.options.ping_timeout;
+    let (responses, welcome) = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| ClientError::Unresponsive(timeout))??;
     // A new session starts with the whole credit window again.
     shared.consumed.store(0, Ordering::Release);
     let resubscribe = shared
@@ -93,9 +103,14 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, 
     loop {
         if let Some(c) = connection.take() {
             delay = shared.options.reconnect_initial;
-            let pinger = tokio::spawn(ping(shared.clone()));
-            let ended = read(&shared, c.responses).await;
-            pinger.abort();
+            // The ping runs beside the reader in this task, polled only when its timers
+            // wake (see `Signals`), not once per frame read.
+            let signals = Signals::new();
+            let mut pinger = signals.quiet(Box::pin(ping(&shared)));
+            let ended = tokio::select! {
+                ended = read(&shared, c.responses) => ended,
+                dead = &mut pinger => dead,
+            };
             shared.frames.send_replace(None);
             shared.fail_pending();
             if shared.is_closed() || !shared.options.reconnect {
@@ -129,15 +144,24 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, 
 }
 
 /// Pings every `ping_interval` so the server's idle timeout never fires on a quiet
-/// client; ends when the client is closed (the driver aborts it with its connection).
-async fn ping(shared: Arc<Shared>) {
+/// client, and returns once the server sent nothing for `ping_timeout` after a ping
+/// (unless the reader was held back meanwhile). Once the client is closed it only
+/// waits: the reader then sees the stream end.
+async fn ping(shared: &Arc<Shared>) -> ClientError {
+    let timeout = shared.options.ping_timeout;
     let mut interval = tokio::time::interval(shared.options.ping_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
         interval.tick().await;
+        let seen = shared.frames_in.load(Ordering::Relaxed);
         let nonce = shared.next_id();
         if shared.send(Out::Ping(pb::Ping { nonce })).await.is_err() {
-            return;
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(timeout).await;
+        if shared.frames_in.load(Ordering::Relaxed) == seen && !shared.reader_held.load(Ordering::Relaxed) {
+            return ClientError::Unresponsive(timeout);
         }
     }
 }
@@ -151,7 +175,12 @@ async fn read(shared: &Arc<Shared>, mut responses: tonic::Streaming<pb::ServerFr
             Ok(None) => return ClientError::Closed,
             Err(status) => return ClientError::Status(status),
         };
-        if let Err(e) = router::route(shared, frame).await {
+        shared.frames_in.fetch_add(1, Ordering::Relaxed);
+        shared.reader_held.store(true, Ordering::Relaxed);
+        let routed = router::route(shared, frame).await;
+        shared.reader_held.store(false, Ordering::Relaxed);
+        shared.frames_in.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = routed {
             return e;
         }
     }

@@ -44,10 +44,10 @@ use tracing::Instrument;
 use super::Context;
 use super::outbound::{Outbound, OutboundStream};
 use super::pump::{self, DeliveryCredits};
-use super::quiet::Signals;
 use crate::auth::Credentials;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
+use crate::quiet::Signals;
 use pb::client_frame::Frame as In;
 use pb::server_frame::Frame as Out;
 

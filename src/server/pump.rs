@@ -23,9 +23,9 @@ use streambus_types::CloseReason;
 use tokio::sync::{Semaphore, watch};
 
 use super::outbound::Outbound;
-use super::quiet::Signals;
 use crate::convert;
 use crate::proto::streambus::v1 as pb;
+use crate::quiet::Signals;
 use pb::server_frame::Frame;
 
 /// Delivery credits granted by a client: one permit per delivery the server may still
