@@ -3,9 +3,9 @@
 //! A stream's loop waits on its next frame and, beside it, on signals that almost never
 //! fire: the client gone, an operator's close, the idle timer (on the server), the
 //! ping's timer (in the SDK). `select!` polls every one of them each time the loop's
-//! task wakes, which is once per frame, and polling a
-//! waiting `Notify` takes its lock, polling a timer touches its entry: per frame, a few
-//! locks and cold cache lines for nothing. A [`Quiet`] polls its future with the waker
+//! task wakes, which is once per frame, and polling a waiting `Notify` takes its lock,
+//! polling a timer touches its entry: per frame, a few locks and cold cache lines for
+//! nothing. A [`Quiet`] polls its future with the waker
 //! of its [`Signals`] group, and polls it again only once that waker was woken since
 //! its last poll (or the task's waker changed). The members of a group share one wake
 //! counter, so between two wakes a whole group costs one atomic load of one cache line.

@@ -15,7 +15,7 @@
 //!   connection's reader in the driver's task, and either ending ends the connection.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use streambus_types::CloseReason;
@@ -89,6 +89,17 @@ pub(super) async fn connect_once(shared: &Arc<Shared>, channel: Channel) -> Resu
     Ok(Connected { responses })
 }
 
+/// What one connection's reader tells its ping, both in the driver's task.
+#[derive(Default)]
+struct Activity {
+    /// Counted by the reader before and after it hands each frame on, so that the ping
+    /// can tell a silent server.
+    frames: AtomicU64,
+    /// Set while the reader waits to hand a frame on (a full subscription): the server
+    /// may have answered behind it.
+    held: AtomicBool,
+}
+
 /// The delay before the reconnect attempt after one that waited `delay`: doubled, at
 /// most `max`.
 pub(super) fn next_delay(delay: Duration, max: Duration) -> Duration {
@@ -105,10 +116,11 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, 
             delay = shared.options.reconnect_initial;
             // The ping runs beside the reader in this task, polled only when its timers
             // wake (see `Signals`), not once per frame read.
+            let activity = Activity::default();
             let signals = Signals::new();
-            let mut pinger = signals.quiet(Box::pin(ping(&shared)));
+            let mut pinger = signals.quiet(Box::pin(ping(&shared, &activity)));
             let ended = tokio::select! {
-                ended = read(&shared, c.responses) => ended,
+                ended = read(&shared, c.responses, &activity) => ended,
                 dead = &mut pinger => dead,
             };
             shared.frames.send_replace(None);
@@ -147,27 +159,31 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, 
 /// client, and returns once the server sent nothing for `ping_timeout` after a ping
 /// (unless the reader was held back meanwhile). Once the client is closed it only
 /// waits: the reader then sees the stream end.
-async fn ping(shared: &Arc<Shared>) -> ClientError {
+async fn ping(shared: &Arc<Shared>, activity: &Activity) -> ClientError {
     let timeout = shared.options.ping_timeout;
     let mut interval = tokio::time::interval(shared.options.ping_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
         interval.tick().await;
-        let seen = shared.frames_in.load(Ordering::Relaxed);
+        let seen = activity.frames.load(Ordering::Relaxed);
         let nonce = shared.next_id();
         if shared.send(Out::Ping(pb::Ping { nonce })).await.is_err() {
             return std::future::pending().await;
         }
         tokio::time::sleep(timeout).await;
-        if shared.frames_in.load(Ordering::Relaxed) == seen && !shared.reader_held.load(Ordering::Relaxed) {
+        if activity.frames.load(Ordering::Relaxed) == seen && !activity.held.load(Ordering::Relaxed) {
             return ClientError::Unresponsive(timeout);
         }
     }
 }
 
 /// Reads one connection's server frames until it ends; returns why it ended.
-async fn read(shared: &Arc<Shared>, mut responses: tonic::Streaming<pb::ServerFrame>) -> ClientError {
+async fn read(
+    shared: &Arc<Shared>,
+    mut responses: tonic::Streaming<pb::ServerFrame>,
+    activity: &Activity,
+) -> ClientError {
     loop {
         let frame = match responses.message().await {
             Ok(Some(pb::ServerFrame { frame: Some(frame) })) => frame,
@@ -175,11 +191,11 @@ async fn read(shared: &Arc<Shared>, mut responses: tonic::Streaming<pb::ServerFr
             Ok(None) => return ClientError::Closed,
             Err(status) => return ClientError::Status(status),
         };
-        shared.frames_in.fetch_add(1, Ordering::Relaxed);
-        shared.reader_held.store(true, Ordering::Relaxed);
+        activity.frames.fetch_add(1, Ordering::Relaxed);
+        activity.held.store(true, Ordering::Relaxed);
         let routed = router::route(shared, frame).await;
-        shared.reader_held.store(false, Ordering::Relaxed);
-        shared.frames_in.fetch_add(1, Ordering::Relaxed);
+        activity.held.store(false, Ordering::Relaxed);
+        activity.frames.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = routed {
             return e;
         }

@@ -125,12 +125,6 @@ pub(super) struct Shared {
     pub(super) refused: AtomicU64,
     /// Successful reconnects.
     pub(super) reconnects: AtomicU64,
-    /// Frames read from the server on any connection, counted by the reader (before and
-    /// after it hands each one on), so that the ping can tell a silent server.
-    pub(super) frames_in: AtomicU64,
-    /// Set while the reader waits to hand a frame on (a full subscription): the server
-    /// may have answered behind it.
-    pub(super) reader_held: AtomicBool,
 }
 
 impl Shared {
@@ -146,8 +140,6 @@ impl Shared {
             consumed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
-            frames_in: AtomicU64::new(0),
-            reader_held: AtomicBool::new(false),
         })
     }
 
