@@ -37,6 +37,8 @@
 //! - this module: the public API ([`Client`], [`ClientOptions`], [`ClientError`]);
 //! - `shared`: what the client's clones, subscriptions and tasks share (the current
 //!   request queue, pending requests, live subscriptions);
+//! - `call`: the `Connect` call on the client's own HTTP/2 connection (connect, TLS,
+//!   gRPC framing);
 //! - `connection`: the connection and reconnect loop (hello, welcome, resubscribe,
 //!   backoff, pings);
 //! - `router`: each server frame to what it answers, one function per frame kind;
@@ -45,11 +47,13 @@
 //!
 //! # Invariants
 //!
-//! - One driver task per client owns the connection attempts; one reader task per
+//! - One driver task per client owns the connection attempts and runs each connection:
+//!   its socket, the writer of queued frames, and the ping; one reader task per
 //!   connection routes server frames to the pending request, ack, or subscription.
 //! - Every pending request is answered exactly once: by its reply frame, or with
 //!   `Disconnected` when its connection is lost.
 
+mod call;
 mod connection;
 mod publish;
 mod router;
@@ -110,6 +114,17 @@ pub enum ClientError {
     /// The server broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A server URL the client cannot use.
+    #[error("invalid server URL {url}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The connection to the server failed or broke (TCP, TLS or HTTP/2).
+    #[error("transport: {0}")]
+    Transport(String),
     /// The server did not answer in time ([`ClientOptions::ping_timeout`]): no
     /// `welcome` to a connect, or no frame at all after a ping.
     #[error("the server did not answer within {0:?}")]
@@ -310,33 +325,23 @@ impl Client {
     /// Connects; fails if the first connection cannot be made.
     pub async fn connect_with(options: ClientOptions) -> Result<Client, ClientError> {
         let shared = Shared::new(options);
-        let mut servers = Vec::new();
-        for url in shared.options.urls() {
-            let channel = shared
-                .options
-                .endpoint_for(url)?
-                .tcp_nodelay(true)
-                // Room for whole delivery frames in flight (see the server's windows).
-                .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(CLIENT_STREAM_WINDOW_BYTES * 4)
-                // No HTTP/2 keepalive: the SDK's own pings find a dead server (see
-                // `ClientOptions::ping_timeout`), and hyper's keepalive would check its
-                // timer on every poll of every connection.
-                .connect_lazy();
-            servers.push((url.to_owned(), channel));
-        }
+        let servers = shared
+            .options
+            .urls()
+            .map(|url| call::Endpoint::new(url, &shared.options))
+            .collect::<Result<Vec<_>, _>>()?;
         // The first server that answers; the error of the last one otherwise.
         let mut first = Err(ClientError::Disconnected);
         let mut current = 0;
-        for (i, (url, channel)) in servers.iter().enumerate() {
-            first = connection::connect_once(&shared, channel.clone()).await;
+        for (i, endpoint) in servers.iter().enumerate() {
+            first = connection::connect_once(&shared, endpoint).await;
             match &first {
                 Ok(_) => {
                     current = i;
                     break;
                 }
                 Err(ClientError::Closed) => break,
-                Err(e) => tracing::debug!(%url, error = %e, "server did not answer; trying the next"),
+                Err(e) => tracing::debug!(url = %endpoint.url, error = %e, "server did not answer; trying the next"),
             }
         }
         let first = first?;

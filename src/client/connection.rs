@@ -1,46 +1,52 @@
 //! The connection and reconnect loop: one `Connect` stream at a time, re-established
 //! with exponential backoff when it is lost.
 //!
-//! [`connect_once`] opens a stream, says `hello`, waits for `welcome`, resubscribes
-//! every live subscription, and only then publishes the new request queue, so nothing
-//! the application sends can overtake the resubscribes. [`drive`] (one task per client)
-//! reads each connection until it ends, fails what was pending on it, and reconnects
-//! unless the client was closed or asked not to.
+//! [`connect_once`] opens a call (see [`super::call`]), says `hello`, waits for
+//! `welcome`, resubscribes every live subscription, and only then publishes the new
+//! request queue, so nothing the application sends can overtake the resubscribes.
+//! [`drive`] (one task per client) runs each connection until it ends (its HTTP/2
+//! connection, the writer and the ping in that task, the reader in one of its own),
+//! fails what was pending on it, and reconnects unless the client was closed or asked
+//! not to.
 //!
 //! # Invariants
 //!
 //! - At most one connection is current; its request queue is the one in
 //!   [`Shared::frames`], and it is replaced only by [`drive`].
-//! - The ping lives exactly as long as the connection it pings on: it runs beside the
-//!   connection's reader in the driver's task, and either ending ends the connection.
+//! - The ping and the reader live exactly as long as the connection: either ending
+//!   ends it, and the driver then aborts the reader's task. The writer and the HTTP/2
+//!   connection never end it themselves, so what the server sent before a broken socket
+//!   is still routed, and the reader then reports why the call ended.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use streambus_types::CloseReason;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
+use super::call::{self, Call, Endpoint, Reader};
 use super::shared::Shared;
 use super::{ClientError, Credit, REQUEST_QUEUE_FRAMES, Welcome, router};
 use crate::proto::streambus::v1 as pb;
 use crate::quiet::Signals;
-use pb::bus_client::BusClient;
 use pb::client_frame::Frame as Out;
-use pb::server_frame::Frame as In;
 
-/// An established connection: its response stream, ready to be read.
+/// An established connection: its call, with `welcome` read and the resubscribes
+/// queued, and the request queue the client's senders now fill.
 pub(super) struct Connected {
-    /// The server's frames, after `welcome`.
-    responses: tonic::Streaming<pb::ServerFrame>,
+    /// The `Connect` call and its HTTP/2 connection.
+    call: Call,
+    /// The request queue's receiving end (capacity [`REQUEST_QUEUE_FRAMES`]); its
+    /// sender is the one in [`Shared::frames`]. Dropping every sender ends the request
+    /// stream.
+    queue: mpsc::Receiver<pb::ClientFrame>,
 }
 
-/// Opens the stream, says hello, waits for welcome, resubscribes, and publishes the
+/// Opens the call, says hello, waits for welcome, resubscribes, and publishes the
 /// request queue for senders.
-pub(super) async fn connect_once(shared: &Arc<Shared>, channel: Channel) -> Result<Connected, ClientError> {
-    let (tx, rx) = mpsc::channel(REQUEST_QUEUE_FRAMES);
+pub(super) async fn connect_once(shared: &Arc<Shared>, endpoint: &Endpoint) -> Result<Connected, ClientError> {
     let initial_credit = match shared.options.credit {
         Credit::Unlimited => None,
         Credit::Window(n) | Credit::Manual(n) => Some(n),
@@ -52,44 +58,33 @@ pub(super) async fn connect_once(shared: &Arc<Shared>, channel: Channel) -> Resu
             ..Default::default()
         })),
     };
-    tx.send(hello).await.map_err(|_| ClientError::Closed)?;
-    let mut client = BusClient::new(channel).max_decoding_message_size(usize::MAX);
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    shared.options.auth.apply(&mut request);
     // A server that takes the connection and says nothing must not hold the connect
     // (or a reconnect) forever.
-    let handshake = async {
-        let mut responses = client.connect(request).await?.into_inner();
-        match responses.message().await? {
-            Some(pb::ServerFrame {
-                frame: Some(In::Welcome(w)),
-            }) => Ok((responses, w)),
-            other => Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
-        }
-    };
     let timeout = shared.options.ping_timeout;
-    let (responses, welcome) = tokio::time::timeout(timeout, handshake)
+    let (mut call, welcome) = tokio::time::timeout(timeout, endpoint.open(&hello))
         .await
         .map_err(|_| ClientError::Unresponsive(timeout))??;
     // A new session starts with the whole credit window again.
     shared.consumed.store(0, Ordering::Release);
-    let resubscribe = shared
+    let resubscribe: Vec<_> = shared
         .state()
-        .begin_connection(Welcome::from_wire(&welcome), || shared.next_id());
-    for request in resubscribe {
-        let frame = pb::ClientFrame {
+        .begin_connection(Welcome::from_wire(&welcome), || shared.next_id())
+        .into_iter()
+        .map(|request| pb::ClientFrame {
             frame: Some(Out::Subscribe(request)),
-        };
-        tx.send(frame).await.map_err(|_| ClientError::Disconnected)?;
-    }
+        })
+        .collect();
+    // Written before the queue opens, so nothing the application sends overtakes them.
+    call::send_now(&mut call.send, &resubscribe)?;
     if shared.is_closed() {
         return Err(ClientError::Closed);
     }
+    let (tx, queue) = mpsc::channel(REQUEST_QUEUE_FRAMES);
     shared.frames.send_replace(Some(tx));
-    Ok(Connected { responses })
+    Ok(Connected { call, queue })
 }
 
-/// What one connection's reader tells its ping, both in the driver's task.
+/// What one connection's reader (its own task) tells its ping (in the driver's task).
 #[derive(Default)]
 struct Activity {
     /// Counted by the reader before and after it hands each frame on, so that the ping
@@ -108,21 +103,48 @@ pub(super) fn next_delay(delay: Duration, max: Duration) -> Duration {
 
 /// The driver: reads each connection until it ends, then reconnects with backoff,
 /// trying `servers` in turn from the one after `current` (the one just lost last).
-pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, mut current: usize, first: Connected) {
+pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut current: usize, first: Connected) {
     let mut connection = Some(first);
     let mut delay = shared.options.reconnect_initial;
     loop {
-        if let Some(c) = connection.take() {
+        if let Some(Connected { call, mut queue }) = connection.take() {
             delay = shared.options.reconnect_initial;
-            // The ping runs beside the reader in this task, polled only when its timers
-            // wake (see `Signals`), not once per frame read.
-            let activity = Activity::default();
+            let Call {
+                mut link,
+                requests: _requests,
+                mut send,
+                reader,
+            } = call;
+            // The reader routes in a task of its own: a subscriber that takes a heavy
+            // stream gets the socket read and its frames routed on two cores at once.
+            let activity = Arc::new(Activity::default());
+            let mut reading = tokio::spawn(read(shared.clone(), reader, activity.clone()));
+            // The ping runs in this task, polled only when its timers wake (see
+            // `Signals`), not once per frame.
             let signals = Signals::new();
             let mut pinger = signals.quiet(Box::pin(ping(&shared, &activity)));
+            // The writer first, then the connection: a frame a publisher queued is
+            // encoded and written to the socket in the same poll. Only the reader (or
+            // the ping) ends the connection: what the server sent before the socket
+            // closed is still read and routed, and the reader then sees why it ended.
+            let write = async {
+                let failed = call::write(&mut send, &mut queue).await;
+                tracing::debug!(error = %failed, "request stream failed");
+                std::future::pending::<Infallible>().await
+            };
+            let link = async {
+                let closed = (&mut link).await;
+                tracing::debug!(error = %call::link_ended(closed), "connection ended");
+                std::future::pending::<Infallible>().await
+            };
             let ended = tokio::select! {
-                ended = read(&shared, c.responses, &activity) => ended,
+                biased;
+                never = write => match never {},
+                never = link => match never {},
+                ended = &mut reading => ended.unwrap_or_else(|e| ClientError::Protocol(format!("the reader failed: {e}"))),
                 dead = &mut pinger => dead,
             };
+            reading.abort();
             shared.frames.send_replace(None);
             shared.fail_pending();
             if shared.is_closed() || !shared.options.reconnect {
@@ -131,7 +153,7 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, 
                 shared.close_subscriptions(CloseReason::SessionClosed);
                 return;
             }
-            tracing::warn!(error = %ended, url = %servers[current].0, "connection lost; reconnecting");
+            tracing::warn!(error = %ended, url = %servers[current].url, "connection lost; reconnecting");
         }
         tokio::time::sleep(delay).await;
         // A full round of the list before the delay grows.
@@ -139,8 +161,9 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<(String, Channel)>, 
         if current == 0 || servers.len() == 1 {
             delay = next_delay(delay, shared.options.reconnect_max);
         }
-        let (url, channel) = &servers[current];
-        match connect_once(&shared, channel.clone()).await {
+        let endpoint = &servers[current];
+        let url = &endpoint.url;
+        match connect_once(&shared, endpoint).await {
             Ok(c) => {
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%url, "reconnected");
@@ -179,21 +202,17 @@ async fn ping(shared: &Arc<Shared>, activity: &Activity) -> ClientError {
 }
 
 /// Reads one connection's server frames until it ends; returns why it ended.
-async fn read(
-    shared: &Arc<Shared>,
-    mut responses: tonic::Streaming<pb::ServerFrame>,
-    activity: &Activity,
-) -> ClientError {
+async fn read(shared: Arc<Shared>, mut reader: Reader, activity: Arc<Activity>) -> ClientError {
     loop {
-        let frame = match responses.message().await {
+        let frame = match reader.message().await {
             Ok(Some(pb::ServerFrame { frame: Some(frame) })) => frame,
             Ok(Some(_)) => continue,
             Ok(None) => return ClientError::Closed,
-            Err(status) => return ClientError::Status(status),
+            Err(e) => return e,
         };
         activity.frames.fetch_add(1, Ordering::Relaxed);
         activity.held.store(true, Ordering::Relaxed);
-        let routed = router::route(shared, frame).await;
+        let routed = router::route(&shared, frame).await;
         activity.held.store(false, Ordering::Relaxed);
         activity.frames.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = routed {

@@ -4,6 +4,9 @@
 use std::path::Path;
 
 use base64::Engine;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -36,17 +39,21 @@ impl std::fmt::Debug for ClientAuth {
 }
 
 impl ClientAuth {
-    /// The `authorization` metadata value, if any.
-    pub fn header(&self) -> Option<MetadataValue<tonic::metadata::Ascii>> {
-        let text = match self {
-            ClientAuth::None => return None,
-            ClientAuth::Token(token) => format!("Bearer {token}"),
-            ClientAuth::Basic { user, password } => format!(
+    /// The `authorization` header's text, if any.
+    pub(super) fn header_text(&self) -> Option<String> {
+        match self {
+            ClientAuth::None => None,
+            ClientAuth::Token(token) => Some(format!("Bearer {token}")),
+            ClientAuth::Basic { user, password } => Some(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            ),
-        };
-        let mut value: MetadataValue<tonic::metadata::Ascii> = text.parse().ok()?;
+            )),
+        }
+    }
+
+    /// The `authorization` metadata value, if any.
+    pub fn header(&self) -> Option<MetadataValue<tonic::metadata::Ascii>> {
+        let mut value: MetadataValue<tonic::metadata::Ascii> = self.header_text()?.parse().ok()?;
         value.set_sensitive(true);
         Some(value)
     }
@@ -101,6 +108,38 @@ impl ClientTls {
             identity,
             domain: None,
         })
+    }
+
+    /// The rustls configuration of the SDK's own connections: these CA certificates as
+    /// the only roots, the client certificate if any, and HTTP/2 by ALPN.
+    pub(super) fn rustls_config(&self) -> Result<ClientConfig, String> {
+        let provider = crate::tls::install_crypto_provider();
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            let cert = cert.map_err(|e| format!("CA certificate: {e}"))?;
+            roots.add(cert).map_err(|e| format!("CA certificate: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("no CA certificate in the TLS settings".into());
+        }
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let mut config = match &self.identity {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate: {e}"))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
     }
 
     /// Applies these settings to an endpoint (an `https://` URL).
