@@ -79,9 +79,10 @@ pub fn max_frame_bytes(limits: &LimitsConfig) -> usize {
 ///   batch would take 16 WINDOW_UPDATE round trips. The window is also what a stream may
 ///   buffer while its reader is held back, so it stays one frame.
 /// - HTTP/2 keepalive pings (`grpc.keepalive_interval_ms`, `grpc.keepalive_timeout_ms`)
-///   find dead peers, whose sessions are then closed.
+///   find dead peers, whose sessions are then closed, when `grpc.http2_keepalive` is
+///   on (off by default; see there).
 pub fn http2_settings(server: Server, config: &BusConfig) -> Server {
-    let keepalive = |ms: u64| Some(Duration::from_millis(ms));
+    let keepalive = |ms: u64| config.grpc.http2_keepalive.then(|| Duration::from_millis(ms));
     let stream_window = u32::try_from(max_frame_bytes(&config.limits)).unwrap_or(u32::MAX);
     server
         .initial_stream_window_size(stream_window)

@@ -254,6 +254,7 @@ async fn black_holed_clients_are_reaped() {
 
     let mut config = BusConfig::default();
     config.grpc.write_deadline_ms = 500;
+    config.grpc.http2_keepalive = true;
     config.grpc.keepalive_interval_ms = 300;
     config.grpc.keepalive_timeout_ms = 300;
     let server = TestServer::start_with(config).await;
