@@ -551,8 +551,10 @@ async fn subscribe(
                 g.last_sequence
             ),
             Some(Event::Closed(reason)) => {
-                eprintln!("subscription closed: {}", reason.as_str());
-                break;
+                // Not the user's doing (a count reached, Ctrl-C): a failure, so a script
+                // or supervisor running `sub` sees it.
+                client.close();
+                anyhow::bail!("subscription closed: {}", reason.as_str());
             }
             None => break,
         }

@@ -76,6 +76,29 @@ fn serve_pub_sub_chat() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `sub` whose server dies says why on stderr and exits with a failure.
+#[test]
+fn sub_says_why_its_server_went_away() {
+    let served = Served::start(&["--grpc-addr", "127.0.0.1:0"], &[]);
+    let mut sub = Command::new(BIN)
+        .args(["sub", "lamp.>", "--url", &served.url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sub_err = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    sub_err.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed"), "{line:?}");
+    served.kill();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut sub_err, &mut rest).unwrap();
+    let status = sub.wait().unwrap();
+    assert!(!status.success(), "{rest}");
+    assert!(rest.contains("connection lost; not reconnecting"), "{rest}");
+    assert!(rest.contains("error: subscription closed: session_closed"), "{rest}");
+}
+
 /// A bad configuration is refused at start with the field named, and nothing listens.
 #[test]
 fn bad_config_names_the_field() {

@@ -148,6 +148,11 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
             shared.frames.send_replace(None);
             shared.fail_pending();
             if shared.is_closed() || !shared.options.reconnect {
+                if !shared.is_closed() {
+                    // The application did not end it: say why, its subscriptions only
+                    // see the session close.
+                    tracing::warn!(error = %ended, url = %servers[current].url, "connection lost; not reconnecting");
+                }
                 // No connection will come: whatever waits to send fails now.
                 shared.close();
                 shared.close_subscriptions(CloseReason::SessionClosed);
