@@ -210,7 +210,18 @@ async fn sdk_leaves_a_silent_server() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(client.reconnects(), 0, "a server that answers its pings is kept");
 
+    // Behind the same proxy, without a server to fail over to: closed once the proxy
+    // is silent, it must not wait for the server's end of the call forever.
+    let mut held_options = options.clone();
+    held_options.fallback_urls.clear();
+    held_options.name = "held".into();
+    let held = Client::connect_with(held_options).await.unwrap();
+    let mut held_sub = held.subscribe("quiet.*", SubscriptionOptions::default()).await.unwrap();
+
     proxy.freeze();
+    held.close();
+    let ended = within("a closed client to let go of a silent server", held_sub.next()).await;
+    assert!(matches!(ended, None | Some(Event::Closed(_))), "{ended:?}");
     wait_until(
         "the client left the silent server and resubscribed directly",
         || async {

@@ -185,8 +185,9 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
 
 /// Pings every `ping_interval` so the server's idle timeout never fires on a quiet
 /// client, and returns once the server sent nothing for `ping_timeout` after a ping
-/// (unless the reader was held back meanwhile). Once the client is closed it only
-/// waits: the reader then sees the stream end.
+/// (unless the reader was held back meanwhile). Once the client is closed it sends no
+/// more pings but keeps judging: a server that ends the call after the close is
+/// waited for as long as it sends anything, a silent one is let go.
 async fn ping(shared: &Arc<Shared>, activity: &Activity) -> ClientError {
     let timeout = shared.options.ping_timeout;
     let mut interval = tokio::time::interval(shared.options.ping_interval);
@@ -195,9 +196,10 @@ async fn ping(shared: &Arc<Shared>, activity: &Activity) -> ClientError {
     loop {
         interval.tick().await;
         let seen = activity.frames.load(Ordering::Relaxed);
-        let nonce = shared.next_id();
-        if shared.send(Out::Ping(pb::Ping { nonce })).await.is_err() {
-            return std::future::pending().await;
+        if !shared.is_closed() {
+            let nonce = shared.next_id();
+            // Fails only once the client is closed; judged below as any other round.
+            let _ = shared.send(Out::Ping(pb::Ping { nonce })).await;
         }
         tokio::time::sleep(timeout).await;
         if activity.frames.load(Ordering::Relaxed) == seen && !activity.held.load(Ordering::Relaxed) {
