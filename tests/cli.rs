@@ -7,7 +7,7 @@ mod harness;
 mod served;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 use served::{BIN, Served};
 use streambus::client::{Client, ClientOptions};
@@ -20,6 +20,23 @@ fn run(args: &[&str], url: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// Starts `args` (a `sub`) against `url` and returns once it says it is subscribed, with
+/// the rest of its stderr.
+fn subscribed(args: &[&str], url: &str, stdout: Stdio) -> (Child, BufReader<ChildStderr>) {
+    let mut sub = Command::new(BIN)
+        .args(args)
+        .args(["--url", url])
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed"), "{line:?}");
+    (sub, stderr)
 }
 
 /// The config file and environment overrides reach the server (seen in `welcome`), and
@@ -45,17 +62,8 @@ fn serve_pub_sub_chat() {
     assert_eq!(welcome.max_batch_messages, 7, "from the file");
     assert_eq!(welcome.max_message_bytes, 4096, "the environment overrides the file");
 
-    let mut sub = Command::new(BIN)
-        .args(["sub", "sensors.>", "--count", "3", "--url", &served.url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // `sub` reports on stderr once subscribed; publish only then.
-    let mut sub_err = BufReader::new(sub.stderr.take().unwrap());
-    let mut line = String::new();
-    sub_err.read_line(&mut line).unwrap();
-    assert!(line.contains("subscribed"), "{line:?}");
+    let (mut sub, _) = subscribed(&["sub", "sensors.>", "--count", "3"], &served.url, Stdio::piped());
     let published = run(&["pub", "sensors.dev1.temp", "21.5", "--count", "3"], &served.url);
     assert_eq!(published.trim(), "published 3 message(s) to sensors.dev1.temp");
     let mut received = String::new();
@@ -80,16 +88,7 @@ fn serve_pub_sub_chat() {
 #[test]
 fn sub_says_why_its_server_went_away() {
     let served = Served::start(&["--grpc-addr", "127.0.0.1:0"], &[]);
-    let mut sub = Command::new(BIN)
-        .args(["sub", "lamp.>", "--url", &served.url])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sub_err = BufReader::new(sub.stderr.take().unwrap());
-    let mut line = String::new();
-    sub_err.read_line(&mut line).unwrap();
-    assert!(line.contains("subscribed"), "{line:?}");
+    let (mut sub, mut sub_err) = subscribed(&["sub", "lamp.>"], &served.url, Stdio::null());
     served.kill();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut sub_err, &mut rest).unwrap();

@@ -200,9 +200,7 @@ impl Endpoint {
         let start = async {
             let mut requests = requests.ready().await.map_err(transport)?;
             let (response, mut send) = requests.send_request(request, false).map_err(transport)?;
-            let mut out = BytesMut::new();
-            encode(hello, &mut out);
-            send.send_data(out.freeze(), false).map_err(transport)?;
+            send_now(&mut send, std::slice::from_ref(hello))?;
             let response = response.await.map_err(transport)?;
             // A refusal before any message (bad credentials) is a trailers-only response.
             if let Some(status) = status_of(response.headers())
@@ -221,9 +219,17 @@ impl Endpoint {
                 other => Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
             }
         };
+        let mut start = std::pin::pin!(start);
         let (requests, send, reader, welcome) = tokio::select! {
-            started = start => started?,
-            ended = &mut link => return Err(link_ended(ended)),
+            started = &mut start => started?,
+            ended = &mut link => {
+                // What arrived before the close is buffered: a refusal the server sent
+                // just before closing is the better reason, and it takes no more I/O.
+                if let Some(Err(refused)) = futures::FutureExt::now_or_never(start.as_mut()) {
+                    return Err(refused);
+                }
+                return Err(link_ended(ended));
+            }
         };
         let call = Call {
             link,
@@ -262,8 +268,9 @@ fn encode(frame: &pb::ClientFrame, out: &mut BytesMut) {
     frame.encode_raw(out);
 }
 
-/// Queues `frames` on the request stream at once (the resubscribes of a new call,
-/// before the request queue opens; as many as the client has subscriptions).
+/// Queues `frames` on the request stream at once (a new call's `hello`, and its
+/// resubscribes before the request queue opens: as many as the client has
+/// subscriptions).
 pub(super) fn send_now(send: &mut SendStream<Bytes>, frames: &[pb::ClientFrame]) -> Result<(), ClientError> {
     let mut out = BytesMut::new();
     for frame in frames {
