@@ -7,7 +7,11 @@
 #
 #   bash crates/streambus-bench/devices.sh                       # 100, 1k, 10k devices, 10 s runs
 #   bash crates/streambus-bench/devices.sh --duration 5 --sweep "1000 10000"
+#   bash crates/streambus-bench/devices.sh --total 20000 --sweep "100 10000"   # same load, more devices
 #
+# `--total R` shares R msgs/s among however many devices a run has (R/N each), so the
+# sweep changes only the number of streams: the server's CPU per message at 100 and at
+# 10,000 devices then measures what a stream costs, not how busy the server is.
 # Results: target/devices/results.jsonl and the table printed at the end. Ports are
 # below the ephemeral range: with thousands of connections a client socket may hold
 # any port in it.
@@ -18,11 +22,13 @@ cd "$root"
 duration=10
 sweep="100 1000 10000"
 rate=10
+total=
 while [ $# -gt 0 ]; do
   case $1 in
     --duration) duration=$2; shift 2 ;;
     --sweep) sweep=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
+    --total) total=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -41,6 +47,9 @@ bench=target/release/streambus-bench
 trap stop EXIT
 
 for n in $sweep; do
+  if [ -n "$total" ]; then
+    rate=$(python3 -c 'import sys; print(float(sys.argv[1]) / int(sys.argv[2]))' "$total" "$n")
+  fi
   for _ in 1 2; do
     for server in streambus nats; do
       case $server in

@@ -1,6 +1,10 @@
 //! The article's workload: N connections, each one `BidirectionalChat` stream, closed
 //! loop with `window` messages in flight; every echo is timed from its send.
 //!
+//! With a `rate`, each stream also waits for its turn: the streams share the rate
+//! evenly, their turns spread over one period, so the same load can be offered by 100
+//! streams or by 10,000 and the server's cost per echo compared between the two.
+//!
 //! The send time travels in the message: the first 20 characters of the content are the
 //! nanoseconds since the run started, the rest is padding up to `size` bytes.
 
@@ -34,6 +38,9 @@ pub struct EchoOptions {
     pub duration: Duration,
     /// Messages in flight per stream.
     pub window: usize,
+    /// Echoes per second across all streams, paced; `None` sends as fast as the echoes
+    /// come back.
+    pub rate: Option<f64>,
     /// The server's pid, to measure the CPU it spends on the streams (from the first
     /// stream opening to the last echo: the connections' set-up is left out).
     pub server_pid: Option<u32>,
@@ -55,6 +62,14 @@ impl EchoOptions {
         }
         if self.duration.is_zero() {
             return Err("--duration must be positive".into());
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0) {
+                return Err("--rate must be between 0 and 10000000 messages per second".into());
+            }
+            if self.window != 1 {
+                return Err("--rate paces one message in flight per stream: leave --window at 1".into());
+            }
         }
         Ok(())
     }
@@ -99,7 +114,11 @@ pub async fn run(options: &EchoOptions) -> anyhow::Result<EchoRun> {
     let deadline = start + options.duration;
     let tasks: Vec<_> = clients
         .into_iter()
-        .map(|client| tokio::spawn(stream(client, start, deadline, options.size, options.window)))
+        .enumerate()
+        .map(|(i, client)| {
+            let pace = options.rate.map(|rate| pace(rate, options.conns, i));
+            tokio::spawn(stream(client, start, deadline, options.size, options.window, pace))
+        })
         .collect();
     let mut latencies = Latencies::new();
     let mut errors = Vec::new();
@@ -119,20 +138,38 @@ pub async fn run(options: &EchoOptions) -> anyhow::Result<EchoRun> {
     })
 }
 
-/// One stream: keeps `window` messages in flight until `deadline`, then drains.
+/// Stream `i` of `conns` sharing `rate` echoes per second: its period, and its first
+/// turn's offset within that period (the streams' turns spread evenly over it).
+fn pace(rate: f64, conns: usize, i: usize) -> (Duration, Duration) {
+    let period = Duration::from_secs_f64(conns as f64 / rate);
+    (period, period.mul_f64(i as f64 / conns as f64))
+}
+
+/// One stream: keeps `window` messages in flight until `deadline`, then drains. With a
+/// `pace` (period, first offset), each send also waits for the stream's next turn; a
+/// late echo delays the turns after it rather than bunching them.
 async fn stream(
     mut client: ChatServiceClient<tonic::transport::Channel>,
     start: Instant,
     deadline: Instant,
     size: usize,
     window: usize,
+    pace: Option<(Duration, Duration)>,
 ) -> anyhow::Result<Latencies> {
+    let mut turns = pace.map(|(period, offset)| {
+        let mut turns = tokio::time::interval_at(start + offset, period);
+        turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        turns
+    });
     let (tx, rx) = mpsc::channel(window);
     let message = |start: Instant| Message {
         content: stamped(start.elapsed().as_nanos(), size),
         timestamp: 0,
     };
     for _ in 0..window {
+        if let Some(turns) = &mut turns {
+            turns.tick().await;
+        }
         tx.send(message(start)).await?;
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
@@ -157,6 +194,14 @@ async fn stream(
         if Instant::now() >= deadline {
             // Dropping the sender ends the request stream; the rest drains.
             tx = None;
+        }
+        if let Some(turns) = &mut turns
+            && tx.is_some()
+        {
+            turns.tick().await;
+            if Instant::now() >= deadline {
+                tx = None;
+            }
         }
         if let Some(tx) = &tx {
             tx.send(message(start)).await?;
@@ -189,8 +234,37 @@ mod tests {
             duration: Duration::from_secs(1),
             server_pid: None,
             window: 1,
+            rate: None,
         };
         assert!(ok.validate().is_ok());
+        assert!(
+            EchoOptions {
+                rate: Some(1000.0),
+                ..ok.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                EchoOptions {
+                    rate: Some(rate),
+                    ..ok.clone()
+                }
+                .validate()
+                .is_err(),
+                "{rate}"
+            );
+        }
+        assert!(
+            EchoOptions {
+                rate: Some(1000.0),
+                window: 2,
+                ..ok.clone()
+            }
+            .validate()
+            .is_err()
+        );
         assert!(EchoOptions { conns: 0, ..ok.clone() }.validate().is_err());
         assert!(
             EchoOptions {
@@ -232,6 +306,7 @@ mod tests {
                 size: 64,
                 duration: Duration::from_millis(200),
                 window: 4,
+                rate: None,
                 // This process serves them all.
                 server_pid: Some(std::process::id()),
             };
@@ -243,6 +318,43 @@ mod tests {
             );
             assert!(run.latencies.len() >= 12, "every stream answers its window at least");
         }
+        server.shutdown().await.unwrap();
+    }
+
+    /// The streams share the rate: each stream's period, and first turns spread over it.
+    #[test]
+    fn pace_shares_the_rate() {
+        assert_eq!(pace(20_000.0, 10_000, 0), (Duration::from_millis(500), Duration::ZERO));
+        assert_eq!(
+            pace(20_000.0, 10_000, 5_000),
+            (Duration::from_millis(500), Duration::from_millis(250))
+        );
+        assert_eq!(pace(100.0, 1, 0).0, Duration::from_millis(10));
+    }
+
+    /// A paced run sends at its rate, not as fast as the echoes come back: 4 streams
+    /// sharing 40 echoes a second answer a handful each in half a second, where an
+    /// unpaced run answers thousands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_paces_the_streams() {
+        let bus = streambus::Bus::start(streambus::BusConfig::default()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = streambus::server::start(bus, listener);
+        let options = EchoOptions {
+            url: server.url(),
+            conns: 4,
+            size: 64,
+            duration: Duration::from_millis(500),
+            window: 1,
+            rate: Some(40.0),
+            server_pid: None,
+        };
+        let run = run(&options).await.unwrap();
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+        // Every stream's turns are 100 ms apart: at most 6 each in 500 ms (a late turn
+        // delays the next, never adds one), and the first turn of each is within the run.
+        let echoes = run.latencies.len();
+        assert!((4..=24).contains(&echoes), "{echoes} echoes");
         server.shutdown().await.unwrap();
     }
 }

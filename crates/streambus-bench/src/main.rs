@@ -53,6 +53,10 @@ enum Command {
         /// Messages in flight per stream (closed loop).
         #[arg(long, default_value_t = 1)]
         window: usize,
+        /// Echoes per second across all streams, paced evenly (each stream waits for
+        /// its turn); without it, each stream sends as soon as its echo is back.
+        #[arg(long)]
+        rate: Option<f64>,
         #[command(flatten)]
         output: Output,
     },
@@ -387,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
             size,
             duration,
             window,
+            rate,
             output,
         } => {
             let options = echo::EchoOptions {
@@ -395,6 +400,7 @@ async fn main() -> anyhow::Result<()> {
                 size,
                 duration: seconds(Some(duration))?.expect("given"),
                 window,
+                rate,
                 server_pid: output.server_pid,
             };
             options.validate().map_err(anyhow::Error::msg)?;
