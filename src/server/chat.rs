@@ -206,23 +206,38 @@ impl Stream for ChatStream {
         if this.ended {
             return Poll::Ready(None);
         }
-        let span = this.span.clone();
-        let _entered = span.enter();
+        // Entered while the stream works; taken out of the stream for that time rather
+        // than cloned (a clone and a drop of an enabled span per poll).
+        let span = std::mem::replace(&mut this.span, tracing::Span::none());
+        let item = span.in_scope(|| this.work(cx));
+        this.span = span;
+        item
+    }
+}
+
+impl ChatStream {
+    /// One poll's work: hands over a ready echo, drives the publish or close in
+    /// progress, reads the client; waits for the next echo once there is nothing to do.
+    fn work(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<chat::Message, Status>>> {
         // Echoes are first looked for without this task's waker: the publish this poll
         // makes would otherwise wake the very task that makes it, for one more poll of
         // it per message. The waker is left with the subscription last, below.
         let mut quiet = TaskContext::from_waker(futures::task::noop_waker_ref());
+        // Whether an echo may have come since the last look (one only comes from a
+        // publish, this stream's or another's, and a publish runs below).
+        let mut look = true;
         loop {
-            if let Poll::Ready(item) = this.poll_echo(&mut quiet) {
+            if look && let Poll::Ready(item) = self.poll_echo(&mut quiet) {
                 return Poll::Ready(item);
             }
-            if let Some(pending) = &mut this.pending {
+            look = true;
+            if let Some(pending) = &mut self.pending {
                 let Poll::Ready(result) = pending.as_mut().poll(cx) else {
                     break;
                 };
-                this.pending = None;
+                self.pending = None;
                 match result {
-                    Err(e) if this.inbound.is_some() => this.stop_reading(Some(convert::status(&e))),
+                    Err(e) if self.inbound.is_some() => self.stop_reading(Some(convert::status(&e))),
                     // Published; or closed (a close that finds the session already
                     // closed changes nothing: the echoes end all the same).
                     _ => {}
@@ -230,12 +245,12 @@ impl Stream for ChatStream {
                 continue;
             }
             // Once closed, the echoes drain, then end.
-            let Some(inbound) = &mut this.inbound else { break };
-            if Pin::new(&mut this.stopping).poll(cx).is_ready() {
-                this.stop_reading(Some(Status::unavailable("server shutting down")));
+            let Some(inbound) = &mut self.inbound else { break };
+            if Pin::new(&mut self.stopping).poll(cx).is_ready() {
+                self.stop_reading(Some(Status::unavailable("server shutting down")));
                 continue;
             }
-            if this.in_flight >= CHAT_BUFFER_MESSAGES {
+            if self.in_flight >= CHAT_BUFFER_MESSAGES {
                 // A client that does not read its echoes is held here; the next echo
                 // handed over wakes the stream.
                 break;
@@ -243,18 +258,20 @@ impl Stream for ChatStream {
             match Pin::new(inbound).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(message))) => {
-                    this.in_flight += 1;
-                    let (session, message) = (this.session.clone(), Message::new(this.topic.clone(), message.content));
-                    this.pending = Some(Box::pin(async move { session.publish_message(message).await }));
+                    self.in_flight += 1;
+                    let (session, message) = (self.session.clone(), Message::new(self.topic.clone(), message.content));
+                    self.pending = Some(Box::pin(async move { session.publish_message(message).await }));
+                    // Its echo can only come once it runs: straight to it.
+                    look = false;
                 }
-                Poll::Ready(Some(Err(status))) => this.stop_reading(Some(status)),
+                Poll::Ready(Some(Err(status))) => self.stop_reading(Some(status)),
                 // The client is done: everything it sent is echoed, then the stream ends OK.
-                Poll::Ready(None) => this.stop_reading(None),
+                Poll::Ready(None) => self.stop_reading(None),
             }
         }
         // Nothing more to do now: wait for the next echo (one that came meanwhile is
         // taken here).
-        this.poll_echo(cx)
+        self.poll_echo(cx)
     }
 }
 

@@ -246,12 +246,21 @@ pub fn publish(publish_id: Option<u64>, topic: &str, payloads: &[&str]) -> Out {
 }
 
 /// Polls `check` until it holds, failing the test after [`PATIENCE`].
-pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+pub async fn wait_until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    wait_until_for(what, PATIENCE, check).await;
+}
+
+/// Polls `check` until it holds, failing the test after `patience`.
+pub async fn wait_until_for<F, Fut>(what: &str, patience: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;

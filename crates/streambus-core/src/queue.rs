@@ -250,6 +250,18 @@ impl Wake {
     }
 }
 
+/// Keeps `waker` as the consumer's to wake when something comes, unless it wakes the
+/// task already kept: a consumer polls an empty queue once per look, and cloning its
+/// waker each time is an atomic count on its task. (A look with a waker that wakes
+/// nothing still displaces the kept one: that is how a consumer that is about to push
+/// to its own queue asks not to be woken by it.)
+fn keep_consumer(slot: &mut Option<Waker>, waker: &Waker) {
+    if slot.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+        return;
+    }
+    *slot = Some(waker.clone());
+}
+
 impl State {
     /// How many deliveries from the front of `ds` fit now.
     fn fit(&self, ds: &[Delivery], cap_m: usize, cap_b: usize) -> usize {
@@ -479,10 +491,13 @@ impl SubscriberQueue {
                 st.close_seen = true;
                 return Poll::Ready(Some(Popped::Closed(reason)));
             }
-            st.consumer = Some(cx.waker().clone());
+            keep_consumer(&mut st.consumer, cx.waker());
             // Whatever is still parked may go now, whether or not those woken before
             // it pushed what they were promised room for.
             st.promised = 0;
+            if st.space_wakers.is_empty() {
+                return Poll::Pending;
+            }
             let wake = Wake {
                 consumer: None,
                 space: st.space_wakers.drain(..).collect(),
@@ -762,6 +777,47 @@ mod tests {
         assert!(q.poll_pop(&mut cx).is_pending());
         assert_eq!(*woken.lock(), (0..10).collect::<Vec<_>>());
         assert!(!q.snapshot().blocking);
+    }
+
+    /// A waker that counts its wakes.
+    struct Counting(AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The consumer's waker is kept across looks with the same waker, replaced by a
+    /// look with another (the newest is the one woken), and displaced by a look with a
+    /// waker that wakes nothing: a push then wakes no one.
+    #[test]
+    fn the_last_look_s_waker_is_woken() {
+        let q = SubscriberQueue::new(OverflowPolicy::Block, 8, 1 << 20, Default::default());
+        let (a, b) = (
+            Arc::new(Counting(AtomicUsize::new(0))),
+            Arc::new(Counting(AtomicUsize::new(0))),
+        );
+        let (wa, wb) = (Waker::from(a.clone()), Waker::from(b.clone()));
+        let look = |w: &Waker| assert!(q.poll_pop(&mut Context::from_waker(w)).is_pending());
+        look(&wa);
+        look(&wa);
+        push_all(&q, &batch("a", 1..2, 1));
+        assert_eq!(a.0.load(Ordering::SeqCst), 1, "kept across two looks, woken once");
+        drain(&q);
+        look(&wa);
+        look(&wb);
+        push_all(&q, &batch("a", 2..3, 1));
+        assert_eq!(
+            (a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)),
+            (1, 1),
+            "the newest waker"
+        );
+        drain(&q);
+        look(&wb);
+        look(Waker::noop());
+        push_all(&q, &batch("a", 3..4, 1));
+        assert_eq!(b.0.load(Ordering::SeqCst), 1, "displaced by the quiet look");
     }
 
     /// block takes the fitting prefix and fires the space waker once room comes back.

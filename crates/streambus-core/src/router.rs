@@ -175,7 +175,7 @@ impl Router {
         }
         self.check(&messages)?;
         let guards = || [session.inflight.guard(), self.inflight.guard()];
-        let mut groups = group_by_topic(messages).into_iter();
+        let mut groups = group_by_topic(messages);
         while let Some((topic, group)) = groups.next() {
             let (count, bytes) = (group.len(), group.iter().map(Message::byte_len).sum::<usize>());
             match self
@@ -225,14 +225,34 @@ impl Drop for Publishing<'_> {
     }
 }
 
+/// A batch split by topic, each topic's messages in their order, topics in first-seen
+/// order.
+enum Groups {
+    /// The batch as it came, all of one topic (or nothing).
+    One(Option<(Topic, Vec<Message>)>),
+    /// Several topics.
+    Many(std::vec::IntoIter<(Topic, Vec<Message>)>),
+}
+
+impl Iterator for Groups {
+    type Item = (Topic, Vec<Message>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Groups::One(group) => group.take(),
+            Groups::Many(groups) => groups.next(),
+        }
+    }
+}
+
 /// Splits a batch by topic, keeping each topic's order. Most batches have one topic:
-/// then the batch is kept as it is, with no copy.
-fn group_by_topic(messages: Vec<Message>) -> Vec<(Topic, Vec<Message>)> {
+/// then the batch is kept as it is, with no copy and nothing allocated.
+fn group_by_topic(messages: Vec<Message>) -> Groups {
     let Some(first) = messages.first() else {
-        return Vec::new();
+        return Groups::One(None);
     };
     if messages.iter().all(|m| m.topic == first.topic) {
-        return vec![(first.topic.clone(), messages)];
+        return Groups::One(Some((first.topic.clone(), messages)));
     }
     let mut groups: Vec<(Topic, Vec<Message>)> = Vec::new();
     for m in messages {
@@ -241,7 +261,7 @@ fn group_by_topic(messages: Vec<Message>) -> Vec<(Topic, Vec<Message>)> {
             None => groups.push((m.topic.clone(), vec![m])),
         }
     }
-    groups
+    Groups::Many(groups.into_iter())
 }
 
 #[cfg(test)]
@@ -257,10 +277,11 @@ mod tests {
     /// One topic stays one group, untouched; several topics keep their first-seen order.
     #[test]
     fn groups_keep_first_seen_order() {
-        assert!(group_by_topic(Vec::new()).is_empty());
-        let one = group_by_topic(vec![message("a", 1), message("a", 2)]);
+        assert_eq!(group_by_topic(Vec::new()).count(), 0);
+        let one: Vec<_> = group_by_topic(vec![message("a", 1), message("a", 2)]).collect();
         assert_eq!(one.len(), 1);
-        let mixed = group_by_topic(vec![message("b", 1), message("a", 2), message("b", 3)]);
+        assert_eq!(one[0].1.len(), 2);
+        let mixed: Vec<_> = group_by_topic(vec![message("b", 1), message("a", 2), message("b", 3)]).collect();
         let names: Vec<&str> = mixed.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(names, ["b", "a"]);
         assert_eq!(mixed[0].1.len(), 2);
@@ -273,7 +294,7 @@ mod tests {
             let topics = ["t.a", "t.b", "t.c", "t.d"];
             let messages: Vec<Message> =
                 picks.iter().enumerate().map(|(i, &t)| message(topics[t], i as u32)).collect();
-            let groups = group_by_topic(messages.clone());
+            let groups: Vec<_> = group_by_topic(messages.clone()).collect();
             prop_assert_eq!(groups.iter().map(|(_, g)| g.len()).sum::<usize>(), messages.len());
             for (topic, group) in &groups {
                 prop_assert!(group.iter().all(|m| &m.topic == topic));
