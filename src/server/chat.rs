@@ -223,8 +223,9 @@ impl ChatStream {
         // makes would otherwise wake the very task that makes it, for one more poll of
         // it per message. The waker is left with the subscription last, below.
         let mut quiet = TaskContext::from_waker(futures::task::noop_waker_ref());
-        // Whether an echo may have come since the last look (one only comes from a
-        // publish, this stream's or another's, and a publish runs below).
+        // Whether to look for an echo at the top of the loop: not right after a message
+        // was read, whose echo cannot come before its publish runs (an echo of anyone
+        // else's publish is found at the next look).
         let mut look = true;
         loop {
             if look && let Poll::Ready(item) = self.poll_echo(&mut quiet) {
