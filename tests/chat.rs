@@ -153,6 +153,61 @@ async fn a_client_that_does_not_read_is_held_back_and_loses_nothing() {
     assert_eq!(sender.await.unwrap(), MESSAGES);
 }
 
+/// A chat stream whose topic has no room (another subscriber of the chat topic does
+/// not read, and the topic's mailbox of 4 is full) has its publishes wait for room
+/// rather than go through at once: nothing is lost, and once the other subscriber
+/// reads, every echo arrives in order.
+#[tokio::test]
+async fn publishes_that_wait_for_room_lose_nothing() {
+    const MESSAGES: usize = 200;
+    let mut config = streambus::BusConfig::default();
+    config.topics.mailbox_messages = 4;
+    let server = TestServer::start_with(config).await;
+    let (tx, mut echoes) = open_chat(server.channel().await, 64).await;
+    tx.send(Message {
+        content: "first".into(),
+        timestamp: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        within("echo", echoes.message()).await.unwrap().unwrap().content,
+        "echo: first"
+    );
+    let bus = server.bus().clone();
+    let topic = bus.snapshot().await.unwrap().topics[0].topic.clone();
+    assert!(topic.as_str().starts_with("$chat."), "{topic}");
+    let options = streambus::SubscriptionOptions::default()
+        .overflow(streambus::OverflowPolicy::Block)
+        .buffer(1, 64 * 1024);
+    let mut blocker = bus.subscribe(topic.as_str(), options).await.unwrap();
+    let sender = flood(tx, MESSAGES);
+    wait_until("the chat topic's mailbox full", || async {
+        bus.snapshot()
+            .await
+            .unwrap()
+            .topics
+            .iter()
+            .any(|t| t.topic == topic && t.mailbox_messages == t.mailbox_capacity_messages)
+    })
+    .await;
+    let read = tokio::spawn(async move {
+        let mut n = 0;
+        while n < MESSAGES {
+            match within("the blocker's delivery", futures::StreamExt::next(&mut blocker)).await {
+                Some(streambus::Event::Delivery(_)) => n += 1,
+                other => panic!("the blocker got {other:?}"),
+            }
+        }
+    });
+    for n in 0..MESSAGES {
+        let reply = within("echo", echoes.message()).await.unwrap().unwrap();
+        assert_eq!(&reply.content[..11], format!("echo: {n:05}"));
+    }
+    within("the blocker's reads", read).await.unwrap();
+    assert_eq!(sender.await.unwrap(), MESSAGES);
+}
+
 /// A server shutting down ends an open chat stream with UNAVAILABLE after the echoes of
 /// what it had read, and its session is gone.
 #[tokio::test]

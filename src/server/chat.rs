@@ -29,8 +29,8 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
-use streambus_core::{BusError, SessionHandle, Subscription};
-use streambus_types::{Event, Message, OverflowPolicy, SubscriptionOptions, Topic};
+use streambus_core::{BatchEvent, BusError, DeliveryRun, SessionHandle, Subscription};
+use streambus_types::{Message, OverflowPolicy, SubscriptionOptions, Topic};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -95,6 +95,8 @@ impl chat::chat_service_server::ChatService for ChatService {
         Ok(Response::new(ChatStream {
             span: tracing::info_span!("chat", session = session.id().0),
             echoes,
+            run: None,
+            unpublished: None,
             inbound: Some(request.into_inner()),
             stopping: context.stopping(),
             session: Arc::new(session),
@@ -128,6 +130,10 @@ pub struct ChatStream {
     /// The stream's own `$chat.<id>` subscription (`block`): every message published,
     /// in order, to be answered.
     echoes: Subscription,
+    /// The deliveries taken from `echoes` and not yet answered, read in place.
+    run: Option<DeliveryRun>,
+    /// A message read from the client and not yet published: an echo was ready first.
+    unpublished: Option<Message>,
     /// The client's messages; `None` once the stream stopped reading them.
     inbound: Option<Streaming<chat::Message>>,
     /// Resolves when the server starts shutting down.
@@ -137,8 +143,8 @@ pub struct ChatStream {
     session: Arc<SessionHandle>,
     /// `$chat.<session id>`.
     topic: Topic,
-    /// The publish in progress (at most one: the client's order is the topic's), or,
-    /// once reading stopped, the session's close.
+    /// The publish that had to wait (at most one, and nothing is read meanwhile: the
+    /// client's order is the topic's), or, once reading stopped, the session's close.
     pending: Option<InProgress>,
     /// Messages published and not yet echoed (at most [`CHAT_BUFFER_MESSAGES`]).
     in_flight: usize,
@@ -179,23 +185,28 @@ impl ChatStream {
     /// status, if not OK); `Pending` while none is ready.
     fn poll_echo(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<chat::Message, Status>>> {
         loop {
-            return match Pin::new(&mut self.echoes).poll_next(cx) {
-                Poll::Ready(Some(Event::Delivery(delivery))) => {
-                    // A delivery nobody here published (someone else's message on the
-                    // chat topic) is answered too, and does not widen the bound.
-                    self.in_flight = self.in_flight.saturating_sub(1);
-                    Poll::Ready(Some(Ok(chat::Message {
-                        content: echo_of(&delivery.payload),
-                        timestamp: unix_seconds(),
-                    })))
+            if let Some(delivery) = self.run.as_mut().and_then(DeliveryRun::next_delivery) {
+                // A delivery nobody here published (someone else's message on the chat
+                // topic) is answered too, and does not widen the bound.
+                self.in_flight = self.in_flight.saturating_sub(1);
+                return Poll::Ready(Some(Ok(chat::Message {
+                    content: echo_of(&delivery.payload),
+                    timestamp: unix_seconds(),
+                })));
+            }
+            self.run = None;
+            return match self.echoes.poll_batch(cx) {
+                Poll::Ready(Some(BatchEvent::Deliveries(run))) => {
+                    self.run = Some(run);
+                    continue;
                 }
                 // Unreachable with the block policy; reported, never silent.
-                Poll::Ready(Some(Event::Gap(gap))) => {
+                Poll::Ready(Some(BatchEvent::Gap(gap))) => {
                     tracing::error!(parent: &self.span, dropped = gap.dropped, "chat echoes lost");
                     continue;
                 }
                 // The session closed and every echo is out.
-                Poll::Ready(Some(Event::Closed(_)) | None) => {
+                Poll::Ready(Some(BatchEvent::Closed(_)) | None) => {
                     self.ended = true;
                     Poll::Ready(self.status.take().map(Err))
                 }
@@ -218,22 +229,20 @@ impl Stream for ChatStream {
 }
 
 impl ChatStream {
-    /// One poll's work: hands over a ready echo, drives the publish or close in
-    /// progress, reads the client; waits for the next echo once there is nothing to do.
+    /// One poll's work: drives the publish or close in progress, reads the client and
+    /// publishes what it sent, handing over each echo as soon as it is ready; waits for
+    /// the next echo once there is nothing to do.
+    ///
+    /// The subscription is looked at only where an echo can have come: after a publish,
+    /// before one (see below), and last, with this task's waker. A poll with nothing to
+    /// read (the transport asking for more, or telling of room to send) costs one look.
     fn work(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<chat::Message, Status>>> {
-        // Echoes are first looked for without this task's waker: the publish this poll
-        // makes would otherwise wake the very task that makes it, for one more poll of
-        // it per message. The waker is left with the subscription last, below.
+        // Looks before and after a publish leave the subscription a waker that wakes
+        // nothing: the publish this poll makes would otherwise wake the very task that
+        // makes it, for one more poll of it per message. This task's waker goes back
+        // with the last look, below.
         let mut quiet = TaskContext::from_waker(futures::task::noop_waker_ref());
-        // Whether to look for an echo at the top of the loop: not right after a message
-        // was read, whose echo cannot come before its publish runs (an echo of anyone
-        // else's publish is found at the next look).
-        let mut look = true;
         loop {
-            if look && let Poll::Ready(item) = self.poll_echo(&mut quiet) {
-                return Poll::Ready(item);
-            }
-            look = true;
             if let Some(pending) = &mut self.pending {
                 let Poll::Ready(result) = pending.as_mut().poll(cx) else {
                     break;
@@ -245,36 +254,80 @@ impl ChatStream {
                     // closed changes nothing: the echoes end all the same).
                     _ => {}
                 }
-                continue;
-            }
-            // Once closed, the echoes drain, then end.
-            let Some(inbound) = &mut self.inbound else { break };
-            if Pin::new(&mut self.stopping).poll(cx).is_ready() {
-                self.stop_reading(Some(Status::unavailable("server shutting down")));
-                continue;
-            }
-            if self.in_flight >= CHAT_BUFFER_MESSAGES {
-                // A client that does not read its echoes is held here; the next echo
-                // handed over wakes the stream.
-                break;
-            }
-            match Pin::new(inbound).poll_next(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Some(Ok(message))) => {
-                    self.in_flight += 1;
-                    let (session, message) = (self.session.clone(), Message::new(self.topic.clone(), message.content));
-                    self.pending = Some(Box::pin(async move { session.publish_message(message).await }));
-                    // Its echo can only come once it runs: straight to it.
-                    look = false;
+                if let Poll::Ready(item) = self.poll_echo(&mut quiet) {
+                    return Poll::Ready(item);
                 }
-                Poll::Ready(Some(Err(status))) => self.stop_reading(Some(status)),
-                // The client is done: everything it sent is echoed, then the stream ends OK.
-                Poll::Ready(None) => self.stop_reading(None),
+                continue;
+            }
+            let message = match self.unpublished.take() {
+                Some(message) => message,
+                None => match self.read(cx) {
+                    Some(message) => message,
+                    None if self.pending.is_some() => continue,
+                    None => break,
+                },
+            };
+            // Before publishing: an echo that came meanwhile goes out first, the message
+            // is published at the next poll.
+            if let Poll::Ready(item) = self.poll_echo(&mut quiet) {
+                self.unpublished = Some(message);
+                return Poll::Ready(item);
+            }
+            self.in_flight += 1;
+            // Published then and there when nothing makes it wait (its echo is then
+            // ready); otherwise the publish waits here, and nothing more is read.
+            match self.session.publish_now(message) {
+                Ok(None) => {
+                    if let Poll::Ready(item) = self.poll_echo(&mut quiet) {
+                        return Poll::Ready(item);
+                    }
+                }
+                Ok(Some(message)) => {
+                    let session = self.session.clone();
+                    self.pending = Some(Box::pin(async move { session.publish_message(message).await }));
+                }
+                Err(e) => self.stop_reading(Some(convert::status(&e))),
             }
         }
         // Nothing more to do now: wait for the next echo (one that came meanwhile is
         // taken here).
         self.poll_echo(cx)
+    }
+
+    /// The client's next message, as a message for the chat topic; `None` when there is
+    /// none to read now, or reading stopped (with the session's close then in progress).
+    fn read(&mut self, cx: &mut TaskContext<'_>) -> Option<Message> {
+        let inbound = self.inbound.as_mut()?;
+        if Pin::new(&mut self.stopping).poll(cx).is_ready() {
+            self.stop_reading(Some(Status::unavailable("server shutting down")));
+            return None;
+        }
+        if self.in_flight >= CHAT_BUFFER_MESSAGES {
+            // A client that does not read its echoes is held here; the next echo
+            // handed over wakes the stream.
+            return None;
+        }
+        // Each message read spends a unit of the task's cooperative budget, so a client
+        // that keeps its window full cannot hold the worker thread.
+        let Poll::Ready(turn) = tokio::task::coop::poll_proceed(cx) else {
+            return None;
+        };
+        match Pin::new(inbound).poll_next(cx) {
+            Poll::Pending => None,
+            Poll::Ready(Some(Ok(message))) => {
+                turn.made_progress();
+                Some(Message::new(self.topic.clone(), message.content))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.stop_reading(Some(status));
+                None
+            }
+            // The client is done: everything it sent is echoed, then the stream ends OK.
+            Poll::Ready(None) => {
+                self.stop_reading(None);
+                None
+            }
+        }
     }
 }
 

@@ -96,15 +96,21 @@ impl MemoryBudget {
         Some(BudgetShare { budget: self, bytes })
     }
 
-    /// Takes `bytes` now if nobody waits and they are there; counts a refusal if not.
-    /// A request over the whole budget is clamped to it, so it can always be granted.
-    pub(crate) fn try_take(&self, bytes: usize) -> Option<BudgetShare<'_>> {
+    /// Takes `bytes` now if nobody waits and they are there, counting nothing if not
+    /// (for a caller that will wait with [`MemoryBudget::take`] instead).
+    pub(crate) fn take_now(&self, bytes: usize) -> Option<BudgetShare<'_>> {
         let bytes = bytes.min(self.capacity);
-        let share = if self.waiters.load(Ordering::Acquire) == 0 {
+        if self.waiters.load(Ordering::Acquire) == 0 {
             self.grab(bytes)
         } else {
             None
-        };
+        }
+    }
+
+    /// Takes `bytes` now if nobody waits and they are there; counts a refusal if not.
+    /// A request over the whole budget is clamped to it, so it can always be granted.
+    pub(crate) fn try_take(&self, bytes: usize) -> Option<BudgetShare<'_>> {
+        let share = self.take_now(bytes);
         if share.is_none() {
             self.refusals.fetch_add(1, Ordering::Relaxed);
         }

@@ -174,6 +174,53 @@ impl Directory {
         )?
     }
 
+    /// Hands `messages` (all for `topic`, a plain publish) to the topic at once if
+    /// nothing would make it wait: the topic is in the directory, and its admission and
+    /// the bus budget have room for the whole batch now, with nobody queued before it.
+    /// Otherwise nothing is published and the messages come back, in order, for
+    /// [`Directory::send`].
+    pub(crate) fn send_now(
+        &self,
+        topic: &Topic,
+        messages: Vec<Message>,
+        budget: &Arc<MemoryBudget>,
+        guards: impl Fn() -> [InflightGuard; 2],
+    ) -> Result<(), Vec<Message>> {
+        let Some(target) = self.topics.get(topic).filter(|r| r.usable(None)).map(|r| r.clone()) else {
+            return Err(messages);
+        };
+        let Some(core) = &target.awake else {
+            return target.shared.publish_asleep(messages, None, self.now_ms());
+        };
+        let admission = &target.shared.admission;
+        let n = messages.len();
+        let bytes = messages.iter().map(Message::byte_len).sum::<usize>();
+        let cost = MemoryBudget::cost(n, bytes);
+        if n > admission.capacity_messages() || bytes > admission.capacity_bytes() || cost > budget.capacity() {
+            // Split across several admissions by `send`.
+            return Err(messages);
+        }
+        let Ok(Some(mut permit)) = admission.try_acquire(n, bytes) else {
+            return Err(messages);
+        };
+        let Some(share) = budget.take_now(cost) else {
+            return Err(messages);
+        };
+        permit.hold(share);
+        permit.mark_sent();
+        let batch = PublishBatch {
+            messages,
+            permit,
+            _guards: guards(),
+            receipt: None,
+            relay: None,
+        };
+        core.publish(batch).map_err(|mut batch| {
+            batch.permit.mark_unsent();
+            std::mem::take(&mut batch.messages)
+        })
+    }
+
     /// Hands `messages` (all for `topic`, within the batch limit) to the topic.
     ///
     /// On [`BusError::Full`] the messages not admitted are handed back inside the error;

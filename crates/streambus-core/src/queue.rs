@@ -98,14 +98,17 @@ impl DeliveryRun {
         }
     }
 
-    pub(crate) fn pop_front(&mut self) -> Option<Delivery> {
-        let d = self
-            .batch
-            .get(self.range.start)
-            .filter(|_| !self.range.is_empty())?
-            .clone();
+    /// The run's first delivery, read in place; it leaves the run.
+    pub fn next_delivery(&mut self) -> Option<&Delivery> {
+        if self.range.is_empty() {
+            return None;
+        }
         self.range.start += 1;
-        Some(d)
+        self.batch.get(self.range.start - 1)
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Delivery> {
+        self.next_delivery().cloned()
     }
 }
 

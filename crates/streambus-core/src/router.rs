@@ -193,19 +193,11 @@ impl Router {
                 )
                 .await
             {
-                Ok(()) => {
-                    session.published_messages.fetch_add(count as u64, Ordering::Relaxed);
-                    session.published_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    self.metrics.published(count, bytes);
-                }
+                Ok(()) => self.count_published(session, count, bytes),
                 Err(BusError::Full(mut rest)) => {
                     let admitted = count - rest.len();
                     let refused_bytes = rest.iter().map(Message::byte_len).sum::<usize>();
-                    session.published_messages.fetch_add(admitted as u64, Ordering::Relaxed);
-                    session
-                        .published_bytes
-                        .fetch_add((bytes - refused_bytes) as u64, Ordering::Relaxed);
-                    self.metrics.published(admitted, bytes - refused_bytes);
+                    self.count_published(session, admitted, bytes - refused_bytes);
                     rest.extend(groups.flat_map(|(_, g)| g));
                     return Err(BusError::Full(rest));
                 }
@@ -213,6 +205,46 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// Publishes a plain batch for `session` at once if nothing would make it wait (see
+    /// [`Directory::send_now`]): `Ok(None)` when published, `Ok(Some(messages))` handed
+    /// back untouched when it would have to wait (publish it with [`Router::route`]),
+    /// `Err` when refused. A batch of several topics always comes back.
+    pub(crate) fn route_now(
+        &self,
+        session: &Arc<SessionShared>,
+        messages: Vec<Message>,
+    ) -> Result<Option<Vec<Message>>, BusError> {
+        self.publishing.fetch_add(1, Ordering::SeqCst);
+        let _publishing = Publishing(&self.publishing);
+        if !session.internal && self.is_draining() {
+            return Err(BusError::Draining);
+        }
+        self.check(&messages)?;
+        let Some(first) = messages.first() else {
+            return Ok(None);
+        };
+        if messages.iter().any(|m| m.topic != first.topic) {
+            return Ok(Some(messages));
+        }
+        let topic = first.topic.clone();
+        let (count, bytes) = (messages.len(), messages.iter().map(Message::byte_len).sum::<usize>());
+        let guards = || [session.inflight.guard(), self.inflight.guard()];
+        match self.directory.send_now(&topic, messages, &self.budget, guards) {
+            Ok(()) => {
+                self.count_published(session, count, bytes);
+                Ok(None)
+            }
+            Err(back) => Ok(Some(back)),
+        }
+    }
+
+    /// Counts `count` messages (`bytes` in all) admitted for `session`.
+    fn count_published(&self, session: &SessionShared, count: usize, bytes: usize) {
+        session.published_messages.fetch_add(count as u64, Ordering::Relaxed);
+        session.published_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.metrics.published(count, bytes);
     }
 }
 

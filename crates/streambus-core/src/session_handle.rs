@@ -205,6 +205,36 @@ impl SessionHandle {
         self.route(vec![message], Admit::Wait, None).await
     }
 
+    /// Publishes a message at once if nothing would make it wait, without the
+    /// allocation and state of an async call: for a caller that is itself polled (a
+    /// response body) and publishes one message at a time.
+    ///
+    /// `Ok(None)`: published, as [`Self::publish_message`] would have. `Ok(Some(message))`:
+    /// publishing it would have to wait (the topic is not started, its mailbox or the
+    /// memory budget has no room now, somebody waits before it, or the session's rate
+    /// quota applies), so nothing was published and the message comes back: publish it
+    /// with [`Self::publish_message`]. `Err`: refused, as [`Self::publish_message`]
+    /// would have refused it.
+    pub fn publish_now(&self, message: Message) -> Result<Option<Message>, BusError> {
+        let now = if !self.is_open() {
+            Err(BusError::Closed)
+        } else {
+            match &self.shared.access {
+                Some(access) if access.quota().is_some() => return Ok(Some(message)),
+                Some(access) => access.check_publish(std::slice::from_ref(&message)),
+                None => Ok(()),
+            }
+            .and_then(|()| self.router.route_now(&self.shared, vec![message]))
+        };
+        match now {
+            Ok(back) => Ok(back.and_then(|mut messages| messages.pop())),
+            Err(e) => {
+                self.note_refusal(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Publishes a batch, waiting while a topic's mailbox is full. Order is kept per topic.
     pub async fn publish_batch(&self, messages: Vec<Message>) -> Result<(), BusError> {
         self.route(messages, Admit::Wait, None).await

@@ -150,7 +150,10 @@ impl Subscription {
         self.queue.snapshot()
     }
 
-    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<BatchEvent>> {
+    /// Polls for the next run of deliveries, gap or close, as [`Self::next_batch`]
+    /// waits for it: for a consumer that is itself polled (a response body), which
+    /// reads each delivery in place rather than taking a copy of it.
+    pub fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<BatchEvent>> {
         if let Some(run) = self.current.take().filter(|r| !r.is_empty()) {
             return Poll::Ready(Some(BatchEvent::Deliveries(run)));
         }

@@ -142,6 +142,54 @@ async fn block_holds_publisher_until_consumer_reads() {
     bus.shutdown().await;
 }
 
+/// publish_now publishes only what needs no wait: a topic not started yet, a full
+/// mailbox or a closed session hand the message back or refuse it, and what it did
+/// publish arrives in order with what went the waiting way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_now_hands_back_what_would_wait() {
+    let bus = bus_with(|c| {
+        c.topics.mailbox_messages = 2;
+    })
+    .await;
+    let s = bus.connect(ConnectOptions::default()).await.unwrap();
+    // Nothing has started `t`: its start goes through the supervisor, which waits.
+    let back = s
+        .publish_now(msg("t", "0"))
+        .unwrap()
+        .expect("a topic not started waits");
+    assert_eq!(&back.payload[..], b"0");
+    let mut sub = bus.subscribe("t", policy(OverflowPolicy::Block, 1)).await.unwrap();
+    s.publish_message(back).await.unwrap();
+    wait_snapshot(&bus, "0 buffered", |s| s.inflight_batches == 0).await;
+    assert!(
+        s.publish_now(msg("t", "1")).unwrap().is_none(),
+        "parked: holds 1 permit"
+    );
+    wait_snapshot(&bus, "1 parked", |s| {
+        s.topic("t").is_some_and(|t| t.stalled_subscribers == 1)
+    })
+    .await;
+    assert!(
+        s.publish_now(msg("t", "2")).unwrap().is_none(),
+        "backlog: the 2nd permit"
+    );
+    let back = s.publish_now(msg("t", "3")).unwrap().expect("a full mailbox waits");
+    assert_eq!(&back.payload[..], b"3");
+    let waiting = tokio::spawn({
+        let s = s.clone();
+        async move { s.publish_message(back).await }
+    });
+    assert_eq!(payloads(&mut sub, 4).await, ["0", "1", "2", "3"]);
+    waiting.await.unwrap().unwrap();
+    assert!(s.publish_now(msg("t", "4")).unwrap().is_none());
+    assert_eq!(payloads(&mut sub, 1).await, ["4"]);
+    assert_eq!(bus.metrics().published_messages, 5);
+    s.close().await.unwrap();
+    assert!(matches!(s.publish_now(msg("t", "5")), Err(BusError::Closed)));
+    assert_eq!(bus.metrics().published_messages, 5);
+    bus.shutdown().await;
+}
+
 /// try_publish fails at once with `Full` and hands the message back when the topic's
 /// mailbox is full; it succeeds again once there is room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
