@@ -415,8 +415,14 @@ impl Connection {
             self.reply(refusal).await;
             return;
         }
-        let result = match messages {
-            Ok(messages) => self.session.publish_batch(messages).await,
+        // Published then and there when nothing makes it wait, else awaited.
+        let result = match messages.and_then(|m| self.session.publish_batch_now(m)) {
+            Ok(None) => {
+                // As an awaited publish would: a reader that never waits still yields.
+                tokio::task::coop::consume_budget().await;
+                Ok(())
+            }
+            Ok(Some(messages)) => self.session.publish_batch(messages).await,
             Err(e) => Err(e),
         };
         match (result, id) {

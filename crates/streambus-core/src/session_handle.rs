@@ -216,23 +216,29 @@ impl SessionHandle {
     /// with [`Self::publish_message`]. `Err`: refused, as [`Self::publish_message`]
     /// would have refused it.
     pub fn publish_now(&self, message: Message) -> Result<Option<Message>, BusError> {
+        Ok(self
+            .publish_batch_now(vec![message])?
+            .and_then(|mut messages| messages.pop()))
+    }
+
+    /// Publishes a batch at once if nothing would make it wait, as [`Self::publish_now`]
+    /// does a message: `Ok(Some(messages))` hands the whole batch back, untouched, for
+    /// [`Self::publish_batch`] (always so for a batch of several topics).
+    pub fn publish_batch_now(&self, messages: Vec<Message>) -> Result<Option<Vec<Message>>, BusError> {
         let now = if !self.is_open() {
             Err(BusError::Closed)
         } else {
             match &self.shared.access {
-                Some(access) if access.quota().is_some() => return Ok(Some(message)),
-                Some(access) => access.check_publish(std::slice::from_ref(&message)),
+                Some(access) if access.quota().is_some() => return Ok(Some(messages)),
+                Some(access) => access.check_publish(&messages),
                 None => Ok(()),
             }
-            .and_then(|()| self.router.route_now(&self.shared, vec![message]))
+            .and_then(|()| self.router.route_now(&self.shared, messages))
         };
-        match now {
-            Ok(back) => Ok(back.and_then(|mut messages| messages.pop())),
-            Err(e) => {
-                self.note_refusal(&e);
-                Err(e)
-            }
+        if let Err(e) = &now {
+            self.note_refusal(e);
         }
+        now
     }
 
     /// Publishes a batch, waiting while a topic's mailbox is full. Order is kept per topic.

@@ -184,6 +184,12 @@ async fn publish_now_hands_back_what_would_wait() {
     assert!(s.publish_now(msg("t", "4")).unwrap().is_none());
     assert_eq!(payloads(&mut sub, 1).await, ["4"]);
     assert_eq!(bus.metrics().published_messages, 5);
+    let back = s
+        .publish_batch_now(vec![msg("t", "6"), msg("u", "7")])
+        .unwrap()
+        .expect("a batch of two topics goes the waiting way");
+    assert_eq!(back.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(), [b"6", b"7"]);
+    assert_eq!(bus.metrics().published_messages, 5);
     s.close().await.unwrap();
     assert!(matches!(s.publish_now(msg("t", "5")), Err(BusError::Closed)));
     assert_eq!(bus.metrics().published_messages, 5);
