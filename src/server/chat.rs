@@ -173,7 +173,8 @@ impl ChatStream {
             self.status = status;
         }
         let session = self.session.clone();
-        // Boxed, as each publish is: the stream's own state holds no room for either.
+        // Boxed, as a publish that has to wait is: the stream's own state holds no room
+        // for either.
         self.pending = Some(Box::pin(
             async move { session.close().await }.instrument(self.span.clone()),
         ));

@@ -33,7 +33,7 @@ use streambus_types::{Delivery, Message, Topic};
 
 use crate::actors::topic::{PublishBatch, TopicCore, TopicSnapshot};
 use crate::actors::topic_supervisor::TopicSupervisorMessage;
-use crate::admission::{Admission, AdmissionClosed, InflightGuard};
+use crate::admission::{Admission, AdmissionClosed, InflightGuard, Permit};
 use crate::budget::MemoryBudget;
 use crate::error::{BusError, answered};
 use crate::receipt::ReceiptToken;
@@ -174,19 +174,26 @@ impl Directory {
         )?
     }
 
-    /// Hands `messages` (all for `topic`, a plain publish) to the topic at once if
-    /// nothing would make it wait: the topic is in the directory, and its admission and
-    /// the bus budget have room for the whole batch now, with nobody queued before it.
-    /// Otherwise nothing is published and the messages come back, in order, for
-    /// [`Directory::send`].
+    /// Hands `messages` (a plain publish, not empty, all of one topic) to their topic at
+    /// once if nothing would make it wait: the topic is in the directory, and its
+    /// admission and the bus budget have room for the whole batch now, with nobody
+    /// queued before it. Otherwise nothing is published and the messages come back, in
+    /// order, for [`Directory::send`].
     pub(crate) fn send_now(
         &self,
-        topic: &Topic,
         messages: Vec<Message>,
         budget: &Arc<MemoryBudget>,
         guards: impl Fn() -> [InflightGuard; 2],
     ) -> Result<(), Vec<Message>> {
-        let Some(target) = self.topics.get(topic).filter(|r| r.usable(None)).map(|r| r.clone()) else {
+        let Some(first) = messages.first() else {
+            return Ok(());
+        };
+        let Some(target) = self
+            .topics
+            .get(&first.topic)
+            .filter(|r| r.usable(None))
+            .map(|r| r.clone())
+        else {
             return Err(messages);
         };
         let Some(core) = &target.awake else {
@@ -207,18 +214,7 @@ impl Directory {
             return Err(messages);
         };
         permit.hold(share);
-        permit.mark_sent();
-        let batch = PublishBatch {
-            messages,
-            permit,
-            _guards: guards(),
-            receipt: None,
-            relay: None,
-        };
-        core.publish(batch).map_err(|mut batch| {
-            batch.permit.mark_unsent();
-            std::mem::take(&mut batch.messages)
-        })
+        hand_over(core, messages, permit, guards(), None, None)
     }
 
     /// Hands `messages` (all for `topic`, within the batch limit) to the topic.
@@ -308,23 +304,15 @@ impl Directory {
             };
             permit.hold(share);
             let rest = messages.split_off(n);
-            permit.mark_sent();
-            let batch = PublishBatch {
-                messages,
-                permit,
-                _guards: guards(),
-                receipt: receipt.map(|r| r.sibling(1)),
-                relay: relay.cloned(),
-            };
-            match core.publish(batch) {
+            let sibling = receipt.map(|r| r.sibling(1));
+            match hand_over(core, messages, permit, guards(), sibling, relay.cloned()) {
                 Ok(()) => {
                     messages = rest;
                     // As asleep: a fan-out here never waits, so it spends the budget.
                     tokio::task::consume_budget().await;
                 }
-                Err(mut batch) => {
-                    batch.permit.mark_unsent();
-                    messages = std::mem::take(&mut batch.messages);
+                Err(back) => {
+                    messages = back;
                     messages.extend(rest);
                     reroutes += 1;
                     if reroutes > MAX_REROUTES {
@@ -336,6 +324,31 @@ impl Directory {
         }
         Ok(())
     }
+}
+
+/// Hands an admitted batch (its permit holding its share of the budget) to the topic's
+/// incarnation `core`. A retired incarnation hands the messages back and the permit is
+/// returned unspent: the publisher goes back to the directory with them.
+fn hand_over(
+    core: &TopicCore,
+    messages: Vec<Message>,
+    mut permit: Permit,
+    guards: [InflightGuard; 2],
+    receipt: Option<Arc<ReceiptToken>>,
+    relay: Option<crate::Relay>,
+) -> Result<(), Vec<Message>> {
+    permit.mark_sent();
+    let batch = PublishBatch {
+        messages,
+        permit,
+        _guards: guards,
+        receipt,
+        relay,
+    };
+    core.publish(batch).map_err(|mut batch| {
+        batch.permit.mark_unsent();
+        std::mem::take(&mut batch.messages)
+    })
 }
 
 impl TopicShared {

@@ -222,16 +222,13 @@ impl Router {
             return Err(BusError::Draining);
         }
         self.check(&messages)?;
-        let Some(first) = messages.first() else {
-            return Ok(None);
-        };
-        if messages.iter().any(|m| m.topic != first.topic) {
-            return Ok(Some(messages));
+        // An empty batch is done; one of several topics is split by `route`.
+        if one_topic(&messages).is_none() {
+            return Ok((!messages.is_empty()).then_some(messages));
         }
-        let topic = first.topic.clone();
         let (count, bytes) = (messages.len(), messages.iter().map(Message::byte_len).sum::<usize>());
         let guards = || [session.inflight.guard(), self.inflight.guard()];
-        match self.directory.send_now(&topic, messages, &self.budget, guards) {
+        match self.directory.send_now(messages, &self.budget, guards) {
             Ok(()) => {
                 self.count_published(session, count, bytes);
                 Ok(None)
@@ -277,14 +274,20 @@ impl Iterator for Groups {
     }
 }
 
+/// The topic of a batch whose messages all have one (`None` for an empty batch).
+fn one_topic(messages: &[Message]) -> Option<&Topic> {
+    let first = &messages.first()?.topic;
+    messages.iter().all(|m| &m.topic == first).then_some(first)
+}
+
 /// Splits a batch by topic, keeping each topic's order. Most batches have one topic:
 /// then the batch is kept as it is, with no copy and nothing allocated.
 fn group_by_topic(messages: Vec<Message>) -> Groups {
-    let Some(first) = messages.first() else {
+    if messages.is_empty() {
         return Groups::One(None);
-    };
-    if messages.iter().all(|m| m.topic == first.topic) {
-        return Groups::One(Some((first.topic.clone(), messages)));
+    }
+    if let Some(topic) = one_topic(&messages) {
+        return Groups::One(Some((topic.clone(), messages)));
     }
     let mut groups: Vec<(Topic, Vec<Message>)> = Vec::new();
     for m in messages {
