@@ -19,8 +19,11 @@
 //!   is still routed, and the reader then reports why the call ended.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use streambus_types::CloseReason;
@@ -30,7 +33,7 @@ use super::call::{self, Call, Endpoint, Reader};
 use super::shared::Shared;
 use super::{ClientError, Credit, REQUEST_QUEUE_FRAMES, Welcome, router};
 use crate::proto::streambus::v1 as pb;
-use crate::quiet::Signals;
+use crate::quiet::{Covered, Signals};
 use pb::client_frame::Frame as Out;
 
 /// An established connection: its call, with `welcome` read and the resubscribes
@@ -124,23 +127,32 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
             let signals = Signals::new();
             let mut pinger = signals.quiet(Box::pin(ping(&shared, &activity)));
             // The writer first, then the connection: a frame a publisher queued is
-            // encoded and written to the socket in the same poll. Only the reader (or
-            // the ping) ends the connection: what the server sent before the socket
-            // closed is still read and routed, and the reader then sees why it ended.
-            let write = async {
+            // encoded and written to the socket in the same poll. `h2` wakes the
+            // connection's task for every frame the writer queues; the connection is
+            // polled next anyway, so those wakes are covered (`Covered`) rather than
+            // polling this task a second time per publish. Only the reader (or the
+            // ping) ends the connection: what the server sent before the socket closed
+            // is still read and routed, and the reader then sees why it ended.
+            let mut write = std::pin::pin!(async {
                 let failed = call::write(&mut send, &mut queue).await;
                 tracing::debug!(error = %failed, "request stream failed");
                 std::future::pending::<Infallible>().await
-            };
-            let link = async {
+            });
+            let mut link = Covered::new(Box::pin(async {
                 let closed = (&mut link).await;
                 tracing::debug!(error = %call::link_ended(closed), "connection ended");
                 std::future::pending::<Infallible>().await
-            };
+            }));
+            let io = std::future::poll_fn(|cx| {
+                link.arm();
+                if let Poll::Ready(never) = write.as_mut().poll(cx) {
+                    match never {}
+                }
+                Pin::new(&mut link).poll(cx)
+            });
             let ended = tokio::select! {
                 biased;
-                never = write => match never {},
-                never = link => match never {},
+                never = io => match never {},
                 ended = &mut reading => ended.unwrap_or_else(|e| ClientError::Protocol(format!("the reader failed: {e}"))),
                 dead = &mut pinger => dead,
             };

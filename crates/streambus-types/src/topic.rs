@@ -73,8 +73,21 @@ pub enum TopicError {
     TailNotLast,
 }
 
-/// Checks the parts common to topics and filters and returns the token count.
-fn check_common(s: &str) -> Result<usize, TopicError> {
+/// What [`check_common`] found in a valid topic or filter string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    /// Number of tokens.
+    depth: usize,
+    /// Some token is a whole `*` or `>`.
+    wildcard: bool,
+    /// Some token other than the last is a whole `>`.
+    tail_not_last: bool,
+}
+
+/// Checks the parts common to topics and filters, in one pass over the bytes once the
+/// characters are known to be visible ASCII (every topic and filter is checked on
+/// every publish and delivery, so this stays cheap).
+fn check_common(s: &str) -> Result<Shape, TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -84,28 +97,43 @@ fn check_common(s: &str) -> Result<usize, TopicError> {
             max: MAX_TOPIC_BYTES,
         });
     }
-    if let Some(character) = s.chars().find(|c| !c.is_ascii_graphic()) {
+    if !s.bytes().all(|b| b.is_ascii_graphic())
+        && let Some(character) = s.chars().find(|c| !c.is_ascii_graphic())
+    {
         return Err(TopicError::InvalidCharacter { character });
     }
-    let mut depth = 0;
-    for (position, token) in s.split('.').enumerate() {
-        depth += 1;
-        if token.is_empty() {
-            return Err(TopicError::EmptyToken { position });
-        }
-        if token.len() > 1 && token.contains(['*', '>']) {
-            return Err(TopicError::PartialWildcard {
-                token: token.to_owned(),
-            });
+    let mut shape = Shape {
+        depth: 0,
+        wildcard: false,
+        tail_not_last: false,
+    };
+    let mut tail_seen = false;
+    for (position, token) in s.as_bytes().split(|&b| b == b'.').enumerate() {
+        shape.depth += 1;
+        shape.tail_not_last |= tail_seen;
+        match token {
+            [] => return Err(TopicError::EmptyToken { position }),
+            [b'*'] => shape.wildcard = true,
+            [b'>'] => {
+                shape.wildcard = true;
+                tail_seen = true;
+            }
+            [_] => {}
+            _ if token.iter().any(|&b| b == b'*' || b == b'>') => {
+                return Err(TopicError::PartialWildcard {
+                    token: String::from_utf8_lossy(token).into_owned(),
+                });
+            }
+            _ => {}
         }
     }
-    if depth > MAX_TOPIC_DEPTH {
+    if shape.depth > MAX_TOPIC_DEPTH {
         return Err(TopicError::TooDeep {
-            depth,
+            depth: shape.depth,
             max: MAX_TOPIC_DEPTH,
         });
     }
-    Ok(depth)
+    Ok(shape)
 }
 
 /// A concrete, validated topic name: what messages are published to.
@@ -115,8 +143,7 @@ pub struct Topic(Arc<str>);
 impl Topic {
     /// Validates `name` as a publish topic.
     pub fn new(name: &str) -> Result<Self, TopicError> {
-        check_common(name)?;
-        if name.split('.').any(|t| t == "*" || t == ">") {
+        if check_common(name)?.wildcard {
             return Err(TopicError::WildcardInTopic);
         }
         Ok(Topic(Arc::from(name)))
@@ -156,8 +183,7 @@ pub enum FilterToken<'a> {
 impl TopicFilter {
     /// Validates `filter`.
     pub fn new(filter: &str) -> Result<Self, TopicError> {
-        let depth = check_common(filter)?;
-        if filter.split('.').enumerate().any(|(i, t)| t == ">" && i + 1 != depth) {
+        if check_common(filter)?.tail_not_last {
             return Err(TopicError::TailNotLast);
         }
         Ok(TopicFilter(Arc::from(filter)))
@@ -436,6 +462,67 @@ mod tests {
             let _ = Topic::new(&s);
             let _ = TopicFilter::new(&s);
         }
+
+        /// The one-pass validators give exactly the rules' answer, error included, on
+        /// strings made of the characters that matter (dots, wildcards, a space, a
+        /// non-ASCII letter), up to past both limits.
+        #[test]
+        fn validators_follow_the_rules(
+            s in prop_oneof![
+                prop::collection::vec(
+                    prop::sample::select(vec!["a", "bc", "$s", "*", ">", "a*", ">b", "", " ", "é"]),
+                    1..20,
+                ).prop_map(|tokens| tokens.join(".")),
+                "[ab.*>$ é]{0,24}",
+                "([ab*>]{1,2}\\.){10,20}[ab>]",
+                "[a.]{250,260}",
+            ]
+        ) {
+            prop_assert_eq!(Topic::new(&s).map(|t| t.as_str().to_owned()), rules(&s, false));
+            prop_assert_eq!(TopicFilter::new(&s).map(|f| f.as_str().to_owned()), rules(&s, true));
+        }
+    }
+
+    /// The validation rules written out plainly, one check after the other, in the order
+    /// their errors take precedence.
+    fn rules(s: &str, filter: bool) -> Result<String, TopicError> {
+        if s.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if s.len() > MAX_TOPIC_BYTES {
+            return Err(TopicError::TooLong {
+                len: s.len(),
+                max: MAX_TOPIC_BYTES,
+            });
+        }
+        if let Some(character) = s.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(TopicError::InvalidCharacter { character });
+        }
+        let tokens: Vec<&str> = s.split('.').collect();
+        for (position, token) in tokens.iter().enumerate() {
+            if token.is_empty() {
+                return Err(TopicError::EmptyToken { position });
+            }
+            if token.len() > 1 && token.contains(['*', '>']) {
+                return Err(TopicError::PartialWildcard {
+                    token: token.to_string(),
+                });
+            }
+        }
+        if tokens.len() > MAX_TOPIC_DEPTH {
+            return Err(TopicError::TooDeep {
+                depth: tokens.len(),
+                max: MAX_TOPIC_DEPTH,
+            });
+        }
+        let wild = |t: &&str| *t == "*" || *t == ">";
+        if !filter && tokens.iter().any(wild) {
+            return Err(TopicError::WildcardInTopic);
+        }
+        if filter && tokens[..tokens.len() - 1].contains(&">") {
+            return Err(TopicError::TailNotLast);
+        }
+        Ok(s.to_owned())
     }
 
     /// `covers` is exactly "every topic the second matches, the first matches", checked
