@@ -29,7 +29,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
-use streambus_core::{BatchEvent, BusError, DeliveryRun, SessionHandle, Subscription};
+use streambus_core::{BatchEvent, BusError, DeliveryRun, SessionHandle, Subscription, TopicRoute};
 use streambus_types::{Message, OverflowPolicy, SubscriptionOptions, Topic};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -101,6 +101,7 @@ impl chat::chat_service_server::ChatService for ChatService {
             stopping: context.stopping(),
             session: Arc::new(session),
             topic,
+            route: TopicRoute::default(),
             pending: None,
             in_flight: 0,
             status: None,
@@ -143,6 +144,8 @@ pub struct ChatStream {
     session: Arc<SessionHandle>,
     /// `$chat.<session id>`.
     topic: Topic,
+    /// The way to `topic`'s entry, kept between publishes.
+    route: TopicRoute,
     /// The publish that had to wait (at most one, and nothing is read meanwhile: the
     /// client's order is the topic's), or, once reading stopped, the session's close.
     pending: Option<InProgress>,
@@ -277,7 +280,7 @@ impl ChatStream {
             self.in_flight += 1;
             // Published then and there when nothing makes it wait (its echo is then
             // ready); otherwise the publish waits here, and nothing more is read.
-            match self.session.publish_now(message) {
+            match self.session.publish_now_on(message, &mut self.route) {
                 Ok(None) => {
                     if let Poll::Ready(item) = self.poll_echo(&mut quiet) {
                         return Poll::Ready(item);

@@ -110,6 +110,14 @@ impl TopicRef {
     }
 }
 
+/// A publisher's remembered way to the topic it publishes to most: with it, a publish
+/// at once ([`crate::SessionHandle::publish_now_on`]) skips the directory's lookup
+/// (hashing the name, a shard's lock, a probe into a map of every live topic) for as
+/// long as the topic's incarnation lives. It holds that one entry (the topic's state
+/// and incarnation) alive until it is used for another topic or dropped.
+#[derive(Debug, Default)]
+pub struct TopicRoute(Option<TopicRef>);
+
 /// What a batch carries beside its messages.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct BatchTags<'a> {
@@ -179,27 +187,56 @@ impl Directory {
     /// admission and the bus budget have room for the whole batch now, with nobody
     /// queued before it. Otherwise nothing is published and the messages come back, in
     /// order, for [`Directory::send`].
+    ///
+    /// With a `route`, the topic's entry is taken from it while it is still the topic's
+    /// (its incarnation not retired), and put there after a lookup.
     pub(crate) fn send_now(
         &self,
         messages: Vec<Message>,
         budget: &Arc<MemoryBudget>,
         guards: impl Fn() -> [InflightGuard; 2],
+        route: Option<&mut TopicRoute>,
     ) -> Result<(), Vec<Message>> {
         let Some(first) = messages.first() else {
             return Ok(());
         };
-        let Some(target) = self
-            .topics
-            .get(&first.topic)
-            .filter(|r| r.usable(None))
-            .map(|r| r.clone())
-        else {
+        let mut looked_up = None;
+        let slot = route.map_or(&mut looked_up, |r| &mut r.0);
+        if !slot
+            .as_ref()
+            .is_some_and(|r| r.shared.name == first.topic && r.usable(None))
+        {
+            *slot = self
+                .topics
+                .get(&first.topic)
+                .filter(|r| r.usable(None))
+                .map(|r| r.clone());
+        }
+        let Some(target) = slot.as_ref() else {
             return Err(messages);
         };
-        let Some(core) = &target.awake else {
-            return target.shared.publish_asleep(messages, None, self.now_ms());
+        let sent = match &target.awake {
+            None => target.shared.publish_asleep(messages, None, self.now_ms()),
+            Some(core) => self.admit_now(core, &target.shared, messages, budget, guards),
         };
-        let admission = &target.shared.admission;
+        if sent.is_err() {
+            // The entry may be the reason (a gate changed, an incarnation retired
+            // meanwhile): the next publish looks it up again.
+            *slot = None;
+        }
+        sent
+    }
+
+    /// [`Directory::send_now`]'s admission and hand-over to an awake incarnation.
+    fn admit_now(
+        &self,
+        core: &TopicCore,
+        shared: &TopicShared,
+        messages: Vec<Message>,
+        budget: &Arc<MemoryBudget>,
+        guards: impl Fn() -> [InflightGuard; 2],
+    ) -> Result<(), Vec<Message>> {
+        let admission = &shared.admission;
         let n = messages.len();
         let bytes = messages.iter().map(Message::byte_len).sum::<usize>();
         let cost = MemoryBudget::cost(n, bytes);

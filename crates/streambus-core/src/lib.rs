@@ -49,6 +49,7 @@ pub use actors::topic::TopicSnapshot;
 pub use actors::topic_supervisor::TopicSupervisorSnapshot;
 pub use budget::MemorySnapshot;
 pub use bus::{Bus, BusCounters, BusSnapshot, ConnectOptions, Quiesced};
+pub use directory::TopicRoute;
 pub use error::BusError;
 pub use federation::{Federation, InterestChange, InterestKey, Relay};
 pub use metrics::{HistogramSnapshot, MetricsSnapshot};

@@ -30,7 +30,7 @@ use streambus_types::{Message, Topic};
 use crate::actors::session::SessionShared;
 use crate::admission::Inflight;
 use crate::budget::MemoryBudget;
-use crate::directory::{Admit, BatchTags, Directory};
+use crate::directory::{Admit, BatchTags, Directory, TopicRoute};
 use crate::error::BusError;
 use crate::metrics::BusMetrics;
 use crate::receipt::ReceiptToken;
@@ -215,6 +215,7 @@ impl Router {
         &self,
         session: &Arc<SessionShared>,
         messages: Vec<Message>,
+        route: Option<&mut TopicRoute>,
     ) -> Result<Option<Vec<Message>>, BusError> {
         self.publishing.fetch_add(1, Ordering::SeqCst);
         let _publishing = Publishing(&self.publishing);
@@ -228,7 +229,7 @@ impl Router {
         }
         let (count, bytes) = (messages.len(), messages.iter().map(Message::byte_len).sum::<usize>());
         let guards = || [session.inflight.guard(), self.inflight.guard()];
-        match self.directory.send_now(messages, &self.budget, guards) {
+        match self.directory.send_now(messages, &self.budget, guards, route) {
             Ok(()) => {
                 self.count_published(session, count, bytes);
                 Ok(None)

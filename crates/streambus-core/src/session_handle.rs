@@ -33,7 +33,7 @@ use ractor::{ActorRef, ActorStatus};
 use streambus_types::{CloseReason, Message, SubscriptionOptions, Topic, TopicFilter};
 
 use crate::actors::session::{SessionId, SessionMessage, SessionShared, SessionSnapshot};
-use crate::directory::Admit;
+use crate::directory::{Admit, TopicRoute};
 use crate::error::{BusError, answered};
 use crate::receipt::Receipt;
 use crate::router::Router;
@@ -217,7 +217,16 @@ impl SessionHandle {
     /// would have refused it.
     pub fn publish_now(&self, message: Message) -> Result<Option<Message>, BusError> {
         Ok(self
-            .publish_batch_now(vec![message])?
+            .publish_now_routed(vec![message], None)?
+            .and_then(|mut messages| messages.pop()))
+    }
+
+    /// [`Self::publish_now`] through `route`, the caller's remembered way to the topic
+    /// it publishes to most (see [`TopicRoute`]): for a publisher that keeps to one
+    /// topic, it skips the directory's lookup.
+    pub fn publish_now_on(&self, message: Message, route: &mut TopicRoute) -> Result<Option<Message>, BusError> {
+        Ok(self
+            .publish_now_routed(vec![message], Some(route))?
             .and_then(|mut messages| messages.pop()))
     }
 
@@ -225,6 +234,15 @@ impl SessionHandle {
     /// does a message: `Ok(Some(messages))` hands the whole batch back, untouched, for
     /// [`Self::publish_batch`] (always so for a batch of several topics).
     pub fn publish_batch_now(&self, messages: Vec<Message>) -> Result<Option<Vec<Message>>, BusError> {
+        self.publish_now_routed(messages, None)
+    }
+
+    /// [`Self::publish_batch_now`], through `route` if given.
+    fn publish_now_routed(
+        &self,
+        messages: Vec<Message>,
+        route: Option<&mut TopicRoute>,
+    ) -> Result<Option<Vec<Message>>, BusError> {
         let now = if !self.is_open() {
             Err(BusError::Closed)
         } else {
@@ -233,7 +251,7 @@ impl SessionHandle {
                 Some(access) => access.check_publish(&messages),
                 None => Ok(()),
             }
-            .and_then(|()| self.router.route_now(&self.shared, messages))
+            .and_then(|()| self.router.route_now(&self.shared, messages, route))
         };
         if let Err(e) = &now {
             self.note_refusal(e);

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use harness::*;
-use streambus_core::{BusError, CloseReason, ConnectOptions, Event, Gap, OverflowPolicy, SubscriptionOptions, Topic};
+use streambus_core::{
+    BusError, CloseReason, ConnectOptions, Event, Gap, OverflowPolicy, SubscriptionOptions, Topic, TopicRoute,
+};
 
 fn policy(p: OverflowPolicy, messages: usize) -> SubscriptionOptions {
     SubscriptionOptions::default().overflow(p).buffer(messages, 1 << 20)
@@ -193,6 +195,59 @@ async fn publish_now_hands_back_what_would_wait() {
     s.close().await.unwrap();
     assert!(matches!(s.publish_now(msg("t", "5")), Err(BusError::Closed)));
     assert_eq!(bus.metrics().published_messages, 5);
+    bus.shutdown().await;
+}
+
+/// Publishes `m` at once through `route` if it can, the waiting way otherwise; says
+/// which.
+async fn via(s: &streambus_core::SessionHandle, route: &mut TopicRoute, m: streambus_core::Message) -> bool {
+    match s.publish_now_on(m, route).unwrap() {
+        None => true,
+        Some(back) => {
+            s.publish_message(back).await.unwrap();
+            false
+        }
+    }
+}
+
+/// A route remembers its topic's entry and follows it: to another topic, to the
+/// successor of a restarted incarnation, to nothing once the topic is reaped, to the
+/// asleep entry after that and to the awake one when a subscriber wakes the topic.
+/// Every message arrives on its own topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_follows_its_topic() {
+    let bus = bus_with(|c| c.topics.idle_timeout_ms = 300).await;
+    let s = bus.connect(ConnectOptions::default()).await.unwrap();
+    let (mut t, mut u) = (
+        bus.subscribe("t", policy(OverflowPolicy::Block, 64)).await.unwrap(),
+        bus.subscribe("u", policy(OverflowPolicy::Block, 64)).await.unwrap(),
+    );
+    let mut route = TopicRoute::default();
+    via(&s, &mut route, msg("t", "1")).await;
+    assert!(via(&s, &mut route, msg("t", "2")).await, "t is awake");
+    via(&s, &mut route, msg("u", "a")).await;
+    assert!(via(&s, &mut route, msg("u", "b")).await);
+    assert!(via(&s, &mut route, msg("t", "3")).await, "back to t");
+    assert_eq!(payloads(&mut t, 3).await, ["1", "2", "3"]);
+    assert_eq!(payloads(&mut u, 2).await, ["a", "b"]);
+
+    // The incarnation the route holds is retired by the restart.
+    bus.inject_topic_panic("t").unwrap();
+    wait_snapshot(&bus, "t restarted", |s| s.topic("t").is_some_and(|t| t.restarts == 1)).await;
+    assert!(via(&s, &mut route, msg("t", "4")).await, "the successor, at once");
+    assert_eq!(payloads(&mut t, 1).await, ["4"]);
+
+    // Reaped: the route's entry is gone from the directory.
+    t.unsubscribe().await.unwrap();
+    wait_snapshot(&bus, "t reaped", |s| s.topic("t").is_none()).await;
+    assert!(!via(&s, &mut route, msg("t", "5")).await, "started anew, asleep");
+    assert!(via(&s, &mut route, msg("t", "6")).await, "asleep, at once");
+    // A subscriber wakes it: the asleep entry the route holds hands the message back.
+    let mut woken = bus.subscribe("t", policy(OverflowPolicy::Block, 64)).await.unwrap();
+    assert!(!via(&s, &mut route, msg("t", "7")).await, "the gate changed");
+    assert!(via(&s, &mut route, msg("t", "8")).await, "awake, at once");
+    assert_eq!(payloads(&mut woken, 2).await, ["7", "8"]);
+    assert_eq!(bus.metrics().published_messages, 10);
     bus.shutdown().await;
 }
 
