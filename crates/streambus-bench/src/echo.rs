@@ -5,9 +5,17 @@
 //! evenly, their turns spread over one period, so the same load can be offered by 100
 //! streams or by 10,000 and the server's cost per echo compared between the two.
 //!
+//! With `steady_after`, the server's CPU and the echoes answered are also counted over
+//! a steady window alone, from that long after the start to the deadline: opening and
+//! closing the streams (a session, a subscription and a topic each on the bus) fall
+//! outside it, so the window gives the cost per message, the whole run the cost per
+//! message and stream together.
+//!
 //! The send time travels in the message: the first 20 characters of the content are the
 //! nanoseconds since the run started, the rest is padding up to `size` bytes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use streambus::proto::stream::Message;
@@ -44,6 +52,8 @@ pub struct EchoOptions {
     /// The server's pid, to measure the CPU it spends on the streams (from the first
     /// stream opening to the last echo: the connections' set-up is left out).
     pub server_pid: Option<u32>,
+    /// Where the steady window starts, after the run's start (it ends at the deadline).
+    pub steady_after: Option<Duration>,
 }
 
 impl EchoOptions {
@@ -62,6 +72,9 @@ impl EchoOptions {
         }
         if self.duration.is_zero() {
             return Err("--duration must be positive".into());
+        }
+        if self.steady_after.is_some_and(|after| after >= self.duration) {
+            return Err("--steady-after must be shorter than --duration".into());
         }
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0) {
@@ -99,6 +112,47 @@ pub struct EchoRun {
     pub errors: Vec<String>,
     /// CPU seconds the server spent over `elapsed`, when its pid was given.
     pub server_cpu_seconds: Option<f64>,
+    /// The steady window, when asked for and the server's pid was given.
+    pub steady: Option<Steady>,
+}
+
+/// What the steady window measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Steady {
+    /// The window's length.
+    pub seconds: f64,
+    /// Echoes answered in it.
+    pub echoes: u64,
+    /// CPU seconds the server spent in it.
+    pub server_cpu_seconds: f64,
+}
+
+impl Steady {
+    /// Echoes per second in the window.
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.echoes as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    /// Server CPU per echo in the window, µs.
+    pub fn server_cpu_us_per_msg(&self) -> f64 {
+        self.server_cpu_seconds * 1e6 / self.echoes.max(1) as f64
+    }
+}
+
+/// Samples the server's CPU and the echoes answered at `from` and at `to`.
+async fn steady_window(pid: u32, answered: Arc<AtomicU64>, from: Instant, to: Instant) -> Option<Steady> {
+    tokio::time::sleep_until(from).await;
+    let (cpu_from, echoes_from, at) = (
+        proc_stats::cpu_seconds(pid)?,
+        answered.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep_until(to).await;
+    Some(Steady {
+        seconds: at.elapsed().as_secs_f64(),
+        echoes: answered.load(Ordering::Relaxed) - echoes_from,
+        server_cpu_seconds: proc_stats::cpu_seconds(pid)? - cpu_from,
+    })
 }
 
 /// Runs the workload.
@@ -112,12 +166,22 @@ pub async fn run(options: &EchoOptions) -> anyhow::Result<EchoRun> {
     let cpu_before = options.server_pid.and_then(proc_stats::cpu_seconds);
     let start = Instant::now();
     let deadline = start + options.duration;
+    let answered = Arc::new(AtomicU64::new(0));
+    let steady = options
+        .server_pid
+        .zip(options.steady_after)
+        .map(|(pid, after)| tokio::spawn(steady_window(pid, answered.clone(), start + after, deadline)));
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
         .map(|(i, client)| {
             let pace = options.rate.map(|rate| pace(rate, options.conns, i));
-            tokio::spawn(stream(client, start, deadline, options.size, options.window, pace))
+            let shape = Shape {
+                size: options.size,
+                window: options.window,
+                pace,
+            };
+            tokio::spawn(stream(client, start, deadline, shape, answered.clone()))
         })
         .collect();
     let mut latencies = Latencies::new();
@@ -130,11 +194,16 @@ pub async fn run(options: &EchoOptions) -> anyhow::Result<EchoRun> {
     }
     let elapsed = start.elapsed();
     let cpu_after = options.server_pid.and_then(proc_stats::cpu_seconds);
+    let steady = match steady {
+        Some(window) => window.await?,
+        None => None,
+    };
     Ok(EchoRun {
         latencies,
         elapsed,
         errors,
         server_cpu_seconds: cpu_before.zip(cpu_after).map(|(before, after)| after - before),
+        steady,
     })
 }
 
@@ -145,17 +214,28 @@ fn pace(rate: f64, conns: usize, i: usize) -> (Duration, Duration) {
     (period, period.mul_f64(i as f64 / conns as f64))
 }
 
-/// One stream: keeps `window` messages in flight until `deadline`, then drains. With a
-/// `pace` (period, first offset), each send also waits for the stream's next turn; a
-/// late echo delays the turns after it rather than bunching them.
+/// What one stream sends.
+struct Shape {
+    /// Message size.
+    size: usize,
+    /// Messages in flight.
+    window: usize,
+    /// Its turns, if paced: (period, first offset).
+    pace: Option<(Duration, Duration)>,
+}
+
+/// One stream: keeps `window` messages in flight until `deadline`, then drains, and
+/// counts each echo in `answered`. With a `pace` (period, first offset), each send
+/// also waits for the stream's next turn; a late echo delays the turns after it rather
+/// than bunching them.
 async fn stream(
     mut client: ChatServiceClient<tonic::transport::Channel>,
     start: Instant,
     deadline: Instant,
-    size: usize,
-    window: usize,
-    pace: Option<(Duration, Duration)>,
+    shape: Shape,
+    answered: Arc<AtomicU64>,
 ) -> anyhow::Result<Latencies> {
+    let Shape { size, window, pace } = shape;
     let mut turns = pace.map(|(period, offset)| {
         let mut turns = tokio::time::interval_at(start + offset, period);
         turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,6 +266,7 @@ async fn stream(
             Err(status) if tx.is_none() && status.code() == tonic::Code::Unknown && status.message() == "EOF" => break,
             Err(status) => return Err(status.into()),
         };
+        answered.fetch_add(1, Ordering::Relaxed);
         let now = start.elapsed().as_nanos();
         let sent = stamp_of(&echo.content).ok_or_else(|| anyhow::anyhow!("unexpected echo {:?}", echo.content))?;
         latencies.record(Duration::from_nanos(
@@ -235,6 +316,7 @@ mod tests {
             server_pid: None,
             window: 1,
             rate: None,
+            steady_after: None,
         };
         assert!(ok.validate().is_ok());
         assert!(
@@ -277,6 +359,15 @@ mod tests {
         assert!(EchoOptions { size: 8, ..ok.clone() }.validate().is_err());
         assert!(
             EchoOptions {
+                steady_after: Some(Duration::from_secs(1)),
+                ..ok.clone()
+            }
+            .validate()
+            .is_err(),
+            "the window starts before the deadline"
+        );
+        assert!(
+            EchoOptions {
                 duration: Duration::ZERO,
                 ..ok
             }
@@ -309,6 +400,7 @@ mod tests {
                 rate: None,
                 // This process serves them all.
                 server_pid: Some(std::process::id()),
+                steady_after: Some(Duration::from_millis(100)),
             };
             let run = run(&options).await.unwrap();
             assert!(run.errors.is_empty(), "{:?}", run.errors);
@@ -317,6 +409,15 @@ mod tests {
                 "the server's CPU is measured"
             );
             assert!(run.latencies.len() >= 12, "every stream answers its window at least");
+            // The steady window is the second half of the sending: some echoes, fewer
+            // than the whole run's, its CPU within the whole run's.
+            let steady = run.steady.expect("a steady window");
+            assert!(steady.echoes > 0 && steady.echoes < run.latencies.len(), "{steady:?}");
+            assert!((0.05..0.2).contains(&steady.seconds), "{steady:?}");
+            assert!(
+                steady.server_cpu_seconds <= run.server_cpu_seconds.unwrap(),
+                "{steady:?}"
+            );
         }
         server.shutdown().await.unwrap();
     }
@@ -348,6 +449,7 @@ mod tests {
             window: 1,
             rate: Some(40.0),
             server_pid: None,
+            steady_after: None,
         };
         let run = run(&options).await.unwrap();
         assert!(run.errors.is_empty(), "{:?}", run.errors);

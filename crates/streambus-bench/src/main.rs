@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use streambus::types::OverflowPolicy;
 use streambus_bench::pubsub::{self, Progress, PubSubOptions, Target, Workload};
-use streambus_bench::report::Report;
+use streambus_bench::report::{Report, SteadySummary};
 use streambus_bench::{baseline, churn, devices, echo, plot, proc_stats, stalled};
 
 /// Load generator for streambus and its baselines.
@@ -57,6 +57,11 @@ enum Command {
         /// its turn); without it, each stream sends as soon as its echo is back.
         #[arg(long)]
         rate: Option<f64>,
+        /// Also measure the server's CPU per echo and the rate over a steady window,
+        /// from this many seconds after the start to the end of sending (opening and
+        /// closing the streams left out); needs `--server-pid`.
+        #[arg(long)]
+        steady_after: Option<f64>,
         #[command(flatten)]
         output: Output,
     },
@@ -262,10 +267,15 @@ impl Output {
 }
 
 fn seconds(value: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    named_seconds("--duration", value)
+}
+
+/// [`seconds`] for the option `name`, which its error names.
+fn named_seconds(name: &str, value: Option<f64>) -> anyhow::Result<Option<Duration>> {
     match value {
         None => Ok(None),
         Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(_) => anyhow::bail!("--duration must be between 0 and 3600 seconds"),
+        Some(_) => anyhow::bail!("{name} must be between 0 and 3600 seconds"),
     }
 }
 
@@ -392,6 +402,7 @@ async fn main() -> anyhow::Result<()> {
             duration,
             window,
             rate,
+            steady_after,
             output,
         } => {
             let options = echo::EchoOptions {
@@ -402,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
                 window,
                 rate,
                 server_pid: output.server_pid,
+                steady_after: named_seconds("--steady-after", steady_after)?,
             };
             options.validate().map_err(anyhow::Error::msg)?;
             let run = echo::run(&options).await?;
@@ -410,6 +422,11 @@ async fn main() -> anyhow::Result<()> {
             report.server_cpu_us_per_msg = run
                 .server_cpu_seconds
                 .map(|cpu| cpu * 1e6 / report.messages.max(1) as f64);
+            report.steady = run.steady.map(|s| SteadySummary {
+                seconds: s.seconds,
+                msgs_per_sec: s.msgs_per_sec(),
+                server_cpu_us_per_msg: s.server_cpu_us_per_msg(),
+            });
             output.emit(report, &run.latencies, &[])
         }
         Command::Churn {
@@ -425,7 +442,7 @@ async fn main() -> anyhow::Result<()> {
                 conns,
                 subs,
                 waves,
-                idle: seconds(Some(idle))?.expect("given"),
+                idle: named_seconds("--idle", Some(idle))?.expect("given"),
                 server_pid,
             };
             let report = churn::run(&options).await?;

@@ -112,12 +112,26 @@ pub struct Report {
     /// `--server-pid` was given (`echo`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_msg: Option<f64>,
+    /// The steady window's figures (`echo --steady-after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady: Option<SteadySummary>,
     /// CPU seconds this client used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cpu_seconds: Option<f64>,
     /// Streams that failed (their error), if any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+}
+
+/// A run's steady window: from a while after the start to the end of sending.
+#[derive(Debug, Clone, Serialize)]
+pub struct SteadySummary {
+    /// The window's length.
+    pub seconds: f64,
+    /// Messages answered per second in it.
+    pub msgs_per_sec: f64,
+    /// Server CPU per message answered in it, µs.
+    pub server_cpu_us_per_msg: f64,
 }
 
 impl Report {
@@ -145,6 +159,7 @@ impl Report {
             published_messages: None,
             server_peak_rss_bytes: None,
             server_cpu_us_per_msg: None,
+            steady: None,
             client_cpu_seconds: None,
             errors: Vec::new(),
         }
@@ -189,6 +204,12 @@ impl Report {
         }
         if let Some(cpu) = self.server_cpu_us_per_msg {
             out += &format!("server cpu    {cpu:.1} µs per message\n");
+        }
+        if let Some(s) = &self.steady {
+            out += &format!(
+                "steady        {:.0} msgs/s, server cpu {:.1} µs per message (last {:.1} s)\n",
+                s.msgs_per_sec, s.server_cpu_us_per_msg, s.seconds
+            );
         }
         if let Some(cpu) = self.client_cpu_seconds {
             out += &format!("client cpu    {cpu:.2} s\n");
