@@ -276,7 +276,7 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let span = tracing::info_span!("session", id = args.shared.id.0, name = %args.shared.name);
-        tracing::info!(parent: &span, "session opened");
+        tracing::debug!(parent: &span, "session opened");
         Ok(SessionState {
             args,
             subscriptions: HashMap::new(),
@@ -340,7 +340,7 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         state.args.shared.closed.store(true, Ordering::Release);
         state.args.shared.quota_slot.lock().take();
-        tracing::info!(parent: &state.span, "session closed");
+        tracing::debug!(parent: &state.span, "session closed");
         Ok(())
     }
 }
