@@ -188,20 +188,19 @@ impl Directory {
     /// queued before it. Otherwise nothing is published and the messages come back, in
     /// order, for [`Directory::send`].
     ///
-    /// With a `route`, the topic's entry is taken from it while it is still the topic's
-    /// (its incarnation not retired), and put there after a lookup.
+    /// The topic's entry is taken from `route` while it is still the topic's (its
+    /// incarnation not retired), and put there after a lookup.
     pub(crate) fn send_now(
         &self,
         messages: Vec<Message>,
         budget: &Arc<MemoryBudget>,
         guards: impl Fn() -> [InflightGuard; 2],
-        route: Option<&mut TopicRoute>,
+        route: &mut TopicRoute,
     ) -> Result<(), Vec<Message>> {
         let Some(first) = messages.first() else {
             return Ok(());
         };
-        let mut looked_up = None;
-        let slot = route.map_or(&mut looked_up, |r| &mut r.0);
+        let slot = &mut route.0;
         if !slot
             .as_ref()
             .is_some_and(|r| r.shared.name == first.topic && r.usable(None))
@@ -217,7 +216,7 @@ impl Directory {
         };
         let sent = match &target.awake {
             None => target.shared.publish_asleep(messages, None, self.now_ms()),
-            Some(core) => self.admit_now(core, &target.shared, messages, budget, guards),
+            Some(core) => admit_now(core, &target.shared, messages, budget, guards),
         };
         if sent.is_err() {
             // The entry may be the reason (a gate changed, an incarnation retired
@@ -225,33 +224,6 @@ impl Directory {
             *slot = None;
         }
         sent
-    }
-
-    /// [`Directory::send_now`]'s admission and hand-over to an awake incarnation.
-    fn admit_now(
-        &self,
-        core: &TopicCore,
-        shared: &TopicShared,
-        messages: Vec<Message>,
-        budget: &Arc<MemoryBudget>,
-        guards: impl Fn() -> [InflightGuard; 2],
-    ) -> Result<(), Vec<Message>> {
-        let admission = &shared.admission;
-        let n = messages.len();
-        let bytes = messages.iter().map(Message::byte_len).sum::<usize>();
-        let cost = MemoryBudget::cost(n, bytes);
-        if n > admission.capacity_messages() || bytes > admission.capacity_bytes() || cost > budget.capacity() {
-            // Split across several admissions by `send`.
-            return Err(messages);
-        }
-        let Ok(Some(mut permit)) = admission.try_acquire(n, bytes) else {
-            return Err(messages);
-        };
-        let Some(share) = budget.take_now(cost) else {
-            return Err(messages);
-        };
-        permit.hold(share);
-        hand_over(core, messages, permit, guards(), None, None)
     }
 
     /// Hands `messages` (all for `topic`, within the batch limit) to the topic.
@@ -361,6 +333,32 @@ impl Directory {
         }
         Ok(())
     }
+}
+
+/// [`Directory::send_now`]'s admission and hand-over to an awake incarnation.
+fn admit_now(
+    core: &TopicCore,
+    shared: &TopicShared,
+    messages: Vec<Message>,
+    budget: &Arc<MemoryBudget>,
+    guards: impl Fn() -> [InflightGuard; 2],
+) -> Result<(), Vec<Message>> {
+    let admission = &shared.admission;
+    let n = messages.len();
+    let bytes = messages.iter().map(Message::byte_len).sum::<usize>();
+    let cost = MemoryBudget::cost(n, bytes);
+    if n > admission.capacity_messages() || bytes > admission.capacity_bytes() || cost > budget.capacity() {
+        // Split across several admissions by `send`.
+        return Err(messages);
+    }
+    let Ok(Some(mut permit)) = admission.try_acquire(n, bytes) else {
+        return Err(messages);
+    };
+    let Some(share) = budget.take_now(cost) else {
+        return Err(messages);
+    };
+    permit.hold(share);
+    hand_over(core, messages, permit, guards(), None, None)
 }
 
 /// Hands an admitted batch (its permit holding its share of the budget) to the topic's

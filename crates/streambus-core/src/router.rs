@@ -215,7 +215,7 @@ impl Router {
         &self,
         session: &Arc<SessionShared>,
         messages: Vec<Message>,
-        route: Option<&mut TopicRoute>,
+        route: &mut TopicRoute,
     ) -> Result<Option<Vec<Message>>, BusError> {
         self.publishing.fetch_add(1, Ordering::SeqCst);
         let _publishing = Publishing(&self.publishing);

@@ -216,9 +216,7 @@ impl SessionHandle {
     /// with [`Self::publish_message`]. `Err`: refused, as [`Self::publish_message`]
     /// would have refused it.
     pub fn publish_now(&self, message: Message) -> Result<Option<Message>, BusError> {
-        Ok(self
-            .publish_now_routed(vec![message], None)?
-            .and_then(|mut messages| messages.pop()))
+        self.publish_now_on(message, &mut TopicRoute::default())
     }
 
     /// [`Self::publish_now`] through `route`, the caller's remembered way to the topic
@@ -226,7 +224,7 @@ impl SessionHandle {
     /// topic, it skips the directory's lookup.
     pub fn publish_now_on(&self, message: Message, route: &mut TopicRoute) -> Result<Option<Message>, BusError> {
         Ok(self
-            .publish_now_routed(vec![message], Some(route))?
+            .publish_now_routed(vec![message], route)?
             .and_then(|mut messages| messages.pop()))
     }
 
@@ -234,14 +232,14 @@ impl SessionHandle {
     /// does a message: `Ok(Some(messages))` hands the whole batch back, untouched, for
     /// [`Self::publish_batch`] (always so for a batch of several topics).
     pub fn publish_batch_now(&self, messages: Vec<Message>) -> Result<Option<Vec<Message>>, BusError> {
-        self.publish_now_routed(messages, None)
+        self.publish_now_routed(messages, &mut TopicRoute::default())
     }
 
-    /// [`Self::publish_batch_now`], through `route` if given.
+    /// [`Self::publish_batch_now`] through `route`.
     fn publish_now_routed(
         &self,
         messages: Vec<Message>,
-        route: Option<&mut TopicRoute>,
+        route: &mut TopicRoute,
     ) -> Result<Option<Vec<Message>>, BusError> {
         let now = if !self.is_open() {
             Err(BusError::Closed)
