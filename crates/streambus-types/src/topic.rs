@@ -84,9 +84,39 @@ struct Shape {
     tail_not_last: bool,
 }
 
-/// Checks the parts common to topics and filters, in one pass over the bytes once the
-/// characters are known to be visible ASCII (every topic and filter is checked on
-/// every publish and delivery, so this stays cheap).
+/// What a byte is to [`check_common`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Visible ASCII other than the three below.
+    Plain,
+    /// `.`, between tokens.
+    Dot,
+    /// `*` or `>`.
+    Wildcard,
+    /// Space, control or non-ASCII.
+    Invalid,
+}
+
+/// [`Class`] of every byte value.
+static CLASSES: [Class; 256] = {
+    let mut table = [Class::Invalid; 256];
+    let mut b = 0x21;
+    while b <= 0x7e {
+        table[b] = Class::Plain;
+        b += 1;
+    }
+    table[b'.' as usize] = Class::Dot;
+    table[b'*' as usize] = Class::Wildcard;
+    table[b'>' as usize] = Class::Wildcard;
+    table
+};
+
+/// Checks the parts common to topics and filters in one pass over the bytes (every
+/// topic and filter is checked on every publish and delivery, so this stays cheap).
+///
+/// Errors keep their precedence whatever their place in the string: an invalid
+/// character first, then the first token that is empty or holds a partial wildcard,
+/// then the depth.
 fn check_common(s: &str) -> Result<Shape, TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
@@ -97,35 +127,57 @@ fn check_common(s: &str) -> Result<Shape, TopicError> {
             max: MAX_TOPIC_BYTES,
         });
     }
-    if !s.bytes().all(|b| b.is_ascii_graphic())
-        && let Some(character) = s.chars().find(|c| !c.is_ascii_graphic())
-    {
-        return Err(TopicError::InvalidCharacter { character });
-    }
+    let bytes = s.as_bytes();
     let mut shape = Shape {
         depth: 0,
         wildcard: false,
         tail_not_last: false,
     };
     let mut tail_seen = false;
-    for (position, token) in s.as_bytes().split(|&b| b == b'.').enumerate() {
+    let mut first_error = None;
+    let mut start = 0;
+    let mut wildcard_in_token = false;
+    // One step past the end closes the last token.
+    for i in 0..=bytes.len() {
+        let class = bytes.get(i).map_or(Class::Dot, |&b| CLASSES[b as usize]);
+        match class {
+            Class::Plain => continue,
+            Class::Wildcard => {
+                wildcard_in_token = true;
+                continue;
+            }
+            Class::Invalid => {
+                // Every byte before `i` is ASCII: `i` starts a character.
+                let character = s[i..].chars().next().unwrap_or(char::REPLACEMENT_CHARACTER);
+                return Err(TopicError::InvalidCharacter { character });
+            }
+            Class::Dot => {}
+        }
+        let token = &bytes[start..i];
+        let position = shape.depth;
         shape.depth += 1;
         shape.tail_not_last |= tail_seen;
-        match token {
-            [] => return Err(TopicError::EmptyToken { position }),
-            [b'*'] => shape.wildcard = true,
-            [b'>'] => {
-                shape.wildcard = true;
-                tail_seen = true;
+        if first_error.is_none() {
+            match token {
+                [] => first_error = Some(TopicError::EmptyToken { position }),
+                [b'*'] => shape.wildcard = true,
+                [b'>'] => {
+                    shape.wildcard = true;
+                    tail_seen = true;
+                }
+                _ if wildcard_in_token => {
+                    first_error = Some(TopicError::PartialWildcard {
+                        token: String::from_utf8_lossy(token).into_owned(),
+                    });
+                }
+                _ => {}
             }
-            [_] => {}
-            _ if token.iter().any(|&b| b == b'*' || b == b'>') => {
-                return Err(TopicError::PartialWildcard {
-                    token: String::from_utf8_lossy(token).into_owned(),
-                });
-            }
-            _ => {}
         }
+        start = i + 1;
+        wildcard_in_token = false;
+    }
+    if let Some(error) = first_error {
+        return Err(error);
     }
     if shape.depth > MAX_TOPIC_DEPTH {
         return Err(TopicError::TooDeep {
