@@ -401,7 +401,8 @@ impl Client {
     }
 
     async fn send_batch(&self, messages: Vec<Message>, acked: bool, durable: bool) -> Result<u64, ClientError> {
-        let frames = publish::frames(&messages, self.welcome().as_ref())?;
+        let count = messages.len() as u64;
+        let frames = publish::frames(messages, self.welcome().as_ref())?;
         if !acked {
             for messages in frames {
                 let batch = pb::PublishBatch {
@@ -411,10 +412,10 @@ impl Client {
                 };
                 self.shared.send(Out::Publish(batch)).await?;
             }
-            return Ok(messages.len() as u64);
+            return Ok(count);
         }
         // Every frame is sent before any ack is awaited, so the frames pipeline.
-        let mut acks = Vec::with_capacity(frames.len());
+        let mut acks = Vec::new();
         for messages in frames {
             let id = self.shared.next_id();
             let (tx, rx) = oneshot::channel();

@@ -143,8 +143,22 @@ impl From<&Delivery> for pb::Delivery {
             payload: d.payload.clone(),
             headers: headers_to_wire(&d.headers),
             retained: d.retained,
+            topic: String::new(),
         }
     }
+}
+
+/// Appends a run to a batch of several topics (for a client that reads
+/// `Delivery.topic`): its deliveries name their topic when it is not the batch's.
+pub fn append_run(batch: &mut pb::DeliveryBatch, run: &DeliveryRun) {
+    let own = match run.first() {
+        Some(d) if d.topic.as_str() != batch.topic => d.topic.as_str(),
+        _ => "",
+    };
+    batch.deliveries.extend(run.iter().map(|d| pb::Delivery {
+        topic: own.to_owned(),
+        ..pb::Delivery::from(d)
+    }));
 }
 
 /// A delivery batch frame for a run (all of one topic).
@@ -189,11 +203,11 @@ pub fn overflow_to_wire(policy: Option<OverflowPolicy>) -> pb::OverflowPolicy {
     }
 }
 
-/// The wire form of a domain message (client side).
-pub fn publish_message(m: &Message) -> pb::PublishMessage {
+/// The wire form of a domain message (client side); the payload moves, uncopied.
+pub fn publish_message(m: Message) -> pb::PublishMessage {
     pb::PublishMessage {
         topic: m.topic.as_str().to_owned(),
-        payload: m.payload.clone(),
+        payload: m.payload,
         headers: headers_to_wire(&m.headers),
         retain: m.retain,
     }
@@ -201,27 +215,40 @@ pub fn publish_message(m: &Message) -> pb::PublishMessage {
 
 // ------------------------------------------------------------------ client side
 
-/// Domain deliveries of a batch received from a server.
+/// Domain deliveries of a batch received from a server: of the batch's topic, or of
+/// their own where they name one (a batch of several topics).
 ///
-/// The server only sends valid topics; a batch whose topic does not parse is refused
-/// rather than trusted.
+/// The server only sends valid topics; a batch with a topic that does not parse is
+/// refused rather than trusted.
 pub fn deliveries_from_wire(batch: pb::DeliveryBatch) -> Result<Vec<Delivery>, BusError> {
     let topic = Topic::new(&batch.topic)?;
-    Ok(batch
+    // Deliveries of one topic come together: each other topic is checked once per run.
+    let mut last = topic.clone();
+    batch
         .deliveries
         .into_iter()
-        .map(|d| Delivery {
-            topic: topic.clone(),
-            sequence: d.sequence,
-            timestamp_ns: d.timestamp_ns,
-            payload: d.payload,
-            headers: headers_from_wire(d.headers),
-            retained: d.retained,
-            // The wire does not carry the publish-time flag; a replay was retained.
-            retain: d.retained,
-            groups_served: None,
+        .map(|d| {
+            let topic = if d.topic.is_empty() {
+                topic.clone()
+            } else {
+                if d.topic != last.as_str() {
+                    last = Topic::new(&d.topic)?;
+                }
+                last.clone()
+            };
+            Ok(Delivery {
+                topic,
+                sequence: d.sequence,
+                timestamp_ns: d.timestamp_ns,
+                payload: d.payload,
+                headers: headers_from_wire(d.headers),
+                retained: d.retained,
+                // The wire does not carry the publish-time flag; a replay was retained.
+                retain: d.retained,
+                groups_served: None,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A domain gap received from a server.
@@ -314,6 +341,31 @@ mod tests {
             assert_eq!(code.http_status(), http, "{code:?}");
         }
         assert_eq!(domain_code(pb::ErrorCode::Unspecified), None);
+    }
+
+    /// A batch's deliveries take the batch's topic unless they name their own, and a
+    /// named topic that does not parse (or is a filter) refuses the batch.
+    #[test]
+    fn deliveries_name_their_topic_or_take_the_batch_s() {
+        let d = |topic: &str, sequence| pb::Delivery {
+            topic: topic.into(),
+            sequence,
+            ..Default::default()
+        };
+        let batch = |deliveries| pb::DeliveryBatch {
+            subscription_id: 1,
+            topic: "a.b".into(),
+            deliveries,
+        };
+        let got = deliveries_from_wire(batch(vec![d("", 1), d("c.d", 1), d("c.d", 2), d("", 2), d("e", 1)])).unwrap();
+        let topics: Vec<(&str, u64)> = got.iter().map(|d| (d.topic.as_str(), d.sequence)).collect();
+        assert_eq!(topics, [("a.b", 1), ("c.d", 1), ("c.d", 2), ("a.b", 2), ("e", 1)]);
+        for bad in ["c..d", "c.*", " "] {
+            assert!(
+                deliveries_from_wire(batch(vec![d("", 1), d(bad, 1)])).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     /// Wildcard and malformed publish topics are refused with a typed error.

@@ -59,6 +59,129 @@ async fn credits_bound_deliveries() {
     assert_eq!(sequences(&rest), (9..=20).collect::<Vec<_>>());
 }
 
+/// The subscription of `server`'s only subscriber (the stream with a subscription).
+async fn buffer(server: &TestServer) -> streambus::QueueSnapshot {
+    let snapshot = server.snapshot().await;
+    let subscription = snapshot.sessions.iter().flat_map(|s| &s.subscriptions).next();
+    subscription.expect("a subscription").buffer.clone()
+}
+
+/// Publishes one message on `dev.a`, waits until the subscriber's pump holds it (it
+/// waits for credit), then `dev.b`, `dev.c` and `dev.a` again, each with its topic as
+/// payload, and waits until those three are in the subscription's buffer.
+async fn four_waiting(server: &TestServer) {
+    let mut publisher = server.raw(None).await;
+    publisher.publish_acked(1, "dev.a", &["dev.a"]).await;
+    wait_until("the pump took the first", || async {
+        buffer(server).await.delivered == 1
+    })
+    .await;
+    for (id, topic) in [(2, "dev.b"), (3, "dev.c"), (4, "dev.a")] {
+        publisher.publish_acked(id, topic, &[topic]).await;
+    }
+    wait_until("three wait", || async { buffer(server).await.queued_messages == 3 }).await;
+}
+
+/// Each delivery of `frames` as (its topic, its payload), in order; and the batches.
+fn topics_and_batches(frames: &[In]) -> (Vec<(String, String)>, Vec<&pb::DeliveryBatch>) {
+    let batches: Vec<&pb::DeliveryBatch> = frames
+        .iter()
+        .filter_map(|f| match f {
+            In::Deliveries(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let deliveries = batches
+        .iter()
+        .flat_map(|b| {
+            b.deliveries.iter().map(|d| {
+                let topic = if d.topic.is_empty() { &b.topic } else { &d.topic };
+                (topic.clone(), String::from_utf8(d.payload.to_vec()).unwrap())
+            })
+        })
+        .collect();
+    (deliveries, batches)
+}
+
+/// A client whose hello says `mixed_topics` gets the deliveries waiting for it, of
+/// several topics, in one batch, in the order they were published; each names its
+/// topic where it is not the batch's. A client that does not say it gets a batch per
+/// topic, and no delivery names a topic.
+#[tokio::test]
+async fn waiting_deliveries_of_several_topics_share_a_batch() {
+    for mixed_topics in [true, false] {
+        let server = TestServer::start().await;
+        let mut raw = server
+            .raw_hello(pb::Hello {
+                client_name: "raw".into(),
+                initial_credit: Some(0),
+                mixed_topics,
+                ..Default::default()
+            })
+            .await;
+        raw.subscribe(1, "dev.>", pb::OverflowPolicy::Block, 0).await;
+        four_waiting(&server).await;
+        raw.send(Out::Credit(pb::CreditGrant { credits: 100 })).await;
+        let frames = collect(&mut raw, 4).await;
+        let (deliveries, batches) = topics_and_batches(&frames);
+        let expected: Vec<(String, String)> = ["dev.a", "dev.b", "dev.c", "dev.a"]
+            .iter()
+            .map(|t| (t.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(deliveries, expected, "mixed_topics: {mixed_topics}");
+        let sizes: Vec<usize> = batches.iter().map(|b| b.deliveries.len()).collect();
+        if mixed_topics {
+            // The first was in hand alone; the three that waited came together.
+            assert_eq!(sizes, [1, 3]);
+            let named: Vec<&str> = batches[1].deliveries.iter().map(|d| d.topic.as_str()).collect();
+            assert_eq!(
+                (batches[1].topic.as_str(), named),
+                ("dev.b", vec!["", "dev.c", "dev.a"])
+            );
+        } else {
+            assert_eq!(sizes, [1, 1, 1, 1]);
+            assert!(batches.iter().flat_map(|b| &b.deliveries).all(|d| d.topic.is_empty()));
+        }
+        server.shutdown().await;
+    }
+}
+
+/// The SDK says `mixed_topics` and gives each delivery of a batch of several topics
+/// its own topic.
+#[tokio::test]
+async fn the_sdk_reads_batches_of_several_topics() {
+    let server = TestServer::start().await;
+    let client = server.client_with_credit("mixed", 0).await;
+    let mut subscription = client
+        .subscribe("dev.>", streambus::SubscriptionOptions::default())
+        .await
+        .unwrap();
+    four_waiting(&server).await;
+    client.grant(100).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let batch = tokio::time::timeout(harness::PATIENCE, subscription.next_batch())
+            .await
+            .expect("deliveries in time")
+            .expect("the subscription is live");
+        for event in batch {
+            match event {
+                streambus::Event::Delivery(d) => got.push((
+                    d.topic.as_str().to_owned(),
+                    String::from_utf8(d.payload.to_vec()).unwrap(),
+                )),
+                other => panic!("expected deliveries, got {other:?}"),
+            }
+        }
+    }
+    let expected: Vec<(String, String)> = ["dev.a", "dev.b", "dev.c", "dev.a"]
+        .iter()
+        .map(|t| (t.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    server.shutdown().await;
+}
+
 /// A session that holds its credits at zero and a subscription of 4 messages, with
 /// `policy`; then 10 messages published in one batch.
 async fn stalled(server: &TestServer, policy: pb::OverflowPolicy) -> RawSession {

@@ -58,6 +58,8 @@ pub(super) async fn connect_once(shared: &Arc<Shared>, endpoint: &Endpoint) -> R
         frame: Some(Out::Hello(pb::Hello {
             client_name: shared.options.name.clone(),
             initial_credit,
+            // The reader takes each delivery's own topic (`convert::deliveries_from_wire`).
+            mixed_topics: true,
             ..Default::default()
         })),
     };

@@ -123,9 +123,13 @@ impl pb::bus_server::Bus for BusService {
         let span = tracing::info_span!("subscribe", session = session.id().0, filter = %filter);
         tokio::spawn(
             async move {
-                let max_frame_bytes = super::max_frame_bytes(&context.limits);
+                // A unary subscribe has no hello: every batch is of one topic.
+                let framing = pump::Framing {
+                    max_frame_bytes: super::max_frame_bytes(&context.limits),
+                    mixed_topics: false,
+                };
                 let (give_up, give_up_rx) = watch::channel(false);
-                let mut pump = pin!(pump::run(subscription, out.clone(), None, max_frame_bytes, give_up_rx));
+                let mut pump = pin!(pump::run(subscription, out.clone(), None, framing, give_up_rx));
                 tokio::select! {
                     // The subscription ended on its own, the client left, or it stopped
                     // reading past the write deadline (its queue was killed).

@@ -103,6 +103,7 @@ pub(crate) async fn open(
     let span = tracing::info_span!("connect", session = session.id().0, client = %name);
     let connection = Connection {
         credits: hello.initial_credit.map(DeliveryCredits::new),
+        mixed_topics: hello.mixed_topics,
         session,
         out,
         pumps: HashMap::new(),
@@ -172,6 +173,8 @@ struct Connection {
     out: Outbound,
     /// Flow control, if the client's hello asked for it.
     credits: Option<DeliveryCredits>,
+    /// The client reads each delivery's topic: pumps may put several topics in a batch.
+    mixed_topics: bool,
     /// Each live subscription's pump and its filter (for the drain's report). Aborting a
     /// pump drops its `Subscription`, which unsubscribes it; a pump that gives up returns
     /// how many deliveries it leaves behind.
@@ -461,7 +464,10 @@ impl Connection {
             subscription,
             self.out.clone(),
             self.credits.clone(),
-            self.max_frame_bytes,
+            pump::Framing {
+                max_frame_bytes: self.max_frame_bytes,
+                mixed_topics: self.mixed_topics,
+            },
             self.give_up.subscribe(),
         );
         self.pumps.insert(id, (tokio::spawn(pump.in_current_span()), filter));

@@ -3,7 +3,10 @@
 //! One pump task runs per subscription of a stream. It reads whole runs with
 //! [`Subscription::next_batch`] (no per-delivery copy), turns each into delivery batch
 //! frames of at most one frame's bytes, and sends them on the stream's bounded outbound
-//! queue. When that queue is full the pump waits, its subscription's buffer fills, and
+//! queue. For a client that reads each delivery's topic (`Hello.mixed_topics`), the
+//! runs already waiting go in the same batch, of whatever topics, up to one frame's
+//! bytes: a wildcard subscriber of many quiet topics (devices publishing now and then)
+//! gets one frame per wake, not one per message. When that queue is full the pump waits, its subscription's buffer fills, and
 //! the subscription's overflow policy decides (gaps are sent as frames like deliveries).
 //!
 //! # Invariants
@@ -18,6 +21,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::FutureExt;
 use streambus_core::{BatchEvent, Subscription};
 use streambus_types::CloseReason;
 use tokio::sync::{Semaphore, watch};
@@ -66,9 +70,18 @@ impl DeliveryCredits {
 }
 
 /// Encoded-size estimate of one delivery in a frame: payload, headers with their
-/// framing, and the fixed fields.
+/// framing, its own topic if it names one, and the fixed fields.
 fn frame_cost(d: &pb::Delivery) -> usize {
-    d.payload.len() + d.headers.iter().map(|h| h.key.len() + h.value.len() + 8).sum::<usize>() + 32
+    d.payload.len() + d.topic.len() + d.headers.iter().map(|h| h.key.len() + h.value.len() + 8).sum::<usize>() + 32
+}
+
+/// How a pump cuts its delivery batches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Framing {
+    /// Largest delivery frame, in bytes (a single larger delivery goes alone).
+    pub(crate) max_frame_bytes: usize,
+    /// The client reads each delivery's topic: runs of several topics share a batch.
+    pub(crate) mixed_topics: bool,
 }
 
 /// Runs the pump until its subscription or its stream ends, or until `give_up` turns
@@ -77,13 +90,13 @@ pub(crate) async fn run(
     mut subscription: Subscription,
     out: Outbound,
     credits: Option<DeliveryCredits>,
-    max_frame_bytes: usize,
+    framing: Framing,
     mut give_up: watch::Receiver<bool>,
 ) -> u64 {
     // Deliveries taken from the subscription and not yet queued on the stream.
     let in_hand = AtomicU64::new(0);
     let gave_up = {
-        let pumped = pump(&mut subscription, &out, credits.as_ref(), max_frame_bytes, &in_hand);
+        let pumped = pump(&mut subscription, &out, credits.as_ref(), framing, &in_hand);
         tokio::select! {
             () = pumped => false,
             _ = give_up.wait_for(|g| *g) => true,
@@ -100,30 +113,33 @@ async fn pump(
     subscription: &mut Subscription,
     out: &Outbound,
     credits: Option<&DeliveryCredits>,
-    max_frame_bytes: usize,
+    framing: Framing,
     in_hand: &AtomicU64,
 ) {
     let id = subscription.id();
     // Made once, not once per batch: each would register with the queue's signal and
     // leave it again (see `Signals`).
     let mut gone = Signals::new().quiet(Box::pin(out.closed()));
+    // An event taken while gathering runs into a batch, handled next.
+    let mut next = None;
     loop {
-        let event = tokio::select! {
-            event = subscription.next_batch() => event,
-            () = &mut gone => return,
+        let event = match next.take() {
+            Some(event) => event,
+            None => tokio::select! {
+                event = subscription.next_batch() => event,
+                () = &mut gone => return,
+            },
         };
         let sent = match event {
             None => return,
             Some(BatchEvent::Deliveries(run)) => {
-                in_hand.store(run.as_slice().len() as u64, Ordering::Relaxed);
-                send_batch(
-                    convert::delivery_batch(id, &run),
-                    out,
-                    credits,
-                    max_frame_bytes,
-                    in_hand,
-                )
-                .await
+                let mut batch = convert::delivery_batch(id, &run);
+                drop(run);
+                if framing.mixed_topics {
+                    next = gather(subscription, &mut batch, framing.max_frame_bytes);
+                }
+                in_hand.store(batch.deliveries.len() as u64, Ordering::Relaxed);
+                send_batch(batch, out, credits, framing.max_frame_bytes, in_hand).await
             }
             Some(BatchEvent::Gap(gap)) => send(out, Frame::Gap(convert::gap(id, &gap))).await,
             Some(BatchEvent::Closed(reason)) => {
@@ -143,6 +159,28 @@ async fn pump(
             return;
         }
     }
+}
+
+/// Adds to `batch` the runs the subscription holds now, of any topic, until the batch
+/// reaches `max_frame_bytes`; returns the first other event taken (a gap, the end),
+/// which comes after these deliveries. Never waits.
+fn gather(
+    subscription: &mut Subscription,
+    batch: &mut pb::DeliveryBatch,
+    max_frame_bytes: usize,
+) -> Option<Option<BatchEvent>> {
+    let mut bytes = batch.topic.len() + batch.deliveries.iter().map(frame_cost).sum::<usize>();
+    while bytes < max_frame_bytes {
+        match subscription.next_batch().now_or_never()? {
+            Some(BatchEvent::Deliveries(run)) => {
+                let before = batch.deliveries.len();
+                convert::append_run(batch, &run);
+                bytes += batch.deliveries[before..].iter().map(frame_cost).sum::<usize>();
+            }
+            other => return Some(other),
+        }
+    }
+    None
 }
 
 async fn send(out: &Outbound, frame: Frame) -> bool {

@@ -86,13 +86,18 @@ impl TestServer {
 
     /// A raw `Connect` stream that has said hello (and read the welcome).
     pub async fn raw(&self, initial_credit: Option<u64>) -> RawSession {
-        let mut raw = RawSession::open(self.channel().await).await;
-        raw.send(Out::Hello(pb::Hello {
+        self.raw_hello(pb::Hello {
             client_name: "raw".into(),
             initial_credit,
             ..Default::default()
-        }))
-        .await;
+        })
+        .await
+    }
+
+    /// A raw `Connect` stream that has said `hello` (and read the welcome).
+    pub async fn raw_hello(&self, hello: pb::Hello) -> RawSession {
+        let mut raw = RawSession::open(self.channel().await).await;
+        raw.send(Out::Hello(hello)).await;
         raw.start().await.unwrap();
         match raw.next().await {
             In::Welcome(_) => raw,
