@@ -90,16 +90,41 @@ impl TryFrom<pb::PublishMessage> for Message {
     /// subscriber's buffer would keep that whole buffer (up to a frame's size) alive,
     /// far beyond the bytes the memory budget counts for it.
     fn try_from(m: pb::PublishMessage) -> Result<Self, BusError> {
-        let payload = Bytes::copy_from_slice(&m.payload);
-        let mut message = Message::new(Topic::new(&m.topic)?, payload).with_headers(headers_from_wire(m.headers));
-        message.retain = m.retain;
-        Ok(message)
+        message(m, |_| None)
     }
+}
+
+/// A message from the wire, its topic taken from `known` (names already checked) when
+/// it knows the name, else checked here.
+fn message(m: pb::PublishMessage, known: impl Fn(&str) -> Option<Topic>) -> Result<Message, BusError> {
+    let topic = match known(&m.topic) {
+        Some(topic) => topic,
+        None => Topic::new(&m.topic)?,
+    };
+    let payload = Bytes::copy_from_slice(&m.payload);
+    let mut message = Message::new(topic, payload).with_headers(headers_from_wire(m.headers));
+    message.retain = m.retain;
+    Ok(message)
 }
 
 /// The messages of a publish batch; any invalid one refuses the whole batch.
 pub fn messages(batch: Vec<pb::PublishMessage>) -> Result<Vec<Message>, BusError> {
-    batch.into_iter().map(Message::try_from).collect()
+    messages_known(batch, |_| None)
+}
+
+/// [`messages`], with the topics `known` gives (names a stream already checked) taken
+/// as they are: no check and no new allocation for a topic published to again.
+pub fn messages_known(
+    batch: Vec<pb::PublishMessage>,
+    known: impl Fn(&str) -> Option<Topic>,
+) -> Result<Vec<Message>, BusError> {
+    // A new vector: collected in place, the frame's own (of larger elements) would be
+    // shrunk to fit by a realloc that moves it, once per publish.
+    let mut messages = Vec::with_capacity(batch.len());
+    for m in batch {
+        messages.push(message(m, &known)?);
+    }
+    Ok(messages)
 }
 
 /// The overflow policy a subscribe frame asks for; `None` means the server default.

@@ -33,8 +33,8 @@ use std::collections::HashMap;
 use std::pin::pin;
 use std::time::Duration;
 
-use streambus_core::{BusError, SessionHandle, SubscriptionId};
-use streambus_types::{CloseReason, ErrorCode};
+use streambus_core::{BusError, SessionHandle, SubscriptionId, TopicRoute};
+use streambus_types::{CloseReason, ErrorCode, Message, Topic};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -104,6 +104,7 @@ pub(crate) async fn open(
     let connection = Connection {
         credits: hello.initial_credit.map(DeliveryCredits::new),
         mixed_topics: hello.mixed_topics,
+        routes: Routes::default(),
         session,
         out,
         pumps: HashMap::new(),
@@ -114,6 +115,46 @@ pub(crate) async fn open(
     };
     tokio::spawn(connection.run(inbound).instrument(span));
     Ok(rx)
+}
+
+/// Topics whose routes a stream keeps: a device publishing a few metrics in turn.
+const ROUTES_PER_STREAM: usize = 4;
+
+/// The routes (see [`TopicRoute`]) of the last few topics a stream published to: a
+/// publisher that goes round a few topics skips the directory's lookup for each, and its
+/// messages take the topic names already checked instead of checking and allocating
+/// them again. Each route holds its topic's entry alive, so they are few.
+#[derive(Debug, Default)]
+struct Routes {
+    slots: [TopicRoute; ROUTES_PER_STREAM],
+    /// The slot the next topic without a route takes (round robin).
+    next: usize,
+}
+
+impl Routes {
+    /// The checked topic named `name`, if a route leads there.
+    fn known(&self, name: &str) -> Option<Topic> {
+        self.slots
+            .iter()
+            .find_map(|r| r.topic().filter(|t| t.as_str() == name).cloned())
+    }
+
+    /// The route for a batch: the one that leads to its first message's topic, else an
+    /// empty one, else the next slot in turn (the publish looks the topic up and keeps
+    /// it there).
+    fn for_batch(&mut self, messages: &[Message]) -> &mut TopicRoute {
+        let topic = messages.first().map(|m| &m.topic);
+        let found = self.slots.iter().position(|r| topic.is_some() && r.topic() == topic);
+        let i = match found.or_else(|| self.slots.iter().position(|r| r.topic().is_none())) {
+            Some(i) => i,
+            None => {
+                let i = self.next;
+                self.next = (i + 1) % ROUTES_PER_STREAM;
+                i
+            }
+        };
+        &mut self.slots[i]
+    }
 }
 
 /// The status that ends a stream whose inbound side failed.
@@ -175,6 +216,8 @@ struct Connection {
     credits: Option<DeliveryCredits>,
     /// The client reads each delivery's topic: pumps may put several topics in a batch.
     mixed_topics: bool,
+    /// The routes of the topics the stream published to last.
+    routes: Routes,
     /// Each live subscription's pump and its filter (for the drain's report). Aborting a
     /// pump drops its `Subscription`, which unsubscribes it; a pump that gives up returns
     /// how many deliveries it leaves behind.
@@ -394,7 +437,8 @@ impl Connection {
     async fn publish(&mut self, batch: pb::PublishBatch) {
         let id = batch.publish_id;
         let count = batch.messages.len() as u64;
-        let messages = convert::messages(batch.messages);
+        let routes = &mut self.routes;
+        let messages = convert::messages_known(batch.messages, |name| routes.known(name));
         if let (true, Some(publish_id), Ok(messages)) = (batch.durable, id, &messages) {
             // Admitted in order here; the durable ack follows when the disk buffers have
             // the messages, while this reader goes on with the next frames.
@@ -419,7 +463,11 @@ impl Connection {
             return;
         }
         // Published then and there when nothing makes it wait, else awaited.
-        let result = match messages.and_then(|m| self.session.publish_batch_now(m)) {
+        let now = messages.and_then(|m| {
+            let route = self.routes.for_batch(&m);
+            self.session.publish_batch_now_on(m, route)
+        });
+        let result = match now {
             Ok(None) => {
                 // As an awaited publish would: a reader that never waits still yields.
                 tokio::task::coop::consume_budget().await;
@@ -487,5 +535,66 @@ impl Connection {
             subscription_id: id.0,
         }))
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use streambus_core::{Bus, BusConfig, ConnectOptions, Event, SubscriptionOptions};
+
+    use super::*;
+
+    /// Publishes `name` as a server stream does: at once through its route if it can,
+    /// else awaited (a topic's first publish starts it).
+    async fn publish(session: &SessionHandle, routes: &mut Routes, name: &str) {
+        let batch = vec![Message::new(Topic::new(name).unwrap(), name.to_owned())];
+        let route = routes.for_batch(&batch);
+        if let Some(back) = session.publish_batch_now_on(batch, route).unwrap() {
+            session.publish_batch(back).await.unwrap();
+        }
+    }
+
+    /// A stream keeps routes to the last four topics it published to: their names are
+    /// known, a topic with a route uses it again, a fifth takes the oldest slot; every
+    /// message reaches its topic.
+    #[tokio::test]
+    async fn routes_keep_the_last_topics_published_to() {
+        let bus = Bus::start(BusConfig::default()).await.unwrap();
+        let session = bus.connect(ConnectOptions::default()).await.unwrap();
+        let mut all = session.subscribe("m.>", SubscriptionOptions::default()).await.unwrap();
+        let mut routes = Routes::default();
+        let four = ["m.a", "m.b", "m.c", "m.d"];
+        // The first round starts the topics, the second finds them and keeps them.
+        for _ in 0..2 {
+            for name in four {
+                publish(&session, &mut routes, name).await;
+            }
+        }
+        let known = |routes: &Routes| {
+            ["m.a", "m.b", "m.c", "m.d", "m.e"].map(|name| routes.known(name).is_some_and(|t| t.as_str() == name))
+        };
+        assert_eq!(known(&routes), [true, true, true, true, false]);
+        for name in four {
+            publish(&session, &mut routes, name).await;
+        }
+        assert_eq!(routes.next, 0, "no slot taken by a topic that had one");
+        // A fifth topic takes the oldest slot, and keeps it once started.
+        publish(&session, &mut routes, "m.e").await;
+        publish(&session, &mut routes, "m.e").await;
+        assert_eq!(known(&routes), [false, true, true, true, true]);
+
+        let mut got = Vec::new();
+        while got.len() < 14 {
+            match all.next().await {
+                Some(Event::Delivery(d)) => {
+                    assert_eq!(d.payload, d.topic.as_str().as_bytes(), "delivered to its topic");
+                    got.push(d.topic.as_str().to_owned());
+                }
+                other => panic!("expected a delivery, got {other:?}"),
+            }
+        }
+        let expected: Vec<&str> = four.repeat(3).into_iter().chain(["m.e", "m.e"]).collect();
+        assert_eq!(got, expected);
     }
 }

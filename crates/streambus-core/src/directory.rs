@@ -118,6 +118,13 @@ impl TopicRef {
 #[derive(Debug, Default)]
 pub struct TopicRoute(Option<TopicRef>);
 
+impl TopicRoute {
+    /// The topic this route leads to, if it holds one.
+    pub fn topic(&self) -> Option<&Topic> {
+        self.0.as_ref().map(|r| &r.shared.name)
+    }
+}
+
 /// What a batch carries beside its messages.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct BatchTags<'a> {

@@ -224,7 +224,7 @@ impl SessionHandle {
     /// topic, it skips the directory's lookup.
     pub fn publish_now_on(&self, message: Message, route: &mut TopicRoute) -> Result<Option<Message>, BusError> {
         Ok(self
-            .publish_now_routed(vec![message], route)?
+            .publish_batch_now_on(vec![message], route)?
             .and_then(|mut messages| messages.pop()))
     }
 
@@ -232,11 +232,11 @@ impl SessionHandle {
     /// does a message: `Ok(Some(messages))` hands the whole batch back, untouched, for
     /// [`Self::publish_batch`] (always so for a batch of several topics).
     pub fn publish_batch_now(&self, messages: Vec<Message>) -> Result<Option<Vec<Message>>, BusError> {
-        self.publish_now_routed(messages, &mut TopicRoute::default())
+        self.publish_batch_now_on(messages, &mut TopicRoute::default())
     }
 
-    /// [`Self::publish_batch_now`] through `route`.
-    fn publish_now_routed(
+    /// [`Self::publish_batch_now`] through `route` (see [`Self::publish_now_on`]).
+    pub fn publish_batch_now_on(
         &self,
         messages: Vec<Message>,
         route: &mut TopicRoute,
