@@ -287,14 +287,21 @@ pub(super) fn send_now(send: &mut SendStream<Bytes>, frames: &[pb::ClientFrame])
 /// the stream and waits. Returns only on a transport failure.
 pub(super) async fn write(send: &mut SendStream<Bytes>, queue: &mut mpsc::Receiver<pb::ClientFrame>) -> ClientError {
     let mut out = BytesMut::new();
+    // The stream's send capacity as last read, less what was sent since: read again
+    // (each read takes the connection's stream lock) only once it runs low, not per
+    // frame.
+    let mut room = 0;
     loop {
         // Room in the server's window first: what waits stays in the bounded queue.
-        send.reserve_capacity(WRITE_CHUNK_BYTES);
-        while send.capacity() == 0 {
-            match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return transport(e),
-                None => return ClientError::Disconnected,
+        if room < WRITE_CHUNK_BYTES / 2 {
+            send.reserve_capacity(WRITE_CHUNK_BYTES);
+            room = send.capacity();
+            while room == 0 {
+                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(_)) => room = send.capacity(),
+                    Some(Err(e)) => return transport(e),
+                    None => return ClientError::Disconnected,
+                }
             }
         }
         let Some(frame) = queue.recv().await else {
@@ -310,6 +317,7 @@ pub(super) async fn write(send: &mut SendStream<Bytes>, queue: &mut mpsc::Receiv
         {
             encode(&frame, &mut out);
         }
+        room = room.saturating_sub(out.len());
         if let Err(e) = send.send_data(out.split().freeze(), false) {
             return transport(e);
         }

@@ -123,10 +123,12 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
             // The reader routes in a task of its own: a subscriber that takes a heavy
             // stream gets the socket read and its frames routed on two cores at once.
             let activity = Arc::new(Activity::default());
-            let mut reading = tokio::spawn(read(shared.clone(), reader, activity.clone()));
-            // The ping runs in this task, polled only when its timers wake (see
-            // `Signals`), not once per frame.
+            let reading = tokio::spawn(read(shared.clone(), reader, activity.clone()));
+            let stop_reading = reading.abort_handle();
+            // The ping runs in this task, and both it and the reader's end are polled
+            // only when they woke (see `Signals`), not once per frame.
             let signals = Signals::new();
+            let mut reading = signals.quiet(reading);
             let mut pinger = signals.quiet(Box::pin(ping(&shared, &activity)));
             // The writer first, then the connection: a frame a publisher queued is
             // encoded and written to the socket in the same poll. `h2` wakes the
@@ -158,7 +160,7 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
                 ended = &mut reading => ended.unwrap_or_else(|e| ClientError::Protocol(format!("the reader failed: {e}"))),
                 dead = &mut pinger => dead,
             };
-            reading.abort();
+            stop_reading.abort();
             shared.frames.send_replace(None);
             shared.fail_pending();
             if shared.is_closed() || !shared.options.reconnect {
