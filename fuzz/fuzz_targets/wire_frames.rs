@@ -12,9 +12,10 @@ fuzz_target!(|data: &[u8]| {
         match frame.frame {
             Some(pb::client_frame::Frame::Publish(batch)) => {
                 if let Ok(messages) = convert::messages(batch.messages) {
-                    for m in &messages {
+                    for m in messages {
+                        let topic = m.topic.clone();
                         let wire = convert::publish_message(m);
-                        assert_eq!(wire.topic, m.topic.as_str());
+                        assert_eq!(wire.topic, topic.as_str());
                     }
                 }
             }
