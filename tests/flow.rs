@@ -146,6 +146,64 @@ async fn waiting_deliveries_of_several_topics_share_a_batch() {
     }
 }
 
+/// In a batch of several topics, a gap keeps its place: the runs before it go in the
+/// batch, the gap right after it, before anything later.
+#[tokio::test]
+async fn a_gap_follows_the_runs_before_it() {
+    let server = TestServer::start().await;
+    let mut raw = server
+        .raw_hello(pb::Hello {
+            client_name: "raw".into(),
+            initial_credit: Some(0),
+            mixed_topics: true,
+            ..Default::default()
+        })
+        .await;
+    raw.subscribe(1, "dev.>", pb::OverflowPolicy::DropNewest, 2).await;
+    let mut publisher = server.raw(None).await;
+    publisher.publish_acked(1, "dev.a", &["dev.a"]).await;
+    wait_until("the pump took the first", || async {
+        buffer(&server).await.delivered == 1
+    })
+    .await;
+    // Two fill the buffer; the third is dropped, and its gap waits behind them.
+    for (id, topic) in [(2, "dev.b"), (3, "dev.c"), (4, "dev.d")] {
+        publisher.publish_acked(id, topic, &[topic]).await;
+    }
+    wait_until("two wait and one was dropped", || async {
+        let b = buffer(&server).await;
+        b.queued_messages == 2 && b.dropped == 1
+    })
+    .await;
+    raw.send(Out::Credit(pb::CreditGrant { credits: 100 })).await;
+    let mut frames = collect(&mut raw, 3).await;
+    while !frames.iter().any(|f| matches!(f, In::Gap(_))) {
+        frames.push(raw.next().await);
+    }
+    let shape: Vec<String> = frames
+        .iter()
+        .map(|f| match f {
+            In::Deliveries(b) => {
+                let topics: Vec<&str> = b
+                    .deliveries
+                    .iter()
+                    .map(|d| {
+                        if d.topic.is_empty() {
+                            b.topic.as_str()
+                        } else {
+                            d.topic.as_str()
+                        }
+                    })
+                    .collect();
+                format!("deliveries {}", topics.join(" "))
+            }
+            In::Gap(g) => format!("gap {} {}", g.topic, g.dropped),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(shape, ["deliveries dev.a", "deliveries dev.b dev.c", "gap dev.d 1"]);
+}
+
 /// The SDK says `mixed_topics` and gives each delivery of a batch of several topics
 /// its own topic.
 #[tokio::test]
