@@ -437,7 +437,7 @@ impl Connection {
     async fn publish(&mut self, batch: pb::PublishBatch) {
         let id = batch.publish_id;
         let count = batch.messages.len() as u64;
-        let routes = &mut self.routes;
+        let routes = &self.routes;
         let messages = convert::messages_known(batch.messages, |name| routes.known(name));
         if let (true, Some(publish_id), Ok(messages)) = (batch.durable, id, &messages) {
             // Admitted in order here; the durable ack follows when the disk buffers have

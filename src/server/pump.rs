@@ -6,8 +6,9 @@
 //! queue. For a client that reads each delivery's topic (`Hello.mixed_topics`), the
 //! runs already waiting go in the same batch, of whatever topics, up to one frame's
 //! bytes: a wildcard subscriber of many quiet topics (devices publishing now and then)
-//! gets one frame per wake, not one per message. When that queue is full the pump waits, its subscription's buffer fills, and
-//! the subscription's overflow policy decides (gaps are sent as frames like deliveries).
+//! gets one frame per wake, not one per message. When that queue is full the pump
+//! waits, its subscription's buffer fills, and the subscription's overflow policy
+//! decides (gaps are sent as frames like deliveries).
 //!
 //! # Invariants
 //!
