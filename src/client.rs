@@ -43,7 +43,8 @@
 //!   backoff, pings);
 //! - `router`: each server frame to what it answers, one function per frame kind;
 //! - `subscription`: [`ClientSubscription`];
-//! - `publish`: cutting a batch into frames within the server's limits.
+//! - `publish`: cutting a batch into frames within the server's limits, and encoding
+//!   each straight into its wire bytes.
 //!
 //! # Invariants
 //!
@@ -402,30 +403,20 @@ impl Client {
 
     async fn send_batch(&self, messages: Vec<Message>, acked: bool, durable: bool) -> Result<u64, ClientError> {
         let count = messages.len() as u64;
-        let frames = publish::frames(messages, self.welcome().as_ref())?;
+        let mut frames = publish::frames(messages, self.welcome().as_ref())?;
         if !acked {
-            for messages in frames {
-                let batch = pb::PublishBatch {
-                    publish_id: None,
-                    messages,
-                    durable: false,
-                };
-                self.shared.send(Out::Publish(batch)).await?;
+            while let Some(range) = frames.next() {
+                self.shared.send_encoded(frames.encode(range, None, false)).await?;
             }
             return Ok(count);
         }
         // Every frame is sent before any ack is awaited, so the frames pipeline.
         let mut acks = Vec::new();
-        for messages in frames {
+        while let Some(range) = frames.next() {
             let id = self.shared.next_id();
             let (tx, rx) = oneshot::channel();
             self.shared.state().pending.insert(id, Pending::Publish(tx));
-            let batch = pb::PublishBatch {
-                publish_id: Some(id),
-                messages,
-                durable,
-            };
-            if let Err(e) = self.shared.send(Out::Publish(batch)).await {
+            if let Err(e) = self.shared.send_encoded(frames.encode(range, Some(id), durable)).await {
                 self.shared.state().pending.remove(&id);
                 return Err(e);
             }

@@ -50,7 +50,7 @@ const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 /// is a broken or hostile peer, and ends the call rather than the client's memory.
 pub(super) const MAX_SERVER_FRAME_BYTES: usize = 256 * 1024 * 1024;
 /// gRPC's frame header: a compression flag and a big-endian length.
-const FRAME_HEADER_BYTES: usize = 5;
+pub(super) const FRAME_HEADER_BYTES: usize = 5;
 
 /// A byte stream HTTP/2 runs on: TCP, or TLS over TCP.
 pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -262,10 +262,30 @@ fn status_of(headers: &http::HeaderMap) -> Option<tonic::Status> {
 fn encode(frame: &pb::ClientFrame, out: &mut BytesMut) {
     let len = frame.encoded_len();
     out.reserve(FRAME_HEADER_BYTES + len);
+    put_header(len, out);
+    frame.encode_raw(out);
+}
+
+/// Appends gRPC's header of a frame of `len` bytes: no compression, the length.
+pub(super) fn put_header(len: usize, out: &mut BytesMut) {
     out.put_u8(0);
     // A client frame is far below 4 GiB: the SDK cuts batches to the server's limits.
     out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    frame.encode_raw(out);
+}
+
+/// `frame` in gRPC's framing, in a buffer of its own: what the request queue carries.
+pub(super) fn framed(frame: pb::client_frame::Frame) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(&pb::ClientFrame { frame: Some(frame) }, &mut out);
+    out.freeze()
+}
+
+/// The client frame in `bytes` (one frame in gRPC's framing, as [`framed`] makes it).
+#[cfg(test)]
+pub(super) fn unframed(mut bytes: Bytes) -> pb::client_frame::Frame {
+    assert_eq!(frame_len(&bytes).unwrap(), Some(bytes.len() - FRAME_HEADER_BYTES));
+    bytes.advance(FRAME_HEADER_BYTES);
+    pb::ClientFrame::decode(bytes).unwrap().frame.unwrap()
 }
 
 /// Queues `frames` on the request stream at once (a new call's `hello`, and its
@@ -282,10 +302,11 @@ pub(super) fn send_now(send: &mut SendStream<Bytes>, frames: &[pb::ClientFrame])
     send.send_data(out.freeze(), false).map_err(transport)
 }
 
-/// Writes the request queue's frames to the stream as the server's window allows;
-/// once the queue closes (the client closed, or the connection is being dropped) ends
-/// the stream and waits. Returns only on a transport failure.
-pub(super) async fn write(send: &mut SendStream<Bytes>, queue: &mut mpsc::Receiver<pb::ClientFrame>) -> ClientError {
+/// Writes the request queue's frames (each already in gRPC's framing) to the stream as
+/// the server's window allows; once the queue closes (the client closed, or the
+/// connection is being dropped) ends the stream and waits. Returns only on a transport
+/// failure.
+pub(super) async fn write(send: &mut SendStream<Bytes>, queue: &mut mpsc::Receiver<Bytes>) -> ClientError {
     let mut out = BytesMut::new();
     // The stream's send capacity as last read, less what was sent since: read again
     // (each read takes the connection's stream lock) only once it runs low, not per
@@ -304,21 +325,31 @@ pub(super) async fn write(send: &mut SendStream<Bytes>, queue: &mut mpsc::Receiv
                 }
             }
         }
-        let Some(frame) = queue.recv().await else {
+        let Some(first) = queue.recv().await else {
             // CloseSend: the server ends the session and then the call.
             if let Err(e) = send.send_data(Bytes::new(), true) {
                 return transport(e);
             }
             return std::future::pending().await;
         };
-        encode(&frame, &mut out);
-        while out.len() < WRITE_CHUNK_BYTES
-            && let Ok(frame) = queue.try_recv()
-        {
-            encode(&frame, &mut out);
-        }
-        room = room.saturating_sub(out.len());
-        if let Err(e) = send.send_data(out.split().freeze(), false) {
+        // A frame alone goes as it was encoded; frames that waited together go as one
+        // chunk of at most about `WRITE_CHUNK_BYTES`.
+        let chunk = match queue.try_recv() {
+            Err(_) => first,
+            Ok(second) => {
+                out.reserve(first.len() + second.len());
+                out.extend_from_slice(&first);
+                out.extend_from_slice(&second);
+                while out.len() < WRITE_CHUNK_BYTES
+                    && let Ok(frame) = queue.try_recv()
+                {
+                    out.extend_from_slice(&frame);
+                }
+                out.split().freeze()
+            }
+        };
+        room = room.saturating_sub(chunk.len());
+        if let Err(e) = send.send_data(chunk, false) {
             return transport(e);
         }
     }
@@ -446,20 +477,15 @@ impl Reader {
 mod tests {
     use super::*;
 
-    fn framed(frame: &pb::ClientFrame) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        encode(frame, &mut out);
-        out.to_vec()
-    }
-
     /// The framing is gRPC's: flag 0, big-endian length, then the protobuf.
     #[test]
     fn frames_carry_a_flag_and_a_length() {
-        let ping = pb::ClientFrame {
-            frame: Some(pb::client_frame::Frame::Ping(pb::Ping { nonce: 7 })),
-        };
-        let bytes = framed(&ping);
-        let body = ping.encode_to_vec();
+        let ping = pb::client_frame::Frame::Ping(pb::Ping { nonce: 7 });
+        let bytes = framed(ping.clone());
+        let body = pb::ClientFrame {
+            frame: Some(ping.clone()),
+        }
+        .encode_to_vec();
         assert_eq!(bytes[0], 0);
         assert_eq!(
             u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize,
@@ -469,6 +495,7 @@ mod tests {
         assert_eq!(frame_len(&bytes).unwrap(), Some(body.len()));
         assert_eq!(frame_len(&bytes[..bytes.len() - 1]).unwrap(), None);
         assert_eq!(frame_len(&bytes[..3]).unwrap(), None);
+        assert_eq!(unframed(bytes), ping);
     }
 
     /// A compressed frame or an absurd length ends the call with a protocol error.

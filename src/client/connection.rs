@@ -44,7 +44,7 @@ pub(super) struct Connected {
     /// The request queue's receiving end (capacity [`REQUEST_QUEUE_FRAMES`]); its
     /// sender is the one in [`Shared::frames`]. Dropping every sender ends the request
     /// stream.
-    queue: mpsc::Receiver<pb::ClientFrame>,
+    queue: mpsc::Receiver<bytes::Bytes>,
 }
 
 /// Opens the call, says hello, waits for welcome, resubscribes, and publishes the

@@ -179,7 +179,7 @@ mod tests {
     use crate::client::shared::LiveSubscription;
 
     /// A client's shared state with a connection whose request queue the test reads.
-    fn connected() -> (Arc<Shared>, mpsc::Receiver<pb::ClientFrame>) {
+    fn connected() -> (Arc<Shared>, mpsc::Receiver<bytes::Bytes>) {
         let shared = Shared::new(ClientOptions::new("http://127.0.0.1:1"));
         let (tx, rx) = mpsc::channel(16);
         shared.frames.send_replace(Some(tx));
@@ -277,7 +277,7 @@ mod tests {
         let (_events, _answer) = subscribing(&shared, 1, "t.>", 100);
         shared.state().subscriptions.remove(&1);
         confirm(&shared, 100, 7).await;
-        match queue.recv().await.and_then(|f| f.frame) {
+        match queue.recv().await.map(crate::client::call::unframed) {
             Some(Out::Unsubscribe(u)) => assert_eq!(u.subscription_id, 7),
             other => panic!("expected an unsubscribe, got {other:?}"),
         }

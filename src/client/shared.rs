@@ -16,9 +16,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use streambus_types::{CloseReason, Event};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::call::framed;
 use super::{ClientError, ClientOptions, Credit, Welcome};
 use crate::proto::streambus::v1 as pb;
 use pb::client_frame::Frame as Out;
@@ -112,11 +114,11 @@ pub(super) struct Shared {
     next_id: AtomicU64,
     /// See [`State`]; a std mutex, held briefly and never across an `.await`.
     state: Mutex<State>,
-    /// The current connection's request queue (capacity
+    /// The current connection's request queue of encoded frames (capacity
     /// [`super::REQUEST_QUEUE_FRAMES`]); `None` while (re)connecting. Publishers and
     /// requests wait on it; only the driver replaces it. Sending `None` (close, or a lost
     /// connection) drops the queue's sender, which ends the request stream (CloseSend).
-    pub(super) frames: watch::Sender<Option<mpsc::Sender<pb::ClientFrame>>>,
+    pub(super) frames: watch::Sender<Option<mpsc::Sender<Bytes>>>,
     /// Set by [`Shared::close`]; never cleared.
     pub(super) closed: AtomicBool,
     /// Deliveries taken by the application since the last window grant.
@@ -167,7 +169,7 @@ impl Shared {
 
     /// Queues a frame on the current connection at once if it has room; hands the frame
     /// back otherwise (no connection, a full or closed queue, a closed client).
-    fn try_send(&self, frame: pb::ClientFrame) -> Result<(), pb::ClientFrame> {
+    fn try_send(&self, frame: Bytes) -> Result<(), Bytes> {
         if self.is_closed() {
             return Err(frame);
         }
@@ -183,8 +185,13 @@ impl Shared {
     /// Queues a frame on the current connection, waiting for room, or for a connection
     /// if reconnecting.
     pub(super) async fn send(&self, frame: Out) -> Result<(), ClientError> {
+        self.send_encoded(framed(frame)).await
+    }
+
+    /// [`Shared::send`] for a frame already in gRPC's framing (a publish).
+    pub(super) async fn send_encoded(&self, frame: Bytes) -> Result<(), ClientError> {
         // Most sends find room: no subscription to the watch, no sender clone.
-        let Err(mut frame) = self.try_send(pb::ClientFrame { frame: Some(frame) }) else {
+        let Err(mut frame) = self.try_send(frame) else {
             return Ok(());
         };
         let mut frames = self.frames.subscribe();
@@ -308,7 +315,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!second.is_finished(), "the queue is full: the second send waits");
-        let nonce = |f: Option<pb::ClientFrame>| match f.and_then(|f| f.frame) {
+        let nonce = |f: Option<Bytes>| match f.map(super::super::call::unframed) {
             Some(Out::Ping(p)) => p.nonce,
             other => panic!("expected a ping, got {other:?}"),
         };
