@@ -4,9 +4,9 @@
 //! that pipes the request body into the HTTP/2 stream, and the caller's. A frame a
 //! device published woke the pipe task to encode it, which woke the connection task to
 //! write it. Here [`Endpoint::open`] makes the connection and the call, and the client's
-//! driver task polls the connection and the writer ([`write`]) together: a publish wakes
-//! one task, which encodes the frame and writes it to the socket in the same poll, as a
-//! NATS client's connection task does. The [`Reader`] runs in a task of its own, so a
+//! driver task polls the connection and the writer ([`write`]) together: a publish,
+//! encoded by the publisher (`publish.rs`), wakes one task, which writes it to the
+//! socket in the same poll, as a NATS client's connection task does. The [`Reader`] runs in a task of its own, so a
 //! subscriber that takes a heavy stream has the socket read and its frames routed on
 //! two cores at once. On the wire it is the same gRPC call the server's tonic service
 //! answers: each message framed by a compression flag and a 4-byte length, the call's
