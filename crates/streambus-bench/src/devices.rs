@@ -89,8 +89,19 @@ pub struct DevicesReport {
     pub expected: u64,
     /// Deliveries they got.
     pub delivered: u64,
-    /// Deliveries per second over the publishing phase.
+    /// Deliveries per second, from the start of publishing until the last delivery
+    /// arrived. The devices' closing confirmations (below) are not deliveries and do
+    /// not count in this window.
     pub delivered_per_sec: f64,
+    /// Seconds from the start of publishing until the last delivery arrived.
+    pub delivering_seconds: f64,
+    /// Seconds from the start of publishing until every device's last publish was
+    /// confirmed (an acked empty publish on the bus, a flush on nats): each device's
+    /// round trip once it stopped publishing.
+    pub devices_done_seconds: f64,
+    /// Seconds from the start of publishing until the run was over (every device
+    /// confirmed, every delivery in).
+    pub elapsed_seconds: f64,
     /// Publish-to-delivery latency, microseconds.
     pub latency_us: LatencySummary,
     /// The server's peak RSS over its life, MiB.
@@ -134,10 +145,12 @@ async fn device(
 }
 
 /// One subscriber: counts and times deliveries until it has `expected` (known once the
-/// devices are done) or nothing arrives for [`GRACE`] after that.
-async fn subscriber(mut feed: Feed, expected: Arc<AtomicU64>) -> (u64, Latencies) {
+/// devices are done) or nothing arrives for [`GRACE`] after that. Returns the count,
+/// the latencies and when the last delivery arrived.
+async fn subscriber(mut feed: Feed, expected: Arc<AtomicU64>) -> (u64, Latencies, Option<Instant>) {
     let mut count = 0;
     let mut latencies = Latencies::new();
+    let mut last = None;
     loop {
         let want = expected.load(Ordering::Acquire);
         if count >= want {
@@ -151,6 +164,7 @@ async fn subscriber(mut feed: Feed, expected: Arc<AtomicU64>) -> (u64, Latencies
         };
         match tokio::time::timeout(wait, feed.next()).await {
             Ok(Some(stamps)) => {
+                last = Some(Instant::now());
                 count += stamps.len() as u64;
                 for s in stamps {
                     latencies.record(latency_since(s));
@@ -161,7 +175,7 @@ async fn subscriber(mut feed: Feed, expected: Arc<AtomicU64>) -> (u64, Latencies
             Err(_) => break,
         }
     }
-    (count, latencies)
+    (count, latencies, last)
 }
 
 /// Runs the workload.
@@ -229,13 +243,16 @@ pub async fn run(options: &DevicesOptions) -> anyhow::Result<DevicesReport> {
     if failed > 0 {
         errors.push(format!("{failed} devices failed while publishing"));
     }
+    let devices_done_seconds = start.elapsed().as_secs_f64();
     let published = published.load(Ordering::Relaxed);
     let want = published * options.subs as u64;
     expected.store(published, Ordering::Release);
     let mut delivered = 0;
     let mut latencies = Latencies::new();
+    let mut last_delivery: Option<Instant> = None;
     for (conn, s) in subs {
-        let (n, l) = s.await?;
+        let (n, l, at) = s.await?;
+        last_delivery = last_delivery.max(at);
         delivered += n;
         latencies.merge(&l);
         if n < published {
@@ -246,6 +263,7 @@ pub async fn run(options: &DevicesOptions) -> anyhow::Result<DevicesReport> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let delivering_seconds = last_delivery.map_or(elapsed, |at| at.duration_since(start).as_secs_f64());
     let cpu_after = options.server_pid.and_then(proc_stats::cpu_seconds);
     let server_cpu_us_per_msg = match (cpu_before, cpu_after) {
         (Some(b), Some(a)) if delivered > 0 => Some((a - b) * 1e6 / delivered as f64),
@@ -260,7 +278,10 @@ pub async fn run(options: &DevicesOptions) -> anyhow::Result<DevicesReport> {
         published,
         expected: want,
         delivered,
-        delivered_per_sec: delivered as f64 / elapsed,
+        delivered_per_sec: delivered as f64 / delivering_seconds,
+        delivering_seconds,
+        devices_done_seconds,
+        elapsed_seconds: elapsed,
         latency_us: latencies.summary(),
         server_peak_rss_mb: options
             .server_pid
@@ -299,6 +320,11 @@ mod tests {
         assert_eq!(report.delivered, report.published * 2);
         assert_eq!(report.expected, report.delivered);
         assert!(report.server_cpu_us_per_msg.is_some());
+        // The rate's window ends at the last delivery, within the whole run.
+        assert!(report.delivering_seconds > 0.0 && report.delivering_seconds <= report.elapsed_seconds);
+        assert!(report.devices_done_seconds <= report.elapsed_seconds);
+        let rate = report.delivered as f64 / report.delivering_seconds;
+        assert!((report.delivered_per_sec - rate).abs() < 1e-6, "{report:?}");
         server.shutdown().await.unwrap();
     }
 
