@@ -124,36 +124,80 @@ const ROUTES_PER_STREAM: usize = 4;
 /// publisher that goes round a few topics skips the directory's lookup for each, and its
 /// messages take the topic names already checked instead of checking and allocating
 /// them again. Each route holds its topic's entry alive, so they are few.
+///
+/// Beside each route it keeps the name the route led to after its last publish, with a
+/// fingerprint of it: finding a topic's slot compares fingerprints kept here, then the
+/// one name that matches, and reads no other route's topic entry or name (at 10,000
+/// streams every one of those is a cache miss).
 #[derive(Debug, Default)]
 struct Routes {
     slots: [TopicRoute; ROUTES_PER_STREAM],
+    /// Each slot's topic as of its last publish, with its [`fingerprint`].
+    names: [Option<(u64, Topic)>; ROUTES_PER_STREAM],
     /// The slot the next topic without a route takes (round robin).
     next: usize,
+}
+
+/// A pre-filter for topic names: their length and last eight bytes (the names one
+/// device publishes to differ at their end). Equal names have equal fingerprints;
+/// different names may share one, so a match is confirmed by comparing the names.
+fn fingerprint(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut tail = [0u8; 8];
+    let end = &bytes[bytes.len().saturating_sub(8)..];
+    tail[..end.len()].copy_from_slice(end);
+    u64::from_le_bytes(tail) ^ (bytes.len() as u64).rotate_right(8)
 }
 
 impl Routes {
     /// The checked topic named `name`, if a route leads there.
     fn known(&self, name: &str) -> Option<Topic> {
-        self.slots
+        let print = fingerprint(name);
+        self.names
             .iter()
-            .find_map(|r| r.topic().filter(|t| t.as_str() == name).cloned())
+            .flatten()
+            .find(|(p, topic)| *p == print && topic.as_str() == name)
+            .map(|(_, topic)| topic.clone())
     }
 
-    /// The route for a batch: the one that leads to its first message's topic, else an
-    /// empty one, else the next slot in turn (the publish looks the topic up and keeps
-    /// it there).
-    fn for_batch(&mut self, messages: &[Message]) -> &mut TopicRoute {
-        let topic = messages.first().map(|m| &m.topic);
-        let found = self.slots.iter().position(|r| topic.is_some() && r.topic() == topic);
-        let i = match found.or_else(|| self.slots.iter().position(|r| r.topic().is_none())) {
+    /// The slot for a batch: the one that leads to its first message's topic (found by
+    /// identity when the batch took its names from [`Routes::known`]), else an empty
+    /// one, else the next slot in turn (the publish looks the topic up and keeps it
+    /// there). Call [`Routes::published`] with it after the publish.
+    fn slot_for(&mut self, messages: &[Message]) -> usize {
+        let found = messages.first().and_then(|m| {
+            let same = |(_, topic): &(u64, Topic)| topic.is_same(&m.topic);
+            self.names
+                .iter()
+                .position(|n| n.as_ref().is_some_and(same))
+                .or_else(|| {
+                    let print = fingerprint(m.topic.as_str());
+                    let equal = |(p, topic): &(u64, Topic)| *p == print && *topic == m.topic;
+                    self.names.iter().position(|n| n.as_ref().is_some_and(equal))
+                })
+        });
+        match found.or_else(|| self.slots.iter().position(|r| r.topic().is_none())) {
             Some(i) => i,
             None => {
                 let i = self.next;
                 self.next = (i + 1) % ROUTES_PER_STREAM;
                 i
             }
+        }
+    }
+
+    /// Notes where slot `i` leads after a publish through it (the publish may have
+    /// looked a topic up, or found the old one gone).
+    fn published(&mut self, i: usize) {
+        let now = self.slots[i].topic();
+        let unchanged = match (&self.names[i], now) {
+            (Some((_, kept)), Some(topic)) => kept.is_same(topic),
+            (None, None) => true,
+            _ => false,
         };
-        &mut self.slots[i]
+        if !unchanged {
+            self.names[i] = now.map(|topic| (fingerprint(topic.as_str()), topic.clone()));
+        }
     }
 }
 
@@ -464,8 +508,10 @@ impl Connection {
         }
         // Published then and there when nothing makes it wait, else awaited.
         let now = messages.and_then(|m| {
-            let route = self.routes.for_batch(&m);
-            self.session.publish_batch_now_on(m, route)
+            let slot = self.routes.slot_for(&m);
+            let now = self.session.publish_batch_now_on(m, &mut self.routes.slots[slot]);
+            self.routes.published(slot);
+            now
         });
         let result = match now {
             Ok(None) => {
@@ -549,8 +595,10 @@ mod tests {
     /// else awaited (a topic's first publish starts it).
     async fn publish(session: &SessionHandle, routes: &mut Routes, name: &str) {
         let batch = vec![Message::new(Topic::new(name).unwrap(), name.to_owned())];
-        let route = routes.for_batch(&batch);
-        if let Some(back) = session.publish_batch_now_on(batch, route).unwrap() {
+        let slot = routes.slot_for(&batch);
+        let back = session.publish_batch_now_on(batch, &mut routes.slots[slot]).unwrap();
+        routes.published(slot);
+        if let Some(back) = back {
             session.publish_batch(back).await.unwrap();
         }
     }
@@ -596,5 +644,28 @@ mod tests {
         }
         let expected: Vec<&str> = four.repeat(3).into_iter().chain(["m.e", "m.e"]).collect();
         assert_eq!(got, expected);
+    }
+
+    /// Names that share a fingerprint (same length, same last eight bytes) are still
+    /// told apart, and a batch whose topic was made apart from the route's (an equal
+    /// name, another allocation) still finds the route.
+    #[tokio::test]
+    async fn routes_tell_names_apart_beyond_their_fingerprint() {
+        assert_eq!(fingerprint("aa.12345678"), fingerprint("bb.12345678"));
+        assert_ne!(fingerprint("m.a"), fingerprint("m.b"));
+        assert_ne!(fingerprint("x.m.a"), fingerprint("m.a"));
+        let bus = Bus::start(BusConfig::default()).await.unwrap();
+        let session = bus.connect(ConnectOptions::default()).await.unwrap();
+        let mut routes = Routes::default();
+        for _ in 0..2 {
+            publish(&session, &mut routes, "aa.12345678").await;
+        }
+        assert!(routes.known("aa.12345678").is_some());
+        assert!(routes.known("bb.12345678").is_none(), "same fingerprint, another name");
+        let apart = vec![Message::new(Topic::new("aa.12345678").unwrap(), "x")];
+        let slot = routes.slot_for(&apart);
+        assert!(routes.slots[slot].topic().is_some_and(|t| t.as_str() == "aa.12345678"));
+        let other = vec![Message::new(Topic::new("bb.12345678").unwrap(), "x")];
+        assert_ne!(routes.slot_for(&other), slot, "another name takes another slot");
     }
 }

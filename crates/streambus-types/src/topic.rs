@@ -206,6 +206,12 @@ impl Topic {
         &self.0
     }
 
+    /// Whether `other` is this very name (a clone of it, sharing its allocation): a
+    /// check that reads neither name. Equal names made apart are not the same.
+    pub fn is_same(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The dot-separated tokens.
     pub fn tokens(&self) -> std::str::Split<'_, char> {
         self.0.split('.')
