@@ -80,6 +80,10 @@ pub use subscription::ClientSubscription;
 
 /// Frames queued to the server per connection before publishers wait.
 const REQUEST_QUEUE_FRAMES: usize = 1024;
+/// Bytes of frames queued to the server per connection before publishers wait (a frame
+/// larger than this goes alone once the queue is empty): a few whole frames of the
+/// server's size, so large batches still pipeline.
+const REQUEST_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// HTTP/2 receive window per stream: the server's frames are up to about 1 MiB.
 const CLIENT_STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// Event batches buffered per subscription before the connection's reader waits (and

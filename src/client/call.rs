@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
+use super::shared::Room;
 use super::{CLIENT_STREAM_WINDOW_BYTES, ClientError, ClientOptions};
 use crate::proto::streambus::v1 as pb;
 
@@ -303,10 +304,15 @@ pub(super) fn send_now(send: &mut SendStream<Bytes>, frames: &[pb::ClientFrame])
 }
 
 /// Writes the request queue's frames (each already in gRPC's framing) to the stream as
-/// the server's window allows; once the queue closes (the client closed, or the
+/// the server's window allows, giving their bytes back to the queue's room as it takes
+/// them; once the queue closes (the client closed, or the
 /// connection is being dropped) ends the stream and waits. Returns only on a transport
 /// failure.
-pub(super) async fn write(send: &mut SendStream<Bytes>, queue: &mut mpsc::Receiver<Bytes>) -> ClientError {
+pub(super) async fn write(
+    send: &mut SendStream<Bytes>,
+    queue: &mut mpsc::Receiver<Bytes>,
+    queued: &Room,
+) -> ClientError {
     let mut out = BytesMut::new();
     // The stream's send capacity as last read, less what was sent since: read again
     // (each read takes the connection's stream lock) only once it runs low, not per
@@ -348,6 +354,8 @@ pub(super) async fn write(send: &mut SendStream<Bytes>, queue: &mut mpsc::Receiv
                 out.split().freeze()
             }
         };
+        // Out of the queue: its senders may fill that room again.
+        queued.give(chunk.len());
         room = room.saturating_sub(chunk.len());
         if let Err(e) = send.send_data(chunk, false) {
             return transport(e);

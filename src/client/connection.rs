@@ -30,8 +30,8 @@ use streambus_types::CloseReason;
 use tokio::sync::mpsc;
 
 use super::call::{self, Call, Endpoint, Reader};
-use super::shared::Shared;
-use super::{ClientError, Credit, REQUEST_QUEUE_FRAMES, Welcome, router};
+use super::shared::{Queue, Room, Shared};
+use super::{ClientError, Credit, REQUEST_QUEUE_BYTES, REQUEST_QUEUE_FRAMES, Welcome, router};
 use crate::proto::streambus::v1 as pb;
 use crate::quiet::{Covered, Signals};
 use pb::client_frame::Frame as Out;
@@ -45,6 +45,8 @@ pub(super) struct Connected {
     /// sender is the one in [`Shared::frames`]. Dropping every sender ends the request
     /// stream.
     queue: mpsc::Receiver<bytes::Bytes>,
+    /// The bytes the queue holds, given back by the writer; closed with the connection.
+    room: Arc<Room>,
 }
 
 /// Opens the call, says hello, waits for welcome, resubscribes, and publishes the
@@ -84,9 +86,13 @@ pub(super) async fn connect_once(shared: &Arc<Shared>, endpoint: &Endpoint) -> R
     if shared.is_closed() {
         return Err(ClientError::Closed);
     }
-    let (tx, queue) = mpsc::channel(REQUEST_QUEUE_FRAMES);
-    shared.frames.send_replace(Some(tx));
-    Ok(Connected { call, queue })
+    let (frames, queue) = mpsc::channel(REQUEST_QUEUE_FRAMES);
+    let room = Room::new(REQUEST_QUEUE_BYTES);
+    shared.frames.send_replace(Some(Queue {
+        frames,
+        room: room.clone(),
+    }));
+    Ok(Connected { call, queue, room })
 }
 
 /// What one connection's reader (its own task) tells its ping (in the driver's task).
@@ -112,7 +118,7 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
     let mut connection = Some(first);
     let mut delay = shared.options.reconnect_initial;
     loop {
-        if let Some(Connected { call, mut queue }) = connection.take() {
+        if let Some(Connected { call, mut queue, room }) = connection.take() {
             delay = shared.options.reconnect_initial;
             let Call {
                 mut link,
@@ -138,7 +144,7 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
             // ping) ends the connection: what the server sent before the socket closed
             // is still read and routed, and the reader then sees why it ended.
             let mut write = std::pin::pin!(async {
-                let failed = call::write(&mut send, &mut queue).await;
+                let failed = call::write(&mut send, &mut queue, &room).await;
                 tracing::debug!(error = %failed, "request stream failed");
                 std::future::pending::<Infallible>().await
             });
@@ -161,6 +167,9 @@ pub(super) async fn drive(shared: Arc<Shared>, servers: Vec<Endpoint>, mut curre
                 dead = &mut pinger => dead,
             };
             stop_reading.abort();
+            // What is left in the queue is never written: whoever waits for its room
+            // goes on to the next connection.
+            room.close();
             shared.frames.send_replace(None);
             shared.fail_pending();
             if shared.is_closed() || !shared.options.reconnect {

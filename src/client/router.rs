@@ -181,8 +181,11 @@ mod tests {
     /// A client's shared state with a connection whose request queue the test reads.
     fn connected() -> (Arc<Shared>, mpsc::Receiver<bytes::Bytes>) {
         let shared = Shared::new(ClientOptions::new("http://127.0.0.1:1"));
-        let (tx, rx) = mpsc::channel(16);
-        shared.frames.send_replace(Some(tx));
+        let (frames, rx) = mpsc::channel(16);
+        let room = crate::client::shared::Room::new(1 << 20);
+        shared
+            .frames
+            .send_replace(Some(crate::client::shared::Queue { frames, room }));
         (shared, rx)
     }
 

@@ -11,14 +11,18 @@
 //!   confirmed; [`State::begin_connection`] empties it, and each `subscribed` frame of
 //!   the new connection fills it again.
 //! - The state lock is never held across an `.await`.
+//! - A connection's request queue holds at most [`super::REQUEST_QUEUE_FRAMES`] frames
+//!   and, but for a single larger frame, [`super::REQUEST_QUEUE_BYTES`] bytes: a sender
+//!   takes a frame's bytes from the queue's [`Room`] before queueing it, and the
+//!   writer gives them back as it takes the frame.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use streambus_types::{CloseReason, Event};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::call::framed;
 use super::{ClientError, ClientOptions, Credit, Welcome};
@@ -105,6 +109,99 @@ impl State {
     }
 }
 
+/// A connection's request queue as its senders see it: the channel of encoded frames,
+/// and the bytes it may hold.
+#[derive(Clone)]
+pub(super) struct Queue {
+    /// Frames in gRPC's framing, to the connection's writer.
+    pub(super) frames: mpsc::Sender<Bytes>,
+    /// The bytes queued and the room left.
+    pub(super) room: Arc<Room>,
+}
+
+/// The bytes of frames a connection's request queue holds, shared by its senders (who
+/// take room before queueing a frame) and its writer (who gives it back as it takes the
+/// frame). Closed with the connection: the frames left in its queue are never written,
+/// and whoever waits for room goes on to the next connection.
+#[derive(Debug)]
+pub(super) struct Room {
+    /// Bytes queued: taken and not given back.
+    queued: AtomicUsize,
+    /// Most bytes queued, but for a single larger frame in an empty queue.
+    budget: usize,
+    /// Senders waiting for room; the writer wakes them only when there are some.
+    waiting: AtomicUsize,
+    /// Room given back (or the queue closed).
+    freed: Notify,
+    /// Set once the connection ended.
+    closed: AtomicBool,
+}
+
+impl Room {
+    /// Room for `budget` bytes.
+    pub(super) fn new(budget: usize) -> Arc<Room> {
+        Arc::new(Room {
+            queued: AtomicUsize::new(0),
+            budget,
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Takes room for `n` bytes if the queue has it now (any frame fits an empty queue).
+    fn try_take(&self, n: usize) -> bool {
+        let mut queued = self.queued.load(Ordering::SeqCst);
+        loop {
+            if queued != 0 && queued.saturating_add(n) > self.budget {
+                return false;
+            }
+            match self
+                .queued
+                .compare_exchange_weak(queued, queued + n, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => queued = now,
+            }
+        }
+    }
+
+    /// Waits for room for `n` bytes and takes it; `false` if the connection ended first.
+    async fn take(&self, n: usize) -> bool {
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            // Counted before looking again, so that a give-back from now on wakes this.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let closed = self.closed.load(Ordering::SeqCst);
+            let took = !closed && self.try_take(n);
+            if !(closed || took) {
+                freed.await;
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if closed || took {
+                return took;
+            }
+        }
+    }
+
+    /// Gives back room for `n` bytes: the writer took frames of that many, or a sender
+    /// could not queue its frame after all.
+    pub(super) fn give(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// The connection ended: nobody gives room back any more; waiters go on.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.freed.notify_waiters();
+    }
+}
+
 /// Everything a client's clones, subscriptions and tasks share.
 pub(super) struct Shared {
     /// How the client connects (read only).
@@ -115,10 +212,11 @@ pub(super) struct Shared {
     /// See [`State`]; a std mutex, held briefly and never across an `.await`.
     state: Mutex<State>,
     /// The current connection's request queue of encoded frames (capacity
-    /// [`super::REQUEST_QUEUE_FRAMES`]); `None` while (re)connecting. Publishers and
+    /// [`super::REQUEST_QUEUE_FRAMES`] frames and [`super::REQUEST_QUEUE_BYTES`] bytes);
+    /// `None` while (re)connecting. Publishers and
     /// requests wait on it; only the driver replaces it. Sending `None` (close, or a lost
     /// connection) drops the queue's sender, which ends the request stream (CloseSend).
-    pub(super) frames: watch::Sender<Option<mpsc::Sender<Bytes>>>,
+    pub(super) frames: watch::Sender<Option<Queue>>,
     /// Set by [`Shared::close`]; never cleared.
     pub(super) closed: AtomicBool,
     /// Deliveries taken by the application since the last window grant.
@@ -174,12 +272,20 @@ impl Shared {
             return Err(frame);
         }
         // The watch's lock is held for the `try_send` only, never across an `.await`.
-        match &*self.frames.borrow() {
-            Some(tx) => tx.try_send(frame).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
-            }),
-            None => Err(frame),
+        let current = self.frames.borrow();
+        let Some(queue) = &*current else {
+            return Err(frame);
+        };
+        let n = frame.len();
+        if !queue.room.try_take(n) {
+            return Err(frame);
         }
+        queue.frames.try_send(frame).map_err(|e| {
+            queue.room.give(n);
+            match e {
+                mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
+            }
+        })
     }
 
     /// Queues a frame on the current connection, waiting for room, or for a connection
@@ -207,15 +313,20 @@ impl Shared {
                     .map_err(|_| ClientError::Closed)?;
                 guard.clone()
             };
-            let Some(tx) = current else { continue };
-            match tx.send(frame).await {
-                Ok(()) => return Ok(()),
-                // That connection died meanwhile; wait for the next one.
-                Err(mpsc::error::SendError(f)) => {
-                    frame = f;
-                    let _ = frames.changed().await;
+            let Some(queue) = current else { continue };
+            let n = frame.len();
+            // Room first, then a place in the channel; either fails only when that
+            // connection died meanwhile: wait for the next one.
+            if queue.room.take(n).await {
+                match queue.frames.send(frame).await {
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::SendError(f)) => {
+                        queue.room.give(n);
+                        frame = f;
+                    }
                 }
             }
+            let _ = frames.changed().await;
         }
     }
 
@@ -305,8 +416,9 @@ mod tests {
     #[tokio::test]
     async fn sends_wait_for_room_in_order() {
         let shared = Shared::new(ClientOptions::new("http://127.0.0.1:1"));
-        let (tx, mut rx) = mpsc::channel(1);
-        shared.frames.send_replace(Some(tx));
+        let (frames, mut rx) = mpsc::channel(1);
+        let room = Room::new(1 << 20);
+        shared.frames.send_replace(Some(Queue { frames, room }));
         let ping = |nonce| Out::Ping(pb::Ping { nonce });
         shared.send(ping(1)).await.unwrap();
         let second = tokio::spawn({
@@ -324,5 +436,82 @@ mod tests {
         assert_eq!(nonce(rx.recv().await), 2);
         shared.close();
         assert!(matches!(shared.send(ping(3)).await, Err(ClientError::Closed)));
+    }
+
+    /// A client with a connection whose queue takes `frames` frames and `budget` bytes;
+    /// returns the queue's receiving end and its room.
+    fn queue_of(shared: &Shared, frames: usize, budget: usize) -> (mpsc::Receiver<Bytes>, Arc<Room>) {
+        let (tx, rx) = mpsc::channel(frames);
+        let room = Room::new(budget);
+        shared.frames.send_replace(Some(Queue {
+            frames: tx,
+            room: room.clone(),
+        }));
+        (rx, room)
+    }
+
+    /// The queue holds at most its budget in bytes, whatever its frame count: a send
+    /// beyond it waits until the writer takes frames and gives their bytes back, and
+    /// frames keep their order. A frame larger than the budget goes alone, once the
+    /// queue is empty.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let shared = Shared::new(ClientOptions::new("http://127.0.0.1:1"));
+        let (mut rx, room) = queue_of(&shared, 64, 100);
+        let frame = |tag: u8, len: usize| Bytes::from(vec![tag; len]);
+        shared.send_encoded(frame(1, 60)).await.unwrap();
+        shared.send_encoded(frame(2, 40)).await.unwrap();
+        let third = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.send_encoded(frame(3, 10)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished(), "100 bytes queued: the next frame waits for room");
+        // The writer takes the first frame and gives its bytes back.
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first[0], 1);
+        room.give(first.len());
+        third.await.unwrap().unwrap();
+        assert_eq!(rx.recv().await.unwrap()[0], 2);
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got[0], 3);
+        room.give(40 + got.len());
+        // Empty again: a frame over the budget goes alone, and holds the room.
+        shared.send_encoded(frame(4, 500)).await.unwrap();
+        let after = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.send_encoded(frame(5, 1)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!after.is_finished(), "a frame over the budget fills the queue");
+        room.give(rx.recv().await.unwrap().len());
+        after.await.unwrap().unwrap();
+        assert_eq!(rx.recv().await.unwrap()[0], 5);
+    }
+
+    /// A send waiting for room on a connection that ends goes on to the next
+    /// connection's queue; nothing is lost and nothing hangs.
+    #[tokio::test]
+    async fn a_send_waiting_for_room_moves_to_the_next_connection() {
+        let shared = Shared::new(ClientOptions::new("http://127.0.0.1:1"));
+        let (_old_rx, old_room) = queue_of(&shared, 64, 10);
+        shared.send_encoded(Bytes::from_static(b"0123456789")).await.unwrap();
+        let waiting = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.send_encoded(Bytes::from_static(b"next")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The connection ends (as the driver ends one), then a new one opens.
+        old_room.close();
+        shared.frames.send_replace(None);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no connection yet: the send waits");
+        let (mut rx, _room) = queue_of(&shared, 64, 10);
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        sent.expect("the waiting send went on to the new connection")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&rx.recv().await.unwrap()[..], b"next");
     }
 }
