@@ -6,9 +6,9 @@
 //! write it. Here [`Endpoint::open`] makes the connection and the call, and the client's
 //! driver task polls the connection and the writer ([`write`]) together: a publish,
 //! encoded by the publisher (`publish.rs`), wakes one task, which writes it to the
-//! socket in the same poll, as a NATS client's connection task does. The [`Reader`] runs in a task of its own, so a
-//! subscriber that takes a heavy stream has the socket read and its frames routed on
-//! two cores at once. On the wire it is the same gRPC call the server's tonic service
+//! socket in the same poll, as a NATS client's connection task does. The [`Reader`]
+//! runs in a task of its own, so a subscriber that takes a heavy stream has the socket
+//! read and its frames routed on two cores at once. On the wire it is the same gRPC call the server's tonic service
 //! answers: each message framed by a compression flag and a 4-byte length, the call's
 //! status in the trailers.
 //!
@@ -305,9 +305,8 @@ pub(super) fn send_now(send: &mut SendStream<Bytes>, frames: &[pb::ClientFrame])
 
 /// Writes the request queue's frames (each already in gRPC's framing) to the stream as
 /// the server's window allows, giving their bytes back to the queue's room as it takes
-/// them; once the queue closes (the client closed, or the
-/// connection is being dropped) ends the stream and waits. Returns only on a transport
-/// failure.
+/// them; once the queue closes (the client closed, or the connection is being dropped)
+/// ends the stream and waits. Returns only on a transport failure.
 pub(super) async fn write(
     send: &mut SendStream<Bytes>,
     queue: &mut mpsc::Receiver<Bytes>,
